@@ -1,0 +1,225 @@
+// Caddyfile support: the break_glass handler directive and the break_glass
+// global option (the app).
+
+package breakglass
+
+import (
+	"strconv"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+)
+
+func init() {
+	httpcaddyfile.RegisterHandlerDirective("break_glass", parseCaddyfile)
+	httpcaddyfile.RegisterDirectiveOrder("break_glass", httpcaddyfile.Before, "basic_auth")
+	httpcaddyfile.RegisterGlobalOption("break_glass", parseGlobalOption)
+}
+
+func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
+	var bg Handler
+	err := bg.UnmarshalCaddyfile(h.Dispenser)
+	return &bg, err
+}
+
+// UnmarshalCaddyfile sets up the handler from Caddyfile tokens:
+//
+//	break_glass [<matcher>] {
+//		email <address>
+//		hash <bcrypt hash>
+//		allowed_ips <ip|cidr...>
+//		alert_emails [<address...>]
+//		alert_webhook <url>
+//		smtp <host:port> { ... }
+//		dev_log_code
+//	}
+func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	d.Next() // directive name
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	for d.NextBlock(0) {
+		switch d.Val() {
+		case "email":
+			if err := oneArg(d, &h.Email); err != nil {
+				return err
+			}
+		case "hash":
+			if err := oneArg(d, &h.Hash); err != nil {
+				return err
+			}
+		case "allowed_ips":
+			ips := d.RemainingArgs()
+			if len(ips) == 0 {
+				return d.Errf("allowed_ips: needs at least one IP or CIDR")
+			}
+			h.AllowedIPs = append(h.AllowedIPs, ips...)
+		case "alert_emails":
+			list := d.RemainingArgs()
+			if h.AlertEmails != nil {
+				list = append(*h.AlertEmails, list...)
+			}
+			if list == nil {
+				list = []string{}
+			}
+			h.AlertEmails = &list
+		case "alert_webhook":
+			if err := oneArg(d, &h.AlertWebhook); err != nil {
+				return err
+			}
+		case "smtp":
+			h.SMTP = new(SMTPConfig)
+			if err := h.SMTP.unmarshalCaddyfile(d); err != nil {
+				return err
+			}
+		case "dev_log_code":
+			if d.NextArg() {
+				return d.Errf("dev_log_code: takes no argument")
+			}
+			h.DevLogCode = true
+		default:
+			return d.Errf("unknown subdirective %q", d.Val())
+		}
+	}
+	return nil
+}
+
+// parseGlobalOption sets up the app from the global break_glass option:
+//
+//	break_glass {
+//		max_attempts <n>
+//		lockout <duration>
+//		code_ttl <duration>
+//		session_ttl <duration>
+//		smtp <host:port> { ... }
+//	}
+func parseGlobalOption(d *caddyfile.Dispenser, _ any) (any, error) {
+	app := new(App)
+	d.Next() // option name
+	if d.NextArg() {
+		return nil, d.ArgErr()
+	}
+	for d.NextBlock(0) {
+		switch d.Val() {
+		case "max_attempts":
+			var s string
+			if err := oneArg(d, &s); err != nil {
+				return nil, err
+			}
+			n, err := strconv.Atoi(s)
+			if err != nil || n < 1 {
+				return nil, d.Errf("max_attempts: %q: must be a whole number of at least 1", s)
+			}
+			app.MaxAttempts = n
+		case "lockout":
+			if err := durationArg(d, &app.Lockout); err != nil {
+				return nil, err
+			}
+		case "code_ttl":
+			if err := durationArg(d, &app.CodeTTL); err != nil {
+				return nil, err
+			}
+		case "session_ttl":
+			if err := durationArg(d, &app.SessionTTL); err != nil {
+				return nil, err
+			}
+		case "smtp":
+			app.SMTP = new(SMTPConfig)
+			if err := app.SMTP.unmarshalCaddyfile(d); err != nil {
+				return nil, err
+			}
+		default:
+			return nil, d.Errf("unknown break_glass option %q", d.Val())
+		}
+	}
+	return httpcaddyfile.App{Name: "break_glass", Value: caddyconfig.JSON(app, nil)}, nil
+}
+
+// unmarshalCaddyfile reads `smtp <host:port> { ... }` at the dispenser.
+func (c *SMTPConfig) unmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	if !d.NextArg() {
+		return d.Errf("smtp: needs the server address, host:port")
+	}
+	c.Address = d.Val()
+	if d.NextArg() {
+		return d.Errf("smtp: takes one address, then a block")
+	}
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		switch d.Val() {
+		case "username":
+			if err := oneArg(d, &c.Username); err != nil {
+				return err
+			}
+		case "password":
+			if err := oneArg(d, &c.Password); err != nil {
+				return err
+			}
+		case "from":
+			if err := oneArg(d, &c.From); err != nil {
+				return err
+			}
+		case "tls":
+			if err := oneArg(d, &c.TLS); err != nil {
+				return err
+			}
+			switch c.TLS {
+			case "starttls", "implicit", "none":
+			default:
+				return d.Errf("smtp: tls %q: must be starttls, implicit or none", c.TLS)
+			}
+		case "ca_file":
+			if err := oneArg(d, &c.CAFile); err != nil {
+				return err
+			}
+		case "insecure_skip_verify":
+			if d.NextArg() {
+				return d.Errf("smtp: insecure_skip_verify: takes no argument")
+			}
+			c.InsecureSkipVerify = true
+		case "timeout":
+			if err := durationArg(d, &c.Timeout); err != nil {
+				return err
+			}
+		default:
+			return d.Errf("smtp: unknown subdirective %q", d.Val())
+		}
+	}
+	return nil
+}
+
+// oneArg reads exactly one argument of the current subdirective into dst.
+func oneArg(d *caddyfile.Dispenser, dst *string) error {
+	name := d.Val()
+	if !d.NextArg() {
+		return d.Errf("%s: needs a value", name)
+	}
+	*dst = d.Val()
+	if d.NextArg() {
+		return d.Errf("%s: takes one value, got more", name)
+	}
+	return nil
+}
+
+// durationArg reads one positive duration in Caddy's syntax (e.g. 15m, 1h30m, 2d).
+func durationArg(d *caddyfile.Dispenser, dst *caddy.Duration) error {
+	name := d.Val()
+	var s string
+	if err := oneArg(d, &s); err != nil {
+		return err
+	}
+	dur, err := caddy.ParseDuration(s)
+	if err != nil {
+		return d.Errf("%s: %q: %v", name, s, err)
+	}
+	if dur <= 0 {
+		return d.Errf("%s: %q: must be a positive duration", name, s)
+	}
+	*dst = caddy.Duration(dur)
+	return nil
+}
+
+// Interface guard.
+var _ caddyfile.Unmarshaler = (*Handler)(nil)

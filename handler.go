@@ -1,0 +1,589 @@
+// The break_glass HTTP handler: the allow-list, the session check on every
+// request, and the two-step login (password, then emailed code).
+
+package breakglass
+
+import (
+	"context"
+	"crypto/hmac"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/base64"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"math"
+	"net"
+	"net/http"
+	"net/netip"
+	"net/url"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	netmail "net/mail"
+
+	"go.uber.org/zap"
+	"golang.org/x/crypto/bcrypt"
+)
+
+const (
+	flowCookie = "break_glass_flow"
+	// maxFormBytes bounds a login or code form body; anything larger is 413.
+	maxFormBytes = 8 << 10
+	// bcryptMaxPassword is the most bcrypt reads of a password; a longer one
+	// is refused (bcrypt would silently ignore the rest).
+	bcryptMaxPassword = 72
+	// logoutQuery ends the session when added to any guarded URL.
+	logoutQuery = "break_glass=logout"
+)
+
+// Handler guards the routes it is placed on. A request from a client outside
+// allowed_ips is refused (403). A request with a valid break-glass session
+// goes on to the next handler, with the http.auth.user.* placeholders set.
+// Any other request gets the login page; a right email and password send a
+// 6-digit code to the break-glass email; the right code starts a session and
+// alerts every alert channel.
+type Handler struct {
+	// The break-glass identity: the email address an operator types, and the
+	// address the codes are sent to. Required. Placeholders are resolved at
+	// load.
+	Email string `json:"email,omitempty"`
+
+	// The bcrypt hash of the break-glass password, e.g. from
+	// `caddy hash-password`. Required. Placeholders ({env.*}, {file.*}) are
+	// resolved at load. A base64-encoded hash is accepted too.
+	Hash string `json:"hash,omitempty"`
+
+	// The clients that may use this login: exact IPs and CIDRs. The client
+	// is the connection's address, or the client behind a proxy listed in
+	// the server's trusted_proxies. Default: 127.0.0.1 and ::1.
+	AllowedIPs []string `json:"allowed_ips,omitempty"`
+
+	// Addresses that get an alert email after each successful login, one
+	// mail each. Needs an SMTP transport. An empty list (as opposed to none)
+	// is warned about at load.
+	AlertEmails *[]string `json:"alert_emails,omitempty"`
+
+	// A URL (http or https) that gets a JSON POST after each successful
+	// login: event, ip, timestamp, severity, message. Placeholders are
+	// resolved at load.
+	AlertWebhook string `json:"alert_webhook,omitempty"`
+
+	// The mail transport of this handler; replaces the app's smtp.
+	SMTP *SMTPConfig `json:"smtp,omitempty"`
+
+	// Development only: write each code to the log at WARN, so the flow can
+	// be tried without a mail server.
+	DevLogCode bool `json:"dev_log_code,omitempty"`
+
+	app         *App
+	state       *state
+	logger      *zap.Logger
+	email       string   // resolved Email, as configured
+	identity    string   // normalised email, the one sessions and codes are bound to
+	emailDigest [32]byte // of identity, for a constant-time comparison
+	hash        []byte
+	fakeHash    []byte
+	allow       []netip.Prefix
+	alertEmails []string
+	webhookHost string
+	mailer      *mailer
+
+	// compare checks a password against a bcrypt hash; tests replace it to
+	// count comparisons.
+	compare func(hash, password []byte) error
+}
+
+// CaddyModule returns the Caddy module information.
+func (Handler) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "http.handlers.break_glass",
+		New: func() caddy.Module { return new(Handler) },
+	}
+}
+
+// Provision resolves secrets and addresses once, checks them, and attaches
+// the shared app.
+func (h *Handler) Provision(ctx caddy.Context) error {
+	h.logger = ctx.Logger()
+	appIface, err := ctx.App("break_glass")
+	if err != nil {
+		return fmt.Errorf("getting the break_glass app: %v", err)
+	}
+	h.app = appIface.(*App)
+	h.state = h.app.state
+	if h.compare == nil {
+		h.compare = bcrypt.CompareHashAndPassword
+	}
+	repl := caddy.NewReplacer()
+
+	if h.Email == "" {
+		return errors.New("email: required")
+	}
+	email, err := resolve(repl, h.Email)
+	if err != nil {
+		return fmt.Errorf("email: %v", err)
+	}
+	addr, err := netmail.ParseAddress(email)
+	if err != nil || addr.Address != email {
+		return fmt.Errorf("email %q: not a plain email address", email)
+	}
+	h.email = email
+	h.identity = normalizeEmail(email)
+	h.emailDigest = sha256.Sum256([]byte(h.identity))
+
+	if h.Hash == "" {
+		return errors.New("hash: required (make one with `caddy hash-password`)")
+	}
+	hash, err := resolve(repl, h.Hash)
+	if err != nil {
+		return fmt.Errorf("hash: %v", err)
+	}
+	if h.hash, err = parseBcrypt(hash); err != nil {
+		return err
+	}
+	if h.fakeHash, err = fakeHashFor(h.hash); err != nil {
+		return err
+	}
+
+	ips := h.AllowedIPs
+	if len(ips) == 0 {
+		ips = defaultAllowedIPs
+	}
+	if h.allow, err = parseAllowList(ips); err != nil {
+		return err
+	}
+
+	if h.AlertEmails != nil {
+		if len(*h.AlertEmails) == 0 {
+			h.logger.Warn("alert_emails is empty: no alert email will be sent after a break-glass login")
+		}
+		for _, a := range *h.AlertEmails {
+			if _, err := netmail.ParseAddress(a); err != nil {
+				return fmt.Errorf("alert_emails: %q: not an email address", a)
+			}
+			h.alertEmails = append(h.alertEmails, a)
+		}
+	}
+	if h.AlertWebhook != "" {
+		u, err := resolve(repl, h.AlertWebhook)
+		if err != nil {
+			return fmt.Errorf("alert_webhook: %v", err)
+		}
+		pu, err := url.Parse(u)
+		if err != nil || (pu.Scheme != "http" && pu.Scheme != "https") || pu.Host == "" {
+			return fmt.Errorf("alert_webhook: must be an absolute http or https URL")
+		}
+		h.AlertWebhook = u
+		h.webhookHost = pu.Host
+	}
+
+	switch {
+	case h.SMTP != nil:
+		if h.mailer, err = h.SMTP.provision(repl, "smtp"); err != nil {
+			return err
+		}
+	default:
+		h.mailer = h.app.mailer
+	}
+	if h.mailer == nil && !h.DevLogCode {
+		return errors.New("no way to deliver the code: configure smtp (in this handler or in the global break_glass options), or dev_log_code for local development")
+	}
+	if h.mailer == nil && len(h.alertEmails) > 0 {
+		return errors.New("alert_emails: needs smtp (in this handler or in the global break_glass options)")
+	}
+	if h.DevLogCode {
+		h.logger.Warn("dev_log_code is on: one-time codes will be written to this log; never use it in production",
+			zap.String("email", h.email))
+	}
+	return nil
+}
+
+func normalizeEmail(s string) string {
+	return strings.ToLower(strings.TrimSpace(s))
+}
+
+// parseBcrypt accepts a bcrypt hash as `caddy hash-password` prints it, or
+// base64-encoded. The error never shows the value.
+func parseBcrypt(s string) ([]byte, error) {
+	b := []byte(s)
+	if !strings.HasPrefix(s, "$2") {
+		if dec, err := base64.StdEncoding.DecodeString(s); err == nil {
+			b = dec
+		}
+	}
+	if _, err := bcrypt.Cost(b); err != nil {
+		return nil, errors.New("hash: not a bcrypt hash")
+	}
+	return b, nil
+}
+
+// fakeHashes caches, per cost, a hash of a random password: a wrong email is
+// compared against it so that it costs exactly what a wrong password costs.
+var fakeHashes sync.Map // int → []byte
+
+func fakeHashFor(hash []byte) ([]byte, error) {
+	cost, err := bcrypt.Cost(hash)
+	if err != nil {
+		return nil, err
+	}
+	if v, ok := fakeHashes.Load(cost); ok {
+		return v.([]byte), nil
+	}
+	pw := make([]byte, 32)
+	if _, err := rand.Read(pw); err != nil {
+		return nil, err
+	}
+	fake, err := bcrypt.GenerateFromPassword(pw, cost)
+	if err != nil {
+		return nil, err
+	}
+	v, _ := fakeHashes.LoadOrStore(cost, fake)
+	return v.([]byte), nil
+}
+
+// ServeHTTP guards one request.
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	client, ok := clientAddr(r)
+	if !ok {
+		return caddyhttp.Error(http.StatusBadRequest, errors.New("break_glass: no client address"))
+	}
+	if !allowed(h.allow, client) {
+		h.logger.Info("break-glass request refused: client not allowed", zap.String("client_ip", client.String()))
+		return render(w, r, http.StatusForbidden, h.page(r, client, "forbidden", "Access not allowed"))
+	}
+	logout := strings.Contains(r.URL.RawQuery, logoutQuery)
+	if c, err := r.Cookie(sessionCookie); err == nil {
+		s, err := h.state.sessions.verify(c.Value, client, h.identity)
+		if err == nil {
+			if logout {
+				return h.logout(w, r, client, s)
+			}
+			repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
+			repl.Set("http.auth.user.id", h.email)
+			repl.Set("http.auth.user.break_glass", "true")
+			repl.Set("http.auth.user.authenticated_at", s.Issued.UTC().Format(time.RFC3339))
+			return next.ServeHTTP(w, r)
+		}
+		h.logger.Debug("break-glass session cookie rejected", zap.String("client_ip", client.String()), zap.String("reason", err.Error()))
+	}
+	return h.serveLogin(w, r, client, logout)
+}
+
+// serveLogin serves the login flow to an allowed client without a session.
+func (h *Handler) serveLogin(w http.ResponseWriter, r *http.Request, client netip.Addr, loggedOut bool) error {
+	log := h.logger.With(zap.String("client_ip", client.String()))
+	key := limiterKey(client)
+	// Before any parsing or hashing: a locked-out client costs nothing.
+	if until, locked := h.state.limiter.lockedUntil(key); locked {
+		log.Info("break-glass request refused: client locked out", zap.Time("locked_until", until))
+		return h.renderLocked(w, r, client, until)
+	}
+
+	if r.Method != http.MethodPost {
+		flow := flowFrom(r)
+		if exp, ok := h.state.codes.pending(h.identity, flow, client); ok {
+			return h.renderCode(w, r, client, flow, exp, "", http.StatusOK)
+		}
+		log.Debug("break-glass login page served")
+		p := h.page(r, client, "login", "Break-glass sign-in")
+		if loggedOut {
+			p.Notice = "You are signed out."
+		}
+		return h.renderLogin(w, r, p, http.StatusUnauthorized)
+	}
+
+	r.Body = http.MaxBytesReader(w, r.Body, maxFormBytes)
+	if err := r.ParseForm(); err != nil {
+		var tooBig *http.MaxBytesError
+		if errors.As(err, &tooBig) {
+			return render(w, r, http.StatusRequestEntityTooLarge, h.message(r, client, "Request too large", "The form was larger than a sign-in form can be."))
+		}
+		return render(w, r, http.StatusBadRequest, h.message(r, client, "Bad request", "The form could not be read."))
+	}
+	step := r.PostForm.Get("break_glass_step")
+	if step == "" {
+		// A POST meant for the guarded application, without a session.
+		return h.renderLogin(w, r, h.page(r, client, "login", "Break-glass sign-in"), http.StatusUnauthorized)
+	}
+	flow := flowFrom(r)
+	if flow == "" || !h.validCSRF(flow, r.PostForm.Get("csrf_token")) {
+		log.Info("break-glass form refused: missing or wrong CSRF token")
+		p := h.page(r, client, "login", "Break-glass sign-in")
+		p.Error = "This form expired or did not come from this page. Please try again."
+		return h.renderLogin(w, r, p, http.StatusForbidden)
+	}
+	switch step {
+	case "login":
+		return h.stepPassword(w, r, client, log)
+	case "code":
+		return h.stepCode(w, r, client, flow, log)
+	case "restart":
+		h.state.codes.cancel(h.identity, flow)
+		http.Redirect(w, r, selfURL(r), http.StatusSeeOther)
+		return nil
+	default:
+		return render(w, r, http.StatusBadRequest, h.message(r, client, "Bad request", "Unknown form step."))
+	}
+}
+
+// stepPassword checks email and password with exactly one bcrypt comparison
+// whatever is wrong, so that the time taken tells nothing.
+func (h *Handler) stepPassword(w http.ResponseWriter, r *http.Request, client netip.Addr, log *zap.Logger) error {
+	email := r.PostForm.Get("email")
+	password := []byte(r.PostForm.Get("password"))
+	digest := sha256.Sum256([]byte(normalizeEmail(email)))
+	emailOK := subtle.ConstantTimeCompare(digest[:], h.emailDigest[:]) == 1
+	hash := h.hash
+	if !emailOK {
+		hash = h.fakeHash
+	}
+	tooLong := len(password) > bcryptMaxPassword
+	if tooLong {
+		password = password[:bcryptMaxPassword]
+	}
+	err := h.compare(hash, password)
+	if err != nil || !emailOK || tooLong {
+		return h.failed(w, r, client, log, "bad_credentials", func(p *page, remaining int) int {
+			p.Kind, p.Title = "login", "Break-glass sign-in"
+			p.Email = email
+			p.Error = fmt.Sprintf("Wrong email or password. %s left before this address is locked out.", plural(remaining, "attempt"))
+			return http.StatusUnauthorized
+		})
+	}
+
+	code, err := newCode()
+	if err != nil {
+		return caddyhttp.Error(http.StatusInternalServerError, err)
+	}
+	flow, err := newFlowID()
+	if err != nil {
+		return caddyhttp.Error(http.StatusInternalServerError, err)
+	}
+	exp := h.state.codes.put(h.identity, code, flow, client, time.Duration(h.app.CodeTTL))
+	log.Info("break-glass password accepted: code issued", zap.String("email", h.email), zap.Time("code_expires", exp))
+	if h.DevLogCode {
+		log.Warn("break-glass code (dev_log_code)", zap.String("email", h.email), zap.String("code", code), zap.Time("code_expires", exp))
+	}
+	if h.mailer != nil {
+		msg := codeMail(h.email, code, client.String(), r.Host, exp)
+		h.deliver(log.With(zap.String("channel", "code_email"), zap.String("recipient", h.email)),
+			func(ctx context.Context) error { return h.mailer.send(ctx, msg) })
+	}
+	h.setFlowCookie(w, r, flow)
+	http.Redirect(w, r, selfURL(r), http.StatusSeeOther)
+	return nil
+}
+
+// stepCode checks the emailed code. Every code that does not sign in counts
+// as a failed attempt for the client.
+func (h *Handler) stepCode(w http.ResponseWriter, r *http.Request, client netip.Addr, flow string, log *zap.Logger) error {
+	code := strings.ReplaceAll(strings.TrimSpace(r.PostForm.Get("code")), " ", "")
+	switch h.state.codes.verify(h.identity, flow, client, code) {
+	case codeOK:
+		return h.succeed(w, r, client, log)
+	case codeWrong:
+		return h.failed(w, r, client, log, "wrong_code", func(p *page, remaining int) int {
+			exp, _ := h.state.codes.pending(h.identity, flow, client)
+			p.Kind, p.Title, p.Expires = "code", "Enter your code", formatTime(exp)
+			p.Error = fmt.Sprintf("Wrong code. %s left before this address is locked out.", plural(remaining, "attempt"))
+			return http.StatusUnauthorized
+		})
+	default: // voided, expired, used, replaced, or not this login's
+		return h.failed(w, r, client, log, "invalid_code", func(p *page, remaining int) int {
+			p.Kind, p.Title = "login", "Break-glass sign-in"
+			p.Error = fmt.Sprintf("That code is no longer valid (expired, already used, replaced by a newer sign-in, or too many wrong tries). Sign in again. %s left.", plural(remaining, "attempt"))
+			return http.StatusUnauthorized
+		})
+	}
+}
+
+// failed counts a failure for the client and serves either the page built by
+// retry or, when this failure locked the client out, the locked page.
+func (h *Handler) failed(w http.ResponseWriter, r *http.Request, client netip.Addr, log *zap.Logger, reason string, retry func(p *page, remaining int) int) error {
+	remaining, lockedUntil := h.state.limiter.fail(limiterKey(client), h.app.MaxAttempts, time.Duration(h.app.Lockout))
+	if reason == "bad_credentials" {
+		log.Info("break-glass login failed", zap.String("reason", reason), zap.Int("attempts_remaining", remaining))
+	} else {
+		log.Warn("break-glass wrong code", zap.String("reason", reason), zap.Int("attempts_remaining", remaining))
+	}
+	if !lockedUntil.IsZero() {
+		log.Warn("break-glass client locked out", zap.Time("locked_until", lockedUntil), zap.Int("max_attempts", h.app.MaxAttempts))
+		return h.renderLocked(w, r, client, lockedUntil)
+	}
+	p := h.page(r, client, "", "")
+	status := retry(&p, remaining)
+	if p.Kind == "login" {
+		return h.renderLogin(w, r, p, status)
+	}
+	p.CSRF = h.csrfToken(flowFrom(r))
+	return render(w, r, status, p)
+}
+
+// succeed starts a session after the right code.
+func (h *Handler) succeed(w http.ResponseWriter, r *http.Request, client netip.Addr, log *zap.Logger) error {
+	h.state.limiter.reset(limiterKey(client))
+	id, err := newSessionID()
+	if err != nil {
+		return caddyhttp.Error(http.StatusInternalServerError, err)
+	}
+	t := now()
+	ttl := time.Duration(h.app.SessionTTL)
+	s := session{ID: id, Issued: t, Expires: t.Add(ttl), Client: client, Identity: h.identity}
+	http.SetCookie(w, &http.Cookie{
+		Name: sessionCookie, Value: h.state.sessions.encode(s), Path: "/",
+		MaxAge: int(math.Ceil(ttl.Seconds())), HttpOnly: true, Secure: r.TLS != nil, SameSite: http.SameSiteStrictMode,
+	})
+	h.clearFlowCookie(w, r)
+	log.Warn("break-glass login succeeded", zap.String("email", h.email), zap.Time("session_expires", s.Expires))
+	h.sendAlerts(loginEvent(h.email, client.String(), hostOnly(r.Host), t), log)
+	http.Redirect(w, r, selfURL(r), http.StatusSeeOther)
+	return nil
+}
+
+// logout revokes the session server-side, so a replayed cookie stops working.
+func (h *Handler) logout(w http.ResponseWriter, r *http.Request, client netip.Addr, s session) error {
+	h.state.sessions.revoke(s)
+	http.SetCookie(w, &http.Cookie{Name: sessionCookie, Value: "", Path: "/", MaxAge: -1,
+		HttpOnly: true, Secure: r.TLS != nil, SameSite: http.SameSiteStrictMode})
+	h.logger.Info("break-glass logout", zap.String("client_ip", client.String()), zap.String("email", h.email))
+	p := h.page(r, client, "login", "Break-glass sign-in")
+	p.Notice = "You are signed out."
+	return h.renderLogin(w, r, p, http.StatusOK)
+}
+
+// page fills what every page shows.
+func (h *Handler) page(r *http.Request, client netip.Addr, kind, title string) page {
+	return page{Kind: kind, Title: title, Action: selfURL(r), Client: client.String(), Host: hostOnly(r.Host)}
+}
+
+func (h *Handler) message(r *http.Request, client netip.Addr, title, text string) page {
+	p := h.page(r, client, "message", title)
+	p.Error = text
+	return p
+}
+
+// renderLogin serves the login page with a CSRF token, starting a new flow
+// (the step-1 cookie) when the request has none.
+func (h *Handler) renderLogin(w http.ResponseWriter, r *http.Request, p page, status int) error {
+	flow := flowFrom(r)
+	if flow == "" {
+		var err error
+		if flow, err = newFlowID(); err != nil {
+			return caddyhttp.Error(http.StatusInternalServerError, err)
+		}
+		h.setFlowCookie(w, r, flow)
+	}
+	p.Kind = "login"
+	p.CSRF = h.csrfToken(flow)
+	return render(w, r, status, p)
+}
+
+func (h *Handler) renderCode(w http.ResponseWriter, r *http.Request, client netip.Addr, flow string, exp time.Time, errMsg string, status int) error {
+	p := h.page(r, client, "code", "Enter your code")
+	p.CSRF = h.csrfToken(flow)
+	p.Expires = formatTime(exp)
+	p.Error = errMsg
+	return render(w, r, status, p)
+}
+
+func (h *Handler) renderLocked(w http.ResponseWriter, r *http.Request, client netip.Addr, until time.Time) error {
+	secs := int(math.Ceil(until.Sub(now()).Seconds()))
+	w.Header().Set("Retry-After", strconv.Itoa(max(secs, 1)))
+	p := h.page(r, client, "locked", "Temporarily locked out")
+	p.Until = formatTime(until)
+	return render(w, r, http.StatusTooManyRequests, p)
+}
+
+// The flow cookie identifies one browser's sign-in: the CSRF token is its
+// MAC, and a code is bound to the flow that asked for it. A new flow is made
+// at each right password, so a code never outlives the login it belongs to.
+
+func newFlowID() (string, error) {
+	var b [16]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return "", err
+	}
+	return hex.EncodeToString(b[:]), nil
+}
+
+// flowFrom returns the request's flow ID, or "" if it has none or a
+// malformed one.
+func flowFrom(r *http.Request) string {
+	c, err := r.Cookie(flowCookie)
+	if err != nil || len(c.Value) != 32 {
+		return ""
+	}
+	if _, err := hex.DecodeString(c.Value); err != nil {
+		return ""
+	}
+	return c.Value
+}
+
+func (h *Handler) setFlowCookie(w http.ResponseWriter, r *http.Request, flow string) {
+	http.SetCookie(w, &http.Cookie{Name: flowCookie, Value: flow, Path: "/",
+		HttpOnly: true, Secure: r.TLS != nil, SameSite: http.SameSiteStrictMode})
+}
+
+func (h *Handler) clearFlowCookie(w http.ResponseWriter, r *http.Request) {
+	http.SetCookie(w, &http.Cookie{Name: flowCookie, Value: "", Path: "/", MaxAge: -1,
+		HttpOnly: true, Secure: r.TLS != nil, SameSite: http.SameSiteStrictMode})
+}
+
+func (h *Handler) csrfToken(flow string) string {
+	m := hmac.New(sha256.New, h.state.csrfKey)
+	m.Write([]byte(flow))
+	return b64.EncodeToString(m.Sum(nil))
+}
+
+func (h *Handler) validCSRF(flow, token string) bool {
+	return hmac.Equal([]byte(token), []byte(h.csrfToken(flow)))
+}
+
+// selfURL is the URL the operator asked for, as a path on this site: forms
+// post back to it and a sign-in ends there. Leading slashes and backslashes
+// collapse to one slash, so it can never be read as another host
+// ("//evil.example", "/\evil.example"). The logout parameter is dropped.
+func selfURL(r *http.Request) string {
+	u := r.URL
+	if orig, ok := r.Context().Value(caddyhttp.OriginalRequestCtxKey).(http.Request); ok && orig.URL != nil {
+		u = orig.URL
+	}
+	p := "/" + strings.TrimLeft(u.EscapedPath(), "/\\")
+	q := u.RawQuery
+	if strings.Contains(q, "break_glass=") {
+		v := u.Query()
+		v.Del("break_glass")
+		q = v.Encode()
+	}
+	if q != "" {
+		p += "?" + q
+	}
+	return p
+}
+
+// hostOnly is the request's host without a port, for pages and alerts.
+func hostOnly(hostport string) string {
+	if h, _, err := net.SplitHostPort(hostport); err == nil {
+		return h
+	}
+	return hostport
+}
+
+func plural(n int, word string) string {
+	if n == 1 {
+		return "1 " + word
+	}
+	return strconv.Itoa(n) + " " + word + "s"
+}
+
+// Interface guards.
+var (
+	_ caddy.Provisioner           = (*Handler)(nil)
+	_ caddyhttp.MiddlewareHandler = (*Handler)(nil)
+)

@@ -1,0 +1,208 @@
+// Package breakglass is a Caddy HTTP handler that guards routes with an
+// emergency login (password, then an emailed one-time code) and alerts on
+// every use. This file registers the modules and holds the break_glass app:
+// the settings every handler shares and the state that outlives reloads.
+package breakglass
+
+import (
+	"context"
+	"crypto/hmac"
+	"crypto/rand"
+	"crypto/sha256"
+	"fmt"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"go.uber.org/zap"
+)
+
+func init() {
+	caddy.RegisterModule(App{})
+	caddy.RegisterModule(Handler{})
+}
+
+// Defaults of the app's settings.
+const (
+	defaultMaxAttempts = 5
+	defaultLockout     = 15 * time.Minute
+	defaultCodeTTL     = 10 * time.Minute
+	defaultSessionTTL  = time.Hour
+)
+
+// App holds what every break_glass handler shares: the limits, the default
+// SMTP transport, and (out of the config) the per-client limiter, the pending
+// codes and the session key and revocations. It is loaded with its defaults
+// when a handler is configured and the app is not.
+//
+// The state lives in a package-level pool, not in the App value, so a config
+// reload (which makes a new App) keeps lockouts, pending codes and sessions.
+// It lasts as long as the Caddy process; a restart begins afresh.
+type App struct {
+	// Failed attempts (wrong password or email, wrong code) a client may make
+	// within the lockout window before it is locked out. Default: 5.
+	MaxAttempts int `json:"max_attempts,omitempty"`
+
+	// How long a client stays locked out, and the window in which its
+	// failures are counted. Default: 15m.
+	Lockout caddy.Duration `json:"lockout,omitempty"`
+
+	// How long an emailed code stays valid. Default: 10m.
+	CodeTTL caddy.Duration `json:"code_ttl,omitempty"`
+
+	// How long a break-glass session lasts. Default: 1h.
+	SessionTTL caddy.Duration `json:"session_ttl,omitempty"`
+
+	// The default mail transport of every handler that sets none itself.
+	SMTP *SMTPConfig `json:"smtp,omitempty"`
+
+	state  *state
+	mailer *mailer
+	logger *zap.Logger
+}
+
+// CaddyModule returns the Caddy module information.
+func (App) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "break_glass",
+		New: func() caddy.Module { return new(App) },
+	}
+}
+
+// Provision sets defaults, resolves the SMTP settings and attaches the shared
+// state.
+func (a *App) Provision(ctx caddy.Context) error {
+	a.logger = ctx.Logger()
+	if a.MaxAttempts < 0 {
+		return fmt.Errorf("max_attempts: must be at least 1, got %d", a.MaxAttempts)
+	}
+	for name, d := range map[string]caddy.Duration{"lockout": a.Lockout, "code_ttl": a.CodeTTL, "session_ttl": a.SessionTTL} {
+		if d < 0 {
+			return fmt.Errorf("%s: must be a positive duration, got %s", name, time.Duration(d))
+		}
+	}
+	if a.MaxAttempts == 0 {
+		a.MaxAttempts = defaultMaxAttempts
+	}
+	if a.Lockout == 0 {
+		a.Lockout = caddy.Duration(defaultLockout)
+	}
+	if a.CodeTTL == 0 {
+		a.CodeTTL = caddy.Duration(defaultCodeTTL)
+	}
+	if a.SessionTTL == 0 {
+		a.SessionTTL = caddy.Duration(defaultSessionTTL)
+	}
+	if a.SMTP != nil {
+		m, err := a.SMTP.provision(caddy.NewReplacer(), "smtp")
+		if err != nil {
+			return err
+		}
+		a.mailer = m
+	}
+	v, _, err := statePool.LoadOrNew(stateKey, newState)
+	if err != nil {
+		return err
+	}
+	a.state = v.(*state)
+	return nil
+}
+
+// Start is part of caddy.App; the state's background work is started with
+// the state itself, so that it keeps running across reloads.
+func (a *App) Start() error { return nil }
+
+// Stop is part of caddy.App. Deliveries in flight belong to the shared state
+// and are ended by Cleanup when the last app lets go of it.
+func (a *App) Stop() error { return nil }
+
+// Cleanup releases this app's hold on the shared state; the last one to let go
+// stops its deliveries and sweeper.
+func (a *App) Cleanup() error {
+	if a.state == nil {
+		return nil
+	}
+	_, err := statePool.Delete(stateKey)
+	a.state = nil
+	return err
+}
+
+// statePool keeps the state across config loads: a reload provisions the new
+// app (taking a reference) before the old one is cleaned up.
+var statePool = caddy.NewUsagePool()
+
+const stateKey = "break_glass"
+
+// sweepInterval is how often expired limiter entries, codes and revocations
+// are dropped.
+const sweepInterval = time.Minute
+
+// state is what must survive a config reload.
+type state struct {
+	csrfKey    []byte
+	limiter    *limiter
+	codes      *codeStore
+	sessions   *sessions
+	deliveries *dispatcher
+
+	stopSweep context.CancelFunc
+	swept     chan struct{}
+}
+
+func newState() (caddy.Destructor, error) {
+	root := make([]byte, 32)
+	if _, err := rand.Read(root); err != nil {
+		return nil, fmt.Errorf("break_glass: making the state key: %v", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	s := &state{
+		csrfKey:    subkey(root, "csrf"),
+		limiter:    newLimiter(),
+		codes:      newCodeStore(subkey(root, "code")),
+		sessions:   newSessions(subkey(root, "session")),
+		deliveries: newDispatcher(maxInFlightDeliveries),
+		stopSweep:  cancel,
+		swept:      make(chan struct{}),
+	}
+	go s.sweepLoop(ctx)
+	return s, nil
+}
+
+// subkey derives a key for one purpose, so that no MAC made for one purpose
+// is ever accepted for another.
+func subkey(root []byte, purpose string) []byte {
+	h := hmac.New(sha256.New, root)
+	h.Write([]byte("break_glass/" + purpose))
+	return h.Sum(nil)
+}
+
+func (s *state) sweepLoop(ctx context.Context) {
+	defer close(s.swept)
+	t := time.NewTicker(sweepInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			s.limiter.sweep()
+			s.codes.sweep()
+			s.sessions.sweep()
+		}
+	}
+}
+
+// Destruct stops the state's background work: deliveries in flight are
+// cancelled and waited for.
+func (s *state) Destruct() error {
+	s.stopSweep()
+	<-s.swept
+	s.deliveries.close()
+	return nil
+}
+
+// Interface guards.
+var (
+	_ caddy.App          = (*App)(nil)
+	_ caddy.Provisioner  = (*App)(nil)
+	_ caddy.CleanerUpper = (*App)(nil)
+)

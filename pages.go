@@ -1,0 +1,90 @@
+// The pages the handler serves in place of a guarded resource: login, code,
+// locked out, forbidden and short messages. Inline HTML from embedded
+// templates, no script, no external asset.
+
+package breakglass
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"embed"
+	"encoding/base64"
+	"html/template"
+	"net/http"
+	"strconv"
+	"time"
+)
+
+//go:embed templates/page.html templates/style.css
+var templateFS embed.FS
+
+var (
+	pageTemplate = template.Must(template.ParseFS(templateFS, "templates/page.html"))
+	pageCSS      = template.CSS(mustRead("templates/style.css")) //nolint:gosec // our own embedded stylesheet
+	// The only thing a page may load is its own inline style, pinned by hash.
+	pageCSP = "default-src 'none'; style-src 'sha256-" + cssHash() + "'; " +
+		"form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+)
+
+func mustRead(name string) string {
+	b, err := templateFS.ReadFile(name)
+	if err != nil {
+		panic(err)
+	}
+	return string(b)
+}
+
+func cssHash() string {
+	sum := sha256.Sum256([]byte(pageCSS))
+	return base64.StdEncoding.EncodeToString(sum[:])
+}
+
+// page is what one page shows.
+type page struct {
+	Kind    string // login, code, locked, forbidden, message
+	Title   string
+	Notice  string
+	Error   string
+	Action  string // where forms post: the URL that was asked for
+	CSRF    string
+	Email   string
+	Expires string
+	Until   string
+	Client  string
+	Host    string
+	CSS     template.CSS
+}
+
+// formatTime shows a time to the operator, in UTC so that it reads the same
+// whatever zone the server runs in.
+func formatTime(t time.Time) string {
+	return t.UTC().Format("15:04:05 MST, 2 Jan 2006")
+}
+
+// setPageHeaders sets what every page carries: no caching, no framing, no
+// referrer, and a policy that allows nothing but the page's own style.
+func setPageHeaders(h http.Header) {
+	h.Set("Content-Type", "text/html; charset=utf-8")
+	h.Set("Cache-Control", "no-store")
+	h.Set("Content-Security-Policy", pageCSP)
+	h.Set("X-Frame-Options", "DENY")
+	h.Set("X-Content-Type-Options", "nosniff")
+	h.Set("Referrer-Policy", "no-referrer")
+}
+
+// render writes p with the given status.
+func render(w http.ResponseWriter, r *http.Request, status int, p page) error {
+	p.CSS = pageCSS
+	var buf bytes.Buffer
+	if err := pageTemplate.Execute(&buf, p); err != nil {
+		return err
+	}
+	setPageHeaders(w.Header())
+	w.Header().Set("Content-Length", strconv.Itoa(buf.Len()))
+	w.WriteHeader(status)
+	if r.Method != http.MethodHead {
+		_, err := w.Write(buf.Bytes())
+		return err
+	}
+	return nil
+}
