@@ -21,6 +21,10 @@ import (
 // webhookTimeout bounds one webhook POST, connection to answer.
 var webhookTimeout = 10 * time.Second
 
+// deliveryGrace is how long stopping waits for deliveries in flight (an
+// alert for a login made just before a shutdown) before cancelling them.
+var deliveryGrace = 5 * time.Second
+
 // maxInFlightDeliveries bounds the mails and webhooks running at once across
 // the app; a delivery beyond it is dropped and logged at ERROR.
 const maxInFlightDeliveries = 256
@@ -65,13 +69,22 @@ func (d *dispatcher) run(fn func(ctx context.Context)) bool {
 	return true
 }
 
-// close cancels what is in flight and waits for it to return.
-func (d *dispatcher) close() {
+// close refuses new deliveries, gives those in flight up to grace to finish,
+// then cancels the rest and waits for them to return.
+func (d *dispatcher) close(grace time.Duration) {
 	d.mu.Lock()
 	d.closed = true
 	d.mu.Unlock()
+	done := make(chan struct{})
+	go func() { d.wg.Wait(); close(done) }()
+	t := time.NewTimer(grace)
+	defer t.Stop()
+	select {
+	case <-done:
+	case <-t.C:
+	}
 	d.cancel()
-	d.wg.Wait()
+	<-done
 }
 
 // alertEvent is the webhook payload, and what the alert email says.

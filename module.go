@@ -191,12 +191,12 @@ func (s *state) sweepLoop(ctx context.Context) {
 	}
 }
 
-// Destruct stops the state's background work: deliveries in flight are
-// cancelled and waited for.
+// Destruct stops the state's background work: deliveries in flight get a
+// short grace, then are cancelled and waited for.
 func (s *state) Destruct() error {
 	s.stopSweep()
 	<-s.swept
-	s.deliveries.close()
+	s.deliveries.close(deliveryGrace)
 	return nil
 }
 

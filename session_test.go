@@ -1,0 +1,120 @@
+// Tests of session cookies: signing, binding, expiry and revocation.
+
+package breakglass
+
+import (
+	"errors"
+	"net/netip"
+	"testing"
+	"time"
+)
+
+func newTestSession(t *testing.T, st *sessions, client netip.Addr) (session, string) {
+	t.Helper()
+	id, err := newSessionID()
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := session{ID: id, Issued: now(), Expires: now().Add(time.Hour), Client: client, Identity: "ops@example.com"}
+	return s, st.encode(s)
+}
+
+func TestSessionRoundTrip(t *testing.T) {
+	useTestClock(t)
+	st := newSessions([]byte("0123456789abcdef0123456789abcdef"))
+	s, v := newTestSession(t, st, clientA)
+	got, err := st.verify(v, clientA, "ops@example.com")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.ID != s.ID || !got.Issued.Equal(s.Issued) || !got.Expires.Equal(s.Expires) || got.Client != clientA {
+		t.Fatalf("decoded %+v, want %+v", got, s)
+	}
+}
+
+func TestSessionRejectsAnyFlippedByte(t *testing.T) {
+	useTestClock(t)
+	st := newSessions([]byte("0123456789abcdef0123456789abcdef"))
+	_, v := newTestSession(t, st, clientA)
+	for i := range len(v) {
+		b := []byte(v)
+		b[i] ^= 0x01
+		if _, err := st.verify(string(b), clientA, "ops@example.com"); err == nil {
+			t.Fatalf("cookie with byte %d flipped was accepted", i)
+		}
+	}
+}
+
+func TestSessionSignedWithAnotherKeyIsRejected(t *testing.T) {
+	useTestClock(t)
+	other := newSessions([]byte("another key, another app instance"))
+	_, v := newTestSession(t, other, clientA)
+	st := newSessions([]byte("0123456789abcdef0123456789abcdef"))
+	if _, err := st.verify(v, clientA, "ops@example.com"); !errors.Is(err, errSessionSignature) {
+		t.Fatalf("err = %v, want errSessionSignature", err)
+	}
+}
+
+func TestSessionExpires(t *testing.T) {
+	clk := useTestClock(t)
+	st := newSessions([]byte("k"))
+	_, v := newTestSession(t, st, clientA)
+	clk.Advance(time.Hour)
+	if _, err := st.verify(v, clientA, "ops@example.com"); !errors.Is(err, errSessionExpired) {
+		t.Fatalf("err = %v, want errSessionExpired", err)
+	}
+}
+
+func TestSessionFromAnotherClientIsRejected(t *testing.T) {
+	useTestClock(t)
+	st := newSessions([]byte("k"))
+	_, v := newTestSession(t, st, clientA)
+	if _, err := st.verify(v, clientB, "ops@example.com"); !errors.Is(err, errSessionClient) {
+		t.Fatalf("err = %v, want errSessionClient", err)
+	}
+}
+
+func TestSessionForAnotherIdentityIsRejected(t *testing.T) {
+	useTestClock(t)
+	st := newSessions([]byte("k"))
+	_, v := newTestSession(t, st, clientA)
+	if _, err := st.verify(v, clientA, "other@example.com"); !errors.Is(err, errSessionIdentity) {
+		t.Fatalf("err = %v, want errSessionIdentity", err)
+	}
+}
+
+func TestSessionReplayedAfterLogoutIsRejected(t *testing.T) {
+	clk := useTestClock(t)
+	st := newSessions([]byte("k"))
+	s, v := newTestSession(t, st, clientA)
+	st.revoke(s)
+	if _, err := st.verify(v, clientA, "ops@example.com"); !errors.Is(err, errSessionRevoked) {
+		t.Fatalf("err = %v, want errSessionRevoked", err)
+	}
+	if n := st.sweep(); n != 1 {
+		t.Fatalf("the revocation of a live session was swept (%d left)", n)
+	}
+	clk.Advance(time.Hour)
+	if n := st.sweep(); n != 0 {
+		t.Fatalf("the revocation of an expired session was kept (%d left)", n)
+	}
+}
+
+func TestSessionIdentityMayContainTheSeparator(t *testing.T) {
+	useTestClock(t)
+	st := newSessions([]byte("k"))
+	s := session{ID: "abc", Issued: now(), Expires: now().Add(time.Hour), Client: clientA, Identity: "a|b@example.com"}
+	if _, err := st.verify(st.encode(s), clientA, "a|b@example.com"); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestSessionMalformedValues(t *testing.T) {
+	useTestClock(t)
+	st := newSessions([]byte("k"))
+	for _, v := range []string{"", ".", "abc", "abc.def", "!!!.???", string(make([]byte, 2000))} {
+		if _, err := st.verify(v, clientA, "ops@example.com"); err == nil {
+			t.Errorf("%q accepted", v)
+		}
+	}
+}
