@@ -110,13 +110,19 @@ func (Handler) CaddyModule() caddy.ModuleInfo {
 // Provision resolves secrets and addresses once, checks them, and attaches
 // the shared app.
 func (h *Handler) Provision(ctx caddy.Context) error {
-	h.logger = ctx.Logger()
 	appIface, err := ctx.App("break_glass")
 	if err != nil {
 		return fmt.Errorf("getting the break_glass app: %v", err)
 	}
-	h.app = appIface.(*App)
-	h.state = h.app.state
+	return h.setup(appIface.(*App), ctx.Logger())
+}
+
+// setup is Provision once the app and the logger are known.
+func (h *Handler) setup(app *App, logger *zap.Logger) error {
+	var err error
+	h.logger = logger
+	h.app = app
+	h.state = app.state
 	if h.compare == nil {
 		h.compare = bcrypt.CompareHashAndPassword
 	}

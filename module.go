@@ -71,7 +71,12 @@ func (App) CaddyModule() caddy.ModuleInfo {
 // Provision sets defaults, resolves the SMTP settings and attaches the shared
 // state.
 func (a *App) Provision(ctx caddy.Context) error {
-	a.logger = ctx.Logger()
+	return a.setup(ctx.Logger())
+}
+
+// setup is Provision once the logger is known.
+func (a *App) setup(logger *zap.Logger) error {
+	a.logger = logger
 	if a.MaxAttempts < 0 {
 		return fmt.Errorf("max_attempts: must be at least 1, got %d", a.MaxAttempts)
 	}
