@@ -191,7 +191,7 @@ func (h *Handler) sendAlerts(ev alertEvent, log *zap.Logger) {
 			func(ctx context.Context) error { return h.mailer.send(ctx, alertMail(to, ev)) })
 	}
 	if h.AlertWebhook != "" {
-		h.deliver(log.With(zap.String("channel", "webhook"), zap.String("url", h.AlertWebhook)),
+		h.deliver(log.With(zap.String("channel", "webhook"), zap.String("webhook_host", h.webhookHost)),
 			func(ctx context.Context) error { return postWebhook(ctx, h.AlertWebhook, ev) })
 	}
 }

@@ -22,7 +22,9 @@ const (
 	sessionFormat = "v1"
 )
 
-var b64 = base64.RawURLEncoding
+// b64 is strict: a value with non-zero padding bits is refused, so no two
+// different cookie strings decode to the same bytes.
+var b64 = base64.RawURLEncoding.Strict()
 
 // session is what a session cookie says.
 type session struct {
