@@ -190,9 +190,9 @@ func (h *Handler) sendAlerts(ev alertEvent, log *zap.Logger) {
 		h.deliver(log.With(zap.String("channel", "alert_email"), zap.String("recipient", to)),
 			func(ctx context.Context) error { return h.mailer.send(ctx, alertMail(to, ev)) })
 	}
-	if h.AlertWebhook != "" {
+	if h.webhookURL != "" {
 		h.deliver(log.With(zap.String("channel", "webhook"), zap.String("webhook_host", h.webhookHost)),
-			func(ctx context.Context) error { return postWebhook(ctx, h.AlertWebhook, ev) })
+			func(ctx context.Context) error { return postWebhook(ctx, h.webhookURL, ev) })
 	}
 }
 

@@ -95,7 +95,7 @@ func TestWebhookGetsTheLoginEventAsJSON(t *testing.T) {
 	defer hook.Close()
 	st := newTestState(t)
 	log, logs := observedLogger()
-	h := &Handler{state: st, AlertWebhook: hook.URL + "/hook"}
+	h := &Handler{state: st, webhookURL: hook.URL + "/hook"}
 	at := time.Date(2026, 11, 25, 12, 0, 0, 0, time.FixedZone("X", 3600))
 	h.sendAlerts(loginEvent("ops@example.com", "192.0.2.10", "admin.example.com", at), log)
 	st.deliveries.close(time.Minute)
@@ -154,7 +154,7 @@ func TestWebhookFailuresAreLoggedAtError(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			st := newTestState(t)
 			log, logs := observedLogger()
-			h := &Handler{state: st, AlertWebhook: tc.url}
+			h := &Handler{state: st, webhookURL: tc.url}
 			h.sendAlerts(loginEvent("ops@example.com", "192.0.2.10", "h", time.Now()), log)
 			st.deliveries.close(time.Minute)
 			e := logs.FilterMessage("break-glass delivery failed").All()
@@ -210,7 +210,7 @@ func TestStoppingCancelsSlowDeliveriesAndLeavesNoGoroutine(t *testing.T) {
 	st := d.(*state)
 	m := plainMailer(srv.Addr)
 	m.timeout = time.Minute
-	h := &Handler{state: st, mailer: m, alertEmails: []string{"a@example.com", "b@example.com"}, AlertWebhook: silent.URL}
+	h := &Handler{state: st, mailer: m, alertEmails: []string{"a@example.com", "b@example.com"}, webhookURL: silent.URL}
 	for range 5 {
 		h.sendAlerts(loginEvent("ops@example.com", "192.0.2.10", "h", time.Now()), zap.NewNop())
 	}

@@ -71,6 +71,9 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return err
 			}
 		case "smtp":
+			if h.SMTP != nil {
+				return d.Err("smtp: given twice")
+			}
 			h.SMTP = new(SMTPConfig)
 			if err := h.SMTP.unmarshalCaddyfile(d); err != nil {
 				return err
@@ -96,9 +99,12 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 //		session_ttl <duration>
 //		smtp <host:port> { ... }
 //	}
-func parseGlobalOption(d *caddyfile.Dispenser, _ any) (any, error) {
+func parseGlobalOption(d *caddyfile.Dispenser, existing any) (any, error) {
 	app := new(App)
 	d.Next() // option name
+	if existing != nil {
+		return nil, d.Err("break_glass: the global option is given twice; merge the blocks")
+	}
 	if d.NextArg() {
 		return nil, d.ArgErr()
 	}
@@ -127,6 +133,9 @@ func parseGlobalOption(d *caddyfile.Dispenser, _ any) (any, error) {
 				return nil, err
 			}
 		case "smtp":
+			if app.SMTP != nil {
+				return nil, d.Err("smtp: given twice")
+			}
 			app.SMTP = new(SMTPConfig)
 			if err := app.SMTP.unmarshalCaddyfile(d); err != nil {
 				return nil, err

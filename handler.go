@@ -91,7 +91,8 @@ type Handler struct {
 	fakeHash    []byte
 	allow       []netip.Prefix
 	alertEmails []string
-	webhookHost string
+	webhookURL  string // resolved AlertWebhook
+	webhookHost string // for logs: the URL itself may hold a token
 	mailer      *mailer
 
 	// compare checks a password against a bcrypt hash; tests replace it to
@@ -170,10 +171,14 @@ func (h *Handler) setup(app *App, logger *zap.Logger) error {
 			h.logger.Warn("alert_emails is empty: no alert email will be sent after a break-glass login")
 		}
 		for _, a := range *h.AlertEmails {
-			if _, err := netmail.ParseAddress(a); err != nil {
-				return fmt.Errorf("alert_emails: %q: not an email address", a)
+			addr, err := resolve(repl, a)
+			if err != nil {
+				return fmt.Errorf("alert_emails: %v", err)
 			}
-			h.alertEmails = append(h.alertEmails, a)
+			if _, err := netmail.ParseAddress(addr); err != nil {
+				return fmt.Errorf("alert_emails: %q: not an email address", addr)
+			}
+			h.alertEmails = append(h.alertEmails, addr)
 		}
 	}
 	if h.AlertWebhook != "" {
@@ -185,7 +190,7 @@ func (h *Handler) setup(app *App, logger *zap.Logger) error {
 		if err != nil || (pu.Scheme != "http" && pu.Scheme != "https") || pu.Host == "" {
 			return fmt.Errorf("alert_webhook: must be an absolute http or https URL")
 		}
-		h.AlertWebhook = u
+		h.webhookURL = u
 		h.webhookHost = pu.Host
 	}
 

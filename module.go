@@ -80,9 +80,12 @@ func (a *App) setup(logger *zap.Logger) error {
 	if a.MaxAttempts < 0 {
 		return fmt.Errorf("max_attempts: must be at least 1, got %d", a.MaxAttempts)
 	}
-	for name, d := range map[string]caddy.Duration{"lockout": a.Lockout, "code_ttl": a.CodeTTL, "session_ttl": a.SessionTTL} {
-		if d < 0 {
-			return fmt.Errorf("%s: must be a positive duration, got %s", name, time.Duration(d))
+	for _, d := range []struct {
+		name string
+		val  caddy.Duration
+	}{{"lockout", a.Lockout}, {"code_ttl", a.CodeTTL}, {"session_ttl", a.SessionTTL}} {
+		if d.val < 0 {
+			return fmt.Errorf("%s: must be a positive duration, got %s", d.name, time.Duration(d.val))
 		}
 	}
 	if a.MaxAttempts == 0 {
