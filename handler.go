@@ -306,6 +306,9 @@ func (h *Handler) serveLogin(w http.ResponseWriter, r *http.Request, client neti
 		if loggedOut {
 			p.Notice = "You are signed out."
 		}
+		if rem := h.state.limiter.remaining(key, h.app.MaxAttempts); rem < h.app.MaxAttempts {
+			p.Error = fmt.Sprintf("There were failed attempts from your address: %s left before it is locked out.", plural(rem, "attempt"))
+		}
 		return h.renderLogin(w, r, p, http.StatusUnauthorized)
 	}
 

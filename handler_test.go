@@ -6,6 +6,7 @@ package breakglass
 import (
 	"crypto/tls"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
@@ -467,5 +468,80 @@ func TestSelfURLNeverLeavesTheSite(t *testing.T) {
 	r.URL = &url.URL{Path: "/\\evil.example"}
 	if got := selfURL(r); strings.HasPrefix(got, "/\\") || strings.HasPrefix(got, "//") {
 		t.Errorf("backslash path gives %q", got)
+	}
+}
+
+func TestLoginPageWarnsOfEarlierFailures(t *testing.T) {
+	h := newTestHandler(t, &App{MaxAttempts: 5}, nil)
+	b := newBrowser("192.0.2.1")
+	if body := bodyOf(b.do(t, h, "GET", "/admin/", nil)); strings.Contains(body, "attempts left") {
+		t.Fatal("a fresh client is warned of failures")
+	}
+	b.login(t, h, "ops@example.com", "wrong")
+	if body := bodyOf(b.do(t, h, "GET", "/admin/", nil)); !strings.Contains(body, "4 attempts left") {
+		t.Fatalf("the login page after a failure does not say 4 attempts left:\n%s", body)
+	}
+}
+
+func TestDeliveryFailuresNeverBlockTheLogin(t *testing.T) {
+	oldTimeout := webhookTimeout
+	webhookTimeout = time.Minute
+	t.Cleanup(func() { webhookTimeout = oldTimeout })
+	hang := make(chan struct{})
+	silent := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case <-hang:
+		case <-r.Context().Done():
+		}
+	}))
+	defer silent.Close()
+	defer close(hang)
+	// An SMTP server that accepts connections and never says a word.
+	mute, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer mute.Close()
+	go func() {
+		for {
+			c, err := mute.Accept()
+			if err != nil {
+				return
+			}
+			t.Cleanup(func() { c.Close() })
+		}
+	}()
+
+	app := &App{}
+	h := newTestHandler(t, app, func(h *Handler) {
+		h.SMTP = &SMTPConfig{Address: mute.Addr().String(), TLS: "none", From: "bg@example.com", Timeout: caddy.Duration(time.Minute)}
+		h.AlertEmails = &[]string{"sec@example.com"}
+		h.AlertWebhook = silent.URL
+	})
+	b := newBrowser("192.0.2.1")
+	resp := b.signIn(t, h) // the code comes from the dev log: the mail never leaves
+	if resp.StatusCode != http.StatusSeeOther {
+		t.Fatalf("sign-in with every delivery hanging: status %d", resp.StatusCode)
+	}
+	if r := b.do(t, h, "GET", "/admin/", nil); r.Header.Get("X-Upstream") != "reached" {
+		t.Fatal("no session while deliveries hang")
+	}
+	// The login finished while every delivery was still in flight (each has a
+	// minute to go): nothing has been logged as delivered or failed yet.
+	if n := h.logs.FilterMessage("break-glass delivery failed").Len() + h.logs.FilterMessage("break-glass delivery succeeded").Len(); n != 0 {
+		t.Fatalf("%d deliveries ended before the login did: it waited on them", n)
+	}
+	app.state.deliveries.close(0) // as Caddy stopping does: cancel and wait
+	failed := map[string]bool{}
+	for _, e := range h.logs.FilterMessage("break-glass delivery failed").All() {
+		if e.Level != zap.ErrorLevel {
+			t.Errorf("delivery failure logged at %v", e.Level)
+		}
+		failed[e.ContextMap()["channel"].(string)] = true
+	}
+	for _, ch := range []string{"code_email", "alert_email", "webhook"} {
+		if !failed[ch] {
+			t.Errorf("no ERROR for the %s channel; logs: %v", ch, h.logs.All())
+		}
 	}
 }
