@@ -1,0 +1,564 @@
+//go:build e2e
+
+// The end-to-end harness: one Caddy binary built with xcaddy per run, real
+// processes (Caddy, mailpit) on free loopback ports, a webhook receiver,
+// clients bound to distinct loopback source addresses, and process logs kept
+// on failure.
+
+package e2e
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/cookiejar"
+	"net/http/httptest"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// Versions the binary is built with.
+const (
+	caddyVersion  = "v2.11.9"
+	pluginModule  = "github.com/caddy-break-glass/caddy-break-glass"
+	testPassword  = "correct horse battery staple"
+	breakGlassEnv = "BREAK_GLASS_CADDY" // a binary to use instead of building one
+)
+
+var (
+	caddyBin  string // the xcaddy-built binary
+	artifacts string // screenshots and the logs of failed tests
+	hashOnce  sync.Once
+	bcryptPW  string // bcrypt hash of testPassword, made by the binary
+)
+
+func TestMain(m *testing.M) {
+	wd, _ := os.Getwd()
+	artifacts = filepath.Join(wd, "artifacts")
+	if err := os.MkdirAll(artifacts, 0o755); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	caddyBin = os.Getenv(breakGlassEnv)
+	if caddyBin == "" {
+		var err error
+		if caddyBin, err = buildCaddy(filepath.Dir(wd)); err != nil {
+			fmt.Fprintln(os.Stderr, "building Caddy with xcaddy:", err)
+			os.Exit(1)
+		}
+	}
+	if abs, err := filepath.Abs(caddyBin); err == nil {
+		caddyBin = abs
+	}
+	os.Exit(m.Run())
+}
+
+// buildCaddy builds Caddy with the plugin from the checkout at root, the way
+// the README tells operators to.
+func buildCaddy(root string) (string, error) {
+	xcaddy, err := exec.LookPath("xcaddy")
+	if err != nil {
+		gopath, _ := exec.Command("go", "env", "GOPATH").Output()
+		xcaddy = filepath.Join(strings.TrimSpace(string(gopath)), "bin", "xcaddy")
+	}
+	proxy, _ := exec.Command("go", "env", "GOPROXY").Output()
+	first, _, _ := strings.Cut(strings.TrimSpace(string(proxy)), ",")
+	out := filepath.Join(artifacts, "bin", "caddy")
+	cmd := exec.Command(xcaddy, "build", caddyVersion, "--with", pluginModule+"="+root, "--output", out)
+	cmd.Env = append(os.Environ(), "GOPROXY="+first+"|off")
+	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+	fmt.Fprintln(os.Stderr, "e2e: building", out, "with xcaddy")
+	return out, cmd.Run()
+}
+
+// hash returns a bcrypt hash of testPassword made by `caddy hash-password`.
+func hash(t *testing.T) string {
+	hashOnce.Do(func() {
+		out, err := exec.Command(caddyBin, "hash-password", "--algorithm", "bcrypt", "--bcrypt-cost", "10", "--plaintext", testPassword).Output()
+		if err != nil {
+			t.Fatalf("caddy hash-password: %v", err)
+		}
+		bcryptPW = strings.TrimSpace(string(out))
+	})
+	return bcryptPW
+}
+
+func freePort(t *testing.T) int {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
+}
+
+func waitPort(t *testing.T, addr string, p *proc) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for time.Now().Before(deadline) {
+		if c, err := net.DialTimeout("tcp", addr, time.Second); err == nil {
+			c.Close()
+			return
+		}
+		if p != nil && p.exited() {
+			t.Fatalf("%s exited before listening on %s:\n%s", p.name, addr, p.output())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Fatalf("nothing listens on %s", addr)
+}
+
+// proc is a process the test started. Its output goes to a file, copied to
+// artifacts/logs/<test>/ if the test fails; it is stopped when the test ends.
+type proc struct {
+	t       *testing.T
+	name    string
+	cmd     *exec.Cmd
+	logPath string
+	done    chan struct{}
+}
+
+func startProc(t *testing.T, name string, env []string, bin string, args ...string) *proc {
+	t.Helper()
+	logPath := filepath.Join(t.TempDir(), name+".log")
+	f, err := os.Create(logPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(bin, args...)
+	cmd.Stdout, cmd.Stderr = f, f
+	cmd.Env = append(os.Environ(), env...)
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("starting %s: %v", name, err)
+	}
+	p := &proc{t: t, name: name, cmd: cmd, logPath: logPath, done: make(chan struct{})}
+	go func() { _ = cmd.Wait(); f.Close(); close(p.done) }()
+	t.Cleanup(func() {
+		p.stop()
+		if t.Failed() {
+			dir := filepath.Join(artifacts, "logs", strings.ReplaceAll(t.Name(), "/", "_"))
+			_ = os.MkdirAll(dir, 0o755)
+			if b, err := os.ReadFile(logPath); err == nil {
+				_ = os.WriteFile(filepath.Join(dir, name+".log"), b, 0o644)
+				t.Logf("%s log kept in %s", name, filepath.Join(dir, name+".log"))
+			}
+		}
+	})
+	return p
+}
+
+func (p *proc) exited() bool {
+	select {
+	case <-p.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// stop asks the process to end (SIGINT, as Ctrl-C) and kills it after 15 s.
+func (p *proc) stop() {
+	if p.exited() {
+		return
+	}
+	_ = p.cmd.Process.Signal(syscall.SIGINT)
+	select {
+	case <-p.done:
+	case <-time.After(15 * time.Second):
+		_ = p.cmd.Process.Kill()
+		<-p.done
+	}
+}
+
+func (p *proc) output() string {
+	b, _ := os.ReadFile(p.logPath)
+	return string(b)
+}
+
+// jsonLines returns the process output's JSON lines (Caddy's log).
+func (p *proc) jsonLines() []map[string]any {
+	f, err := os.Open(p.logPath)
+	if err != nil {
+		return nil
+	}
+	defer f.Close()
+	var out []map[string]any
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 1<<20), 4<<20)
+	for sc.Scan() {
+		var m map[string]any
+		if json.Unmarshal(sc.Bytes(), &m) == nil {
+			out = append(out, m)
+		}
+	}
+	return out
+}
+
+// waitLog waits for a log line with this message whose fields have these
+// values, and returns it.
+func (p *proc) waitLog(t *testing.T, msg string, fields map[string]string) map[string]any {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for time.Now().Before(deadline) {
+		for _, l := range p.jsonLines() {
+			if l["msg"] != msg {
+				continue
+			}
+			ok := true
+			for k, v := range fields {
+				if !strings.Contains(fmt.Sprint(l[k]), v) {
+					ok = false
+				}
+			}
+			if ok {
+				return l
+			}
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Fatalf("no log line %q with %v in %s's log", msg, fields, p.name)
+	return nil
+}
+
+// caddy is a running Caddy.
+type caddy struct {
+	*proc
+	port   int
+	admin  string // host:port of the admin endpoint
+	config string // path of the config file
+	base   string // http://127.0.0.1:port
+}
+
+// startCaddy writes config (a Caddyfile, or JSON when adapter is "json") and
+// runs the binary on it. {PORT} and {ADMIN} in config are replaced by free
+// ports.
+func startCaddy(t *testing.T, config, adapter string, env ...string) *caddy {
+	t.Helper()
+	c := &caddy{port: freePort(t)}
+	c.admin = fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	c.base = fmt.Sprintf("http://127.0.0.1:%d", c.port)
+	c.config = filepath.Join(t.TempDir(), "Caddyfile")
+	if adapter == "json" {
+		c.config = filepath.Join(t.TempDir(), "caddy.json")
+	}
+	c.write(t, config)
+	c.proc = startProc(t, "caddy", append(env, "BG_HASH="+hash(t)), caddyBin, "run", "--config", c.config, "--adapter", adapter)
+	waitPort(t, c.admin, c.proc)
+	if strings.Contains(config, "{PORT}") {
+		waitPort(t, fmt.Sprintf("127.0.0.1:%d", c.port), c.proc)
+	}
+	return c
+}
+
+func (c *caddy) expand(config string) string {
+	return strings.NewReplacer("{PORT}", fmt.Sprint(c.port), "{ADMIN}", c.admin).Replace(config)
+}
+
+func (c *caddy) write(t *testing.T, config string) {
+	t.Helper()
+	if err := os.WriteFile(c.config, []byte(c.expand(config)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// load POSTs a JSON config to the admin API's /load.
+func (c *caddy) load(t *testing.T, config string) {
+	t.Helper()
+	resp, err := http.Post("http://"+c.admin+"/load", "application/json", strings.NewReader(c.expand(config)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		b, _ := io.ReadAll(resp.Body)
+		t.Fatalf("POST /load: %d %s", resp.StatusCode, b)
+	}
+	waitPort(t, fmt.Sprintf("127.0.0.1:%d", c.port), c.proc)
+}
+
+// run runs the binary as a command (adapt, validate, reload…).
+func run(args ...string) (string, error) {
+	out, err := exec.Command(caddyBin, args...).CombinedOutput()
+	return string(out), err
+}
+
+// mailpit is a running mailpit: SMTP for the plugin, its API for the test.
+type mailpit struct {
+	*proc
+	smtp string // host:port
+	api  string // http://host:port
+}
+
+type mailpitOptions struct {
+	certFile, keyFile string // enable STARTTLS (and require it)
+	authFile          string // require AUTH with these users
+}
+
+func startMailpit(t *testing.T, o mailpitOptions) *mailpit {
+	t.Helper()
+	bin, err := exec.LookPath("mailpit")
+	if err != nil {
+		gopath, _ := exec.Command("go", "env", "GOPATH").Output()
+		bin = filepath.Join(strings.TrimSpace(string(gopath)), "bin", "mailpit")
+	}
+	m := &mailpit{smtp: fmt.Sprintf("127.0.0.1:%d", freePort(t))}
+	api := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	m.api = "http://" + api
+	args := []string{"--smtp", m.smtp, "--listen", api, "--database", filepath.Join(t.TempDir(), "mailpit.db"),
+		"--disable-version-check", "--smtp-disable-rdns"}
+	if o.certFile != "" {
+		args = append(args, "--smtp-tls-cert", o.certFile, "--smtp-tls-key", o.keyFile, "--smtp-require-starttls")
+	}
+	if o.authFile != "" {
+		args = append(args, "--smtp-auth-file", o.authFile)
+	} else {
+		args = append(args, "--smtp-auth-accept-any", "--smtp-auth-allow-insecure")
+	}
+	m.proc = startProc(t, "mailpit", nil, bin, args...)
+	waitPort(t, api, m.proc)
+	waitPort(t, m.smtp, m.proc)
+	return m
+}
+
+type mailSummary struct {
+	ID      string
+	Subject string
+	To      []struct{ Address string }
+}
+
+type mailMessage struct {
+	ID      string
+	Subject string
+	Text    string
+	HTML    string
+	To      []struct{ Address string }
+	From    struct{ Address string }
+}
+
+func (m *mailpit) messages(t *testing.T) []mailSummary {
+	t.Helper()
+	resp, err := http.Get(m.api + "/api/v1/messages?limit=500")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var v struct{ Messages []mailSummary }
+	if err := json.NewDecoder(resp.Body).Decode(&v); err != nil {
+		t.Fatal(err)
+	}
+	return v.Messages
+}
+
+func (m *mailpit) message(t *testing.T, id string) mailMessage {
+	t.Helper()
+	resp, err := http.Get(m.api + "/api/v1/message/" + id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var v mailMessage
+	if err := json.NewDecoder(resp.Body).Decode(&v); err != nil {
+		t.Fatal(err)
+	}
+	return v
+}
+
+// waitMail waits for a message to `to` whose subject contains subject and
+// that is not in seen, and returns it whole.
+func (m *mailpit) waitMail(t *testing.T, to, subject string, seen map[string]bool) mailMessage {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for time.Now().Before(deadline) {
+		for _, s := range m.messages(t) {
+			if seen[s.ID] || !strings.Contains(s.Subject, subject) {
+				continue
+			}
+			for _, a := range s.To {
+				if a.Address == to {
+					if seen != nil {
+						seen[s.ID] = true
+					}
+					return m.message(t, s.ID)
+				}
+			}
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Fatalf("no mail to %s about %q", to, subject)
+	return mailMessage{}
+}
+
+var codeRE = regexp.MustCompile(`\b(\d{6})\b`)
+
+// waitCode waits for the next code mail to ops@example.com and returns the code.
+func (m *mailpit) waitCode(t *testing.T, seen map[string]bool) (string, mailMessage) {
+	t.Helper()
+	msg := m.waitMail(t, "ops@example.com", "one-time code", seen)
+	c := codeRE.FindStringSubmatch(msg.Text)
+	if c == nil {
+		t.Fatalf("no code in the mail: %q", msg.Text)
+	}
+	return c[1], msg
+}
+
+// webhook is a real HTTP server receiving alerts; it answers with status, or
+// never answers when hang is set.
+type webhook struct {
+	*httptest.Server
+	mu     sync.Mutex
+	events []map[string]any
+	status int
+	hang   bool
+	stop   chan struct{}
+}
+
+func startWebhook(t *testing.T, status int, hang bool) *webhook {
+	w := &webhook{status: status, hang: hang, stop: make(chan struct{})}
+	w.Server = httptest.NewServer(http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
+		var ev map[string]any
+		body, _ := io.ReadAll(r.Body)
+		if err := json.Unmarshal(body, &ev); err != nil {
+			t.Errorf("webhook body %q is not JSON: %v", body, err)
+		}
+		w.mu.Lock()
+		w.events = append(w.events, ev)
+		w.mu.Unlock()
+		if w.hang {
+			select {
+			case <-w.stop:
+			case <-r.Context().Done():
+			}
+			return
+		}
+		rw.WriteHeader(w.status)
+	}))
+	t.Cleanup(func() { close(w.stop); w.Close() })
+	return w
+}
+
+func (w *webhook) waitEvent(t *testing.T) map[string]any {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for time.Now().Before(deadline) {
+		w.mu.Lock()
+		n := len(w.events)
+		var ev map[string]any
+		if n > 0 {
+			ev = w.events[n-1]
+		}
+		w.mu.Unlock()
+		if ev != nil {
+			return ev
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Fatal("the webhook got nothing")
+	return nil
+}
+
+// client is an HTTP client whose connections come from one loopback address,
+// keeping cookies as a browser does and not following redirects.
+type client struct {
+	t    *testing.T
+	ip   string
+	base string
+	hc   *http.Client
+}
+
+func newClient(t *testing.T, base, ip string) *client {
+	jar, _ := cookiejar.New(nil)
+	d := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(ip)}, Timeout: 5 * time.Second}
+	return &client{t: t, ip: ip, base: base, hc: &http.Client{
+		Jar:           jar,
+		Transport:     &http.Transport{DialContext: d.DialContext, DisableKeepAlives: true},
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+		Timeout:       30 * time.Second,
+	}}
+}
+
+type reply struct {
+	status int
+	header http.Header
+	body   string
+}
+
+func (c *client) do(method, path string, form url.Values, hdr map[string]string) reply {
+	c.t.Helper()
+	var body io.Reader
+	if form != nil {
+		body = strings.NewReader(form.Encode())
+	}
+	req, err := http.NewRequest(method, c.base+path, body)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	if form != nil {
+		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	}
+	for k, v := range hdr {
+		req.Header.Set(k, v)
+	}
+	resp, err := c.hc.Do(req)
+	if err != nil {
+		c.t.Fatalf("%s %s from %s: %v", method, path, c.ip, err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return reply{resp.StatusCode, resp.Header, string(b)}
+}
+
+func (c *client) get(path string) reply { return c.do("GET", path, nil, nil) }
+
+var csrfRE = regexp.MustCompile(`name="csrf_token" value="([^"]+)"`)
+
+func (r reply) csrf(t *testing.T) string {
+	t.Helper()
+	m := csrfRE.FindStringSubmatch(r.body)
+	if m == nil {
+		t.Fatalf("no form (status %d):\n%s", r.status, r.body)
+	}
+	return m[1]
+}
+
+func (c *client) login(path, email, password string, hdr map[string]string) reply {
+	c.t.Helper()
+	tok := c.do("GET", path, nil, hdr).csrf(c.t)
+	return c.do("POST", path, url.Values{"break_glass_step": {"login"}, "csrf_token": {tok}, "email": {email}, "password": {password}}, hdr)
+}
+
+// signIn runs the whole flow on path, reading the code from mailpit.
+func (c *client) signIn(path string, mp *mailpit, seen map[string]bool) {
+	c.t.Helper()
+	if r := c.login(path, "ops@example.com", testPassword, nil); r.status != http.StatusSeeOther {
+		c.t.Fatalf("right password from %s: %d\n%s", c.ip, r.status, r.body)
+	}
+	codePage := c.get(path)
+	code, _ := mp.waitCode(c.t, seen)
+	r := c.do("POST", path, url.Values{"break_glass_step": {"code"}, "csrf_token": {codePage.csrf(c.t)}, "code": {code}}, nil)
+	if r.status != http.StatusSeeOther {
+		c.t.Fatalf("right code from %s: %d\n%s", c.ip, r.status, r.body)
+	}
+}
+
+// ctxTimeout is a context for one scenario's slow steps.
+func ctxTimeout(t *testing.T, d time.Duration) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+var _ = bytes.NewReader
