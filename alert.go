@@ -12,6 +12,7 @@ import (
 	"html"
 	"io"
 	"net/http"
+	"net/url"
 	"sync"
 	"time"
 
@@ -150,15 +151,15 @@ var webhookClient = &http.Client{
 	CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
 }
 
-// postWebhook sends ev as JSON to url; any answer but 2xx is an error.
-func postWebhook(ctx context.Context, url string, ev alertEvent) error {
+// postWebhook sends ev as JSON to target; any answer but 2xx is an error.
+func postWebhook(ctx context.Context, target string, ev alertEvent) error {
 	body, err := json.Marshal(ev)
 	if err != nil {
 		return err
 	}
 	ctx, cancel := context.WithTimeout(ctx, webhookTimeout)
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url, bytes.NewReader(body))
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, target, bytes.NewReader(body))
 	if err != nil {
 		return err
 	}
@@ -166,6 +167,11 @@ func postWebhook(ctx context.Context, url string, ev alertEvent) error {
 	req.Header.Set("User-Agent", "caddy-break-glass")
 	resp, err := webhookClient.Do(req)
 	if err != nil {
+		// Drop the URL from the error: it may hold a token (Slack, Discord).
+		var ue *url.Error
+		if errors.As(err, &ue) {
+			return fmt.Errorf("%s: %w", ue.Op, ue.Err)
+		}
 		return err
 	}
 	defer resp.Body.Close()

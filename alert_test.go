@@ -6,6 +6,7 @@ package breakglass
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -154,12 +155,15 @@ func TestWebhookFailuresAreLoggedAtError(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			st := newTestState(t)
 			log, logs := observedLogger()
-			h := &Handler{state: st, webhookURL: tc.url}
+			h := &Handler{state: st, webhookURL: tc.url + "/hook/SECRET-TOKEN"}
 			h.sendAlerts(loginEvent("ops@example.com", "192.0.2.10", "h", time.Now()), log)
 			st.deliveries.close(time.Minute)
 			e := logs.FilterMessage("break-glass delivery failed").All()
 			if len(e) != 1 || e[0].Level != zapcore.ErrorLevel {
 				t.Fatalf("want one ERROR, got %v", logs.All())
+			}
+			if strings.Contains(fmt.Sprint(e[0].ContextMap()), "SECRET-TOKEN") {
+				t.Fatalf("the webhook URL's token is in the log: %v", e[0].ContextMap())
 			}
 			if s := e[0].ContextMap()["error"]; !strings.Contains(s.(string), tc.want) {
 				t.Fatalf("error %q does not say %q", s, tc.want)

@@ -38,8 +38,6 @@ const (
 	// bcryptMaxPassword is the most bcrypt reads of a password; a longer one
 	// is refused (bcrypt would silently ignore the rest).
 	bcryptMaxPassword = 72
-	// logoutQuery ends the session when added to any guarded URL.
-	logoutQuery = "break_glass=logout"
 )
 
 // Handler guards the routes it is placed on. A request from a client outside
@@ -85,8 +83,12 @@ type Handler struct {
 	state       *state
 	logger      *zap.Logger
 	email       string   // resolved Email, as configured
-	identity    string   // normalised email, the one sessions and codes are bound to
+	identity    string   // normalised email
 	emailDigest [32]byte // of identity, for a constant-time comparison
+	// scope names the credential (email and hash) that sessions and codes
+	// are bound to: a session or code of another handler, or of this one
+	// before its hash was changed, is not accepted.
+	scope       string
 	hash        []byte
 	fakeHash    []byte
 	allow       []netip.Prefix
@@ -157,6 +159,7 @@ func (h *Handler) setup(app *App, logger *zap.Logger) error {
 	if h.fakeHash, err = fakeHashFor(h.hash); err != nil {
 		return err
 	}
+	h.scope = h.state.scopeOf(h.identity, h.hash)
 
 	ips := h.AllowedIPs
 	if len(ips) == 0 {
@@ -268,9 +271,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		h.logger.Info("break-glass request refused: client not allowed", zap.String("client_ip", client.String()))
 		return render(w, r, http.StatusForbidden, h.page(r, client, "forbidden", "Access not allowed"))
 	}
-	logout := strings.Contains(r.URL.RawQuery, logoutQuery)
+	logout := isLogout(r)
 	if c, err := r.Cookie(sessionCookie); err == nil {
-		s, err := h.state.sessions.verify(c.Value, client, h.identity)
+		s, err := h.state.sessions.verify(c.Value, client, h.scope)
 		if err == nil {
 			if logout {
 				return h.logout(w, r, client, s)
@@ -279,6 +282,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 			repl.Set("http.auth.user.id", h.email)
 			repl.Set("http.auth.user.break_glass", "true")
 			repl.Set("http.auth.user.authenticated_at", s.Issued.UTC().Format(time.RFC3339))
+			stripOwnCookies(r.Header)
 			return next.ServeHTTP(w, r)
 		}
 		h.logger.Debug("break-glass session cookie rejected", zap.String("client_ip", client.String()), zap.String("reason", err.Error()))
@@ -298,7 +302,7 @@ func (h *Handler) serveLogin(w http.ResponseWriter, r *http.Request, client neti
 
 	if r.Method != http.MethodPost {
 		flow := flowFrom(r)
-		if exp, ok := h.state.codes.pending(h.identity, flow, client); ok {
+		if exp, ok := h.state.codes.pending(h.scope, flow, client); ok {
 			return h.renderCode(w, r, client, flow, exp, "", http.StatusOK)
 		}
 		log.Debug("break-glass login page served")
@@ -338,7 +342,7 @@ func (h *Handler) serveLogin(w http.ResponseWriter, r *http.Request, client neti
 	case "code":
 		return h.stepCode(w, r, client, flow, log)
 	case "restart":
-		h.state.codes.cancel(h.identity, flow)
+		h.state.codes.cancel(h.scope, flow)
 		http.Redirect(w, r, selfURL(r), http.StatusSeeOther)
 		return nil
 	default:
@@ -361,9 +365,23 @@ func (h *Handler) stepPassword(w http.ResponseWriter, r *http.Request, client ne
 	if tooLong {
 		password = password[:bcryptMaxPassword]
 	}
+	// Claim the attempt before hashing, so that attempts sent in parallel
+	// cannot add up to more than max_attempts.
+	key, maxAttempts, window := limiterKey(client), h.app.MaxAttempts, time.Duration(h.app.Lockout)
+	if until, ok := h.state.limiter.reserve(key, maxAttempts, window); !ok {
+		if !until.IsZero() {
+			return h.renderLocked(w, r, client, until)
+		}
+		log.Info("break-glass request refused: attempts from this client already in progress")
+		w.Header().Set("Retry-After", "1")
+		return render(w, r, http.StatusTooManyRequests, h.message(r, client, "Please wait",
+			"Other sign-in attempts from your address are still being checked. Wait a moment and try again."))
+	}
 	err := h.compare(hash, password)
-	if err != nil || !emailOK || tooLong {
-		return h.failed(w, r, client, log, "bad_credentials", func(p *page, remaining int) int {
+	failed := err != nil || !emailOK || tooLong
+	remaining, lockedUntil := h.state.limiter.settle(key, failed, maxAttempts, window)
+	if failed {
+		return h.failed(w, r, client, log, "bad_credentials", remaining, lockedUntil, func(p *page, remaining int) int {
 			p.Kind, p.Title = "login", "Break-glass sign-in"
 			p.Email = email
 			p.Error = fmt.Sprintf("Wrong email or password. %s left before this address is locked out.", plural(remaining, "attempt"))
@@ -379,13 +397,13 @@ func (h *Handler) stepPassword(w http.ResponseWriter, r *http.Request, client ne
 	if err != nil {
 		return caddyhttp.Error(http.StatusInternalServerError, err)
 	}
-	exp := h.state.codes.put(h.identity, code, flow, client, time.Duration(h.app.CodeTTL))
+	exp := h.state.codes.put(h.scope, code, flow, client, time.Duration(h.app.CodeTTL))
 	log.Info("break-glass password accepted: code issued", zap.String("email", h.email), zap.Time("code_expires", exp))
 	if h.DevLogCode {
 		log.Warn("break-glass code (dev_log_code)", zap.String("email", h.email), zap.String("code", code), zap.Time("code_expires", exp))
 	}
 	if h.mailer != nil {
-		msg := codeMail(h.email, code, client.String(), r.Host, exp)
+		msg := codeMail(h.email, code, client.String(), siteName(r), exp)
 		h.deliver(log.With(zap.String("channel", "code_email"), zap.String("recipient", h.email)),
 			func(ctx context.Context) error { return h.mailer.send(ctx, msg) })
 	}
@@ -398,18 +416,20 @@ func (h *Handler) stepPassword(w http.ResponseWriter, r *http.Request, client ne
 // as a failed attempt for the client.
 func (h *Handler) stepCode(w http.ResponseWriter, r *http.Request, client netip.Addr, flow string, log *zap.Logger) error {
 	code := strings.ReplaceAll(strings.TrimSpace(r.PostForm.Get("code")), " ", "")
-	switch h.state.codes.verify(h.identity, flow, client, code) {
+	switch h.state.codes.verify(h.scope, flow, client, code) {
 	case codeOK:
 		return h.succeed(w, r, client, log)
 	case codeWrong:
-		return h.failed(w, r, client, log, "wrong_code", func(p *page, remaining int) int {
-			exp, _ := h.state.codes.pending(h.identity, flow, client)
+		remaining, lockedUntil := h.state.limiter.fail(limiterKey(client), h.app.MaxAttempts, time.Duration(h.app.Lockout))
+		return h.failed(w, r, client, log, "wrong_code", remaining, lockedUntil, func(p *page, remaining int) int {
+			exp, _ := h.state.codes.pending(h.scope, flow, client)
 			p.Kind, p.Title, p.Expires = "code", "Enter your code", formatTime(exp)
 			p.Error = fmt.Sprintf("Wrong code. %s left before this address is locked out.", plural(remaining, "attempt"))
 			return http.StatusUnauthorized
 		})
 	default: // voided, expired, used, replaced, or not this login's
-		return h.failed(w, r, client, log, "invalid_code", func(p *page, remaining int) int {
+		remaining, lockedUntil := h.state.limiter.fail(limiterKey(client), h.app.MaxAttempts, time.Duration(h.app.Lockout))
+		return h.failed(w, r, client, log, "invalid_code", remaining, lockedUntil, func(p *page, remaining int) int {
 			p.Kind, p.Title = "login", "Break-glass sign-in"
 			p.Error = fmt.Sprintf("That code is no longer valid (expired, already used, replaced by a newer sign-in, or too many wrong tries). Sign in again. %s left.", plural(remaining, "attempt"))
 			return http.StatusUnauthorized
@@ -417,10 +437,10 @@ func (h *Handler) stepCode(w http.ResponseWriter, r *http.Request, client netip.
 	}
 }
 
-// failed counts a failure for the client and serves either the page built by
-// retry or, when this failure locked the client out, the locked page.
-func (h *Handler) failed(w http.ResponseWriter, r *http.Request, client netip.Addr, log *zap.Logger, reason string, retry func(p *page, remaining int) int) error {
-	remaining, lockedUntil := h.state.limiter.fail(limiterKey(client), h.app.MaxAttempts, time.Duration(h.app.Lockout))
+// failed logs a failure the limiter has counted and serves either the page
+// built by retry or, when this failure locked the client out, the locked page.
+func (h *Handler) failed(w http.ResponseWriter, r *http.Request, client netip.Addr, log *zap.Logger, reason string,
+	remaining int, lockedUntil time.Time, retry func(p *page, remaining int) int) error {
 	if reason == "bad_credentials" {
 		log.Info("break-glass login failed", zap.String("reason", reason), zap.Int("attempts_remaining", remaining))
 	} else {
@@ -448,14 +468,14 @@ func (h *Handler) succeed(w http.ResponseWriter, r *http.Request, client netip.A
 	}
 	t := now()
 	ttl := time.Duration(h.app.SessionTTL)
-	s := session{ID: id, Issued: t, Expires: t.Add(ttl), Client: client, Identity: h.identity}
+	s := session{ID: id, Issued: t, Expires: t.Add(ttl), Client: client, Scope: h.scope}
 	http.SetCookie(w, &http.Cookie{
 		Name: sessionCookie, Value: h.state.sessions.encode(s), Path: "/",
 		MaxAge: int(math.Ceil(ttl.Seconds())), HttpOnly: true, Secure: r.TLS != nil, SameSite: http.SameSiteStrictMode,
 	})
 	h.clearFlowCookie(w, r)
 	log.Warn("break-glass login succeeded", zap.String("email", h.email), zap.Time("session_expires", s.Expires))
-	h.sendAlerts(loginEvent(h.email, client.String(), hostOnly(r.Host), t), log)
+	h.sendAlerts(loginEvent(h.email, client.String(), siteName(r), t), log)
 	http.Redirect(w, r, selfURL(r), http.StatusSeeOther)
 	return nil
 }
@@ -564,10 +584,7 @@ func (h *Handler) validCSRF(flow, token string) bool {
 // collapse to one slash, so it can never be read as another host
 // ("//evil.example", "/\evil.example"). The logout parameter is dropped.
 func selfURL(r *http.Request) string {
-	u := r.URL
-	if orig, ok := r.Context().Value(caddyhttp.OriginalRequestCtxKey).(http.Request); ok && orig.URL != nil {
-		u = orig.URL
-	}
+	u := originalURL(r)
 	p := "/" + strings.TrimLeft(u.EscapedPath(), "/\\")
 	q := u.RawQuery
 	if strings.Contains(q, "break_glass=") {
@@ -579,6 +596,58 @@ func selfURL(r *http.Request) string {
 		p += "?" + q
 	}
 	return p
+}
+
+// originalURL is the URL as the client sent it, before any rewrite.
+func originalURL(r *http.Request) *url.URL {
+	if orig, ok := r.Context().Value(caddyhttp.OriginalRequestCtxKey).(http.Request); ok && orig.URL != nil {
+		return orig.URL
+	}
+	return r.URL
+}
+
+// isLogout reports whether the request asks to end the session: the query
+// parameter break_glass=logout on any guarded URL.
+func isLogout(r *http.Request) bool {
+	u := originalURL(r)
+	return strings.Contains(u.RawQuery, "break_glass=") && u.Query().Get("break_glass") == "logout"
+}
+
+// stripOwnCookies removes this handler's cookies from a request before it
+// goes on, so that no upstream (or its logs) ever sees a session cookie.
+func stripOwnCookies(h http.Header) {
+	lines := h["Cookie"]
+	kept := lines[:0]
+	for _, line := range lines {
+		if !strings.Contains(line, "break_glass_") {
+			kept = append(kept, line)
+			continue
+		}
+		var rest []string
+		for part := range strings.SplitSeq(line, ";") {
+			if !strings.HasPrefix(strings.TrimSpace(part), "break_glass_") {
+				rest = append(rest, strings.TrimSpace(part))
+			}
+		}
+		if len(rest) > 0 {
+			kept = append(kept, strings.Join(rest, "; "))
+		}
+	}
+	if len(kept) == 0 {
+		h.Del("Cookie")
+		return
+	}
+	h["Cookie"] = kept
+}
+
+// siteName names the site in mails and alerts: the TLS server name when
+// there is one, else the Host header (which, on a catch-all site, the client
+// chooses).
+func siteName(r *http.Request) string {
+	if r.TLS != nil && r.TLS.ServerName != "" {
+		return r.TLS.ServerName
+	}
+	return hostOnly(r.Host)
 }
 
 // hostOnly is the request's host without a port, for pages and alerts.

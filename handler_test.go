@@ -110,6 +110,7 @@ var upstream = caddyhttp.HandlerFunc(func(w http.ResponseWriter, r *http.Request
 	bg, _ := repl.GetString("http.auth.user.break_glass")
 	at, _ := repl.GetString("http.auth.user.authenticated_at")
 	w.Header().Set("X-Upstream", "reached")
+	w.Header().Set("X-Upstream-Cookie", r.Header.Get("Cookie"))
 	_, _ = io.WriteString(w, "upstream id="+id+" break_glass="+bg+" at="+at)
 	return nil
 })
@@ -543,5 +544,116 @@ func TestDeliveryFailuresNeverBlockTheLogin(t *testing.T) {
 		if !failed[ch] {
 			t.Errorf("no ERROR for the %s channel; logs: %v", ch, h.logs.All())
 		}
+	}
+}
+
+// blockingCompare holds every comparison until released, so that attempts
+// overlap as a parallel flood's would.
+type blockingCompare struct {
+	mu      sync.Mutex
+	calls   int
+	release chan struct{}
+}
+
+func (b *blockingCompare) compare(hash, pw []byte) error {
+	b.mu.Lock()
+	b.calls++
+	b.mu.Unlock()
+	<-b.release
+	return bcrypt.CompareHashAndPassword(hash, pw)
+}
+
+func TestParallelWrongPasswordsCannotExceedMaxAttempts(t *testing.T) {
+	h := newTestHandler(t, &App{MaxAttempts: 3}, nil)
+	bc := &blockingCompare{release: make(chan struct{})}
+	h.compare = bc.compare
+	b := newBrowser("192.0.2.1")
+	tok := csrfOf(t, b.do(t, h, "GET", "/admin/", nil))
+	form := url.Values{"break_glass_step": {"login"}, "csrf_token": {tok}, "email": {"ops@example.com"}, "password": {"wrong"}}
+
+	const n = 30
+	statuses := make(chan int, n)
+	var wg sync.WaitGroup
+	for range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			statuses <- b.do(t, h, "POST", "/admin/", form).StatusCode
+		}()
+	}
+	// The refused ones answer without waiting for the held comparisons.
+	refused := 0
+	for refused < n-3 {
+		if s := <-statuses; s != http.StatusTooManyRequests {
+			t.Fatalf("an attempt beyond the 3 allowed got %d before any comparison ended", s)
+		}
+		refused++
+	}
+	close(bc.release)
+	wg.Wait()
+	close(statuses)
+	if bc.calls != 3 {
+		t.Fatalf("%d comparisons for %d parallel attempts with max_attempts 3", bc.calls, n)
+	}
+	if _, locked := h.state.limiter.lockedUntil(netip.MustParseAddr("192.0.2.1")); !locked {
+		t.Fatal("the client is not locked after 3 failures")
+	}
+}
+
+func TestSessionsAndCodesAreBoundToTheIssuingCredential(t *testing.T) {
+	app := &App{}
+	a := newTestHandler(t, app, nil)
+	otherHash, _ := bcrypt.GenerateFromPassword([]byte("another password"), 5)
+	b := newTestHandler(t, app, func(h *Handler) { h.Hash = string(otherHash) })
+
+	// A session from a is no session on b (same email, another hash) —
+	// which is also what changing the hash in the config does.
+	br := newBrowser("192.0.2.1")
+	br.signIn(t, a)
+	if r := br.do(t, a, "GET", "/admin/", nil); r.Header.Get("X-Upstream") != "reached" {
+		t.Fatal("no session on the issuing handler")
+	}
+	if r := br.do(t, b, "GET", "/admin/", nil); r.Header.Get("X-Upstream") != "" || r.StatusCode != http.StatusUnauthorized {
+		t.Fatalf("a's session opened b: %d", r.StatusCode)
+	}
+
+	// A code issued by a does not sign in on b.
+	br2 := newBrowser("192.0.2.2")
+	if r := br2.login(t, a, "ops@example.com", testPassword); r.StatusCode != http.StatusSeeOther {
+		t.Fatalf("password on a: %d", r.StatusCode)
+	}
+	tok := csrfOf(t, br2.do(t, b, "GET", "/admin/", nil))
+	r := br2.do(t, b, "POST", "/admin/", url.Values{"break_glass_step": {"code"}, "csrf_token": {tok}, "code": {devCode(t, a)}})
+	if r.StatusCode == http.StatusSeeOther {
+		t.Fatal("a's code signed in on b")
+	}
+}
+
+func TestUpstreamNeverSeesTheSessionCookie(t *testing.T) {
+	h := newTestHandler(t, nil, nil)
+	b := newBrowser("192.0.2.1")
+	b.signIn(t, h)
+	b.cookies["app_session"] = &http.Cookie{Name: "app_session", Value: "keep-me"}
+	r := b.do(t, h, "GET", "/admin/", nil)
+	if r.Header.Get("X-Upstream") != "reached" {
+		t.Fatal("no session")
+	}
+	got := r.Header.Get("X-Upstream-Cookie")
+	if strings.Contains(got, "break_glass_") || !strings.Contains(got, "app_session=keep-me") {
+		t.Fatalf("the upstream got Cookie %q", got)
+	}
+}
+
+func TestLogoutNeedsTheExactParameter(t *testing.T) {
+	h := newTestHandler(t, nil, nil)
+	b := newBrowser("192.0.2.1")
+	b.signIn(t, h)
+	for _, q := range []string{"?next=xbreak_glass=logoutz", "?break_glass=logoutx", "?other=break_glass%3Dlogout"} {
+		if r := b.do(t, h, "GET", "/admin/"+q, nil); r.Header.Get("X-Upstream") != "reached" {
+			t.Fatalf("%s ended the session", q)
+		}
+	}
+	if r := b.do(t, h, "GET", "/admin/?x=1&break_glass=logout", nil); r.Header.Get("X-Upstream") != "" {
+		t.Fatal("break_glass=logout did not end the session")
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"crypto/hmac"
 	"crypto/rand"
 	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"time"
 
@@ -147,6 +148,7 @@ const sweepInterval = time.Minute
 // state is what must survive a config reload.
 type state struct {
 	csrfKey    []byte
+	scopeKey   []byte
 	limiter    *limiter
 	codes      *codeStore
 	sessions   *sessions
@@ -164,6 +166,7 @@ func newState() (caddy.Destructor, error) {
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &state{
 		csrfKey:    subkey(root, "csrf"),
+		scopeKey:   subkey(root, "scope"),
 		limiter:    newLimiter(),
 		codes:      newCodeStore(subkey(root, "code")),
 		sessions:   newSessions(subkey(root, "session")),
@@ -181,6 +184,16 @@ func subkey(root []byte, purpose string) []byte {
 	h := hmac.New(sha256.New, root)
 	h.Write([]byte("break_glass/" + purpose))
 	return h.Sum(nil)
+}
+
+// scopeOf names a credential without revealing it: a MAC of the identity
+// and the hash.
+func (s *state) scopeOf(identity string, hash []byte) string {
+	m := hmac.New(sha256.New, s.scopeKey)
+	m.Write([]byte(identity))
+	m.Write([]byte{0})
+	m.Write(hash)
+	return hex.EncodeToString(m.Sum(nil)[:16])
 }
 
 func (s *state) sweepLoop(ctx context.Context) {

@@ -1,5 +1,5 @@
 // One-time codes: how they are made, kept (as a keyed hash, one pending code
-// per identity) and checked.
+// per credential) and checked.
 
 package breakglass
 
@@ -54,8 +54,8 @@ const (
 	codeNotFound            // nothing pending for this login and client
 )
 
-// codeStore holds at most one pending code per identity (the break-glass
-// email): a new login replaces the previous code.
+// codeStore holds at most one pending code per credential (a handler's
+// scope: its email and hash): a new login replaces the previous code.
 type codeStore struct {
 	key []byte
 	mu  sync.Mutex

@@ -23,13 +23,14 @@ type limiter struct {
 
 type limitEntry struct {
 	failures    int
+	inflight    int       // attempts reserved and not yet settled
 	windowEnd   time.Time // failures before this moment count together
 	lockedUntil time.Time // zero unless locked
 }
 
 // expired reports whether the entry holds nothing that still matters at t.
 func (e *limitEntry) expired(t time.Time) bool {
-	return !t.Before(e.windowEnd) && !t.Before(e.lockedUntil)
+	return e.inflight == 0 && !t.Before(e.windowEnd) && !t.Before(e.lockedUntil)
 }
 
 func newLimiter() *limiter {
@@ -56,27 +57,76 @@ func (l *limiter) remaining(key netip.Addr, maxAttempts int) int {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	e, ok := l.clients[key]
-	if !ok || e.expired(t) {
+	if !ok || !t.Before(e.windowEnd) && !t.Before(e.lockedUntil) {
 		return maxAttempts
 	}
 	return max(maxAttempts-e.failures, 0)
 }
 
-// fail records one failed attempt. It returns the attempts left and, when this
+// current returns the client's entry with a window that is still running,
+// starting a new window (and forgetting old failures) when the last one is
+// over. It must be called with l.mu held, and not for a locked client.
+func (l *limiter) current(key netip.Addr, t time.Time, window time.Duration) *limitEntry {
+	e, ok := l.clients[key]
+	if !ok {
+		e = &limitEntry{windowEnd: t.Add(window)}
+		l.clients[key] = e
+	} else if !t.Before(e.windowEnd) {
+		e.failures, e.windowEnd, e.lockedUntil = 0, t.Add(window), time.Time{}
+	}
+	return e
+}
+
+// reserve claims one attempt before an expensive check (a password hash), so
+// that attempts made in parallel cannot exceed the limit: it refuses when the
+// client is locked (returning until when) or when its failures plus the
+// attempts already in flight reach maxAttempts (returning a zero time).
+// Every successful reserve must be followed by one settle.
+func (l *limiter) reserve(key netip.Addr, maxAttempts int, window time.Duration) (lockedUntil time.Time, ok bool) {
+	t := now()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if e, ok := l.clients[key]; ok && t.Before(e.lockedUntil) {
+		return e.lockedUntil, false
+	}
+	e := l.current(key, t, window)
+	if e.failures+e.inflight >= maxAttempts {
+		return time.Time{}, false
+	}
+	e.inflight++
+	return time.Time{}, true
+}
+
+// settle ends a reserved attempt, counting it as fail does when it failed.
+func (l *limiter) settle(key netip.Addr, failed bool, maxAttempts int, window time.Duration) (remaining int, lockedUntil time.Time) {
+	t := now()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if e, ok := l.clients[key]; ok && e.inflight > 0 {
+		e.inflight--
+	}
+	if !failed {
+		return maxAttempts, time.Time{}
+	}
+	return l.failLocked(key, t, maxAttempts, window)
+}
+
+// fail records one failed attempt that was not reserved (a wrong code: cheap
+// to check, and capped per code). It returns the attempts left and, when this
 // failure started a lockout, the time it ends. A failure recorded while the
 // client is already locked changes nothing.
 func (l *limiter) fail(key netip.Addr, maxAttempts int, window time.Duration) (remaining int, lockedUntil time.Time) {
 	t := now()
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	e, ok := l.clients[key]
-	if ok && t.Before(e.lockedUntil) {
+	return l.failLocked(key, t, maxAttempts, window)
+}
+
+func (l *limiter) failLocked(key netip.Addr, t time.Time, maxAttempts int, window time.Duration) (int, time.Time) {
+	if e, ok := l.clients[key]; ok && t.Before(e.lockedUntil) {
 		return 0, time.Time{}
 	}
-	if !ok || e.expired(t) {
-		e = &limitEntry{windowEnd: t.Add(window)}
-		l.clients[key] = e
-	}
+	e := l.current(key, t, window)
 	e.failures++
 	if e.failures >= maxAttempts {
 		e.lockedUntil = t.Add(window)

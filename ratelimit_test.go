@@ -141,3 +141,42 @@ func TestSweepDropsOnlyExpiredEntries(t *testing.T) {
 		t.Fatalf("the sweep lost a live failure count: remaining %d, want 4", rem)
 	}
 }
+
+func TestReservationsInFlightCountTowardsTheLimit(t *testing.T) {
+	useTestClock(t)
+	l := newLimiter()
+	k := netip.MustParseAddr("192.0.2.1")
+	l.fail(k, 3, time.Minute)
+	granted := 0
+	for range 10 {
+		if _, ok := l.reserve(k, 3, time.Minute); ok {
+			granted++
+		}
+	}
+	if granted != 2 {
+		t.Fatalf("%d attempts reserved with 1 failure of 3 counted, want 2", granted)
+	}
+	if n := l.sweep(); n != 1 {
+		t.Fatal("an entry with attempts in flight was swept")
+	}
+	l.settle(k, true, 3, time.Minute)
+	_, until := l.settle(k, true, 3, time.Minute)
+	if until.IsZero() {
+		t.Fatal("the failures of the reserved attempts did not lock the client")
+	}
+	if _, ok := l.reserve(k, 3, time.Minute); ok {
+		t.Fatal("a locked client reserved an attempt")
+	}
+}
+
+func TestSettlingASuccessFreesTheReservation(t *testing.T) {
+	useTestClock(t)
+	l := newLimiter()
+	k := netip.MustParseAddr("192.0.2.1")
+	for range 5 {
+		if _, ok := l.reserve(k, 1, time.Minute); !ok {
+			t.Fatal("a settled success still held the only attempt")
+		}
+		l.settle(k, false, 1, time.Minute)
+	}
+}

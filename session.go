@@ -1,5 +1,5 @@
-// Session cookies: signed, bound to the client and the identity, revocable
-// server-side (logout).
+// Session cookies: signed, bound to the client and to the credential (email
+// and hash) of the handler that issued them, revocable server-side (logout).
 
 package breakglass
 
@@ -28,11 +28,11 @@ var b64 = base64.RawURLEncoding.Strict()
 
 // session is what a session cookie says.
 type session struct {
-	ID       string // random, 128 bits, hex; the handle for revocation
-	Issued   time.Time
-	Expires  time.Time
-	Client   netip.Addr
-	Identity string // the break-glass email, normalised
+	ID      string // random, 128 bits, hex; the handle for revocation
+	Issued  time.Time
+	Expires time.Time
+	Client  netip.Addr
+	Scope   string // the issuing credential (see Handler.scope)
 }
 
 var (
@@ -41,7 +41,7 @@ var (
 	errSessionExpired   = errors.New("session expired")
 	errSessionRevoked   = errors.New("session revoked")
 	errSessionClient    = errors.New("session belongs to another client")
-	errSessionIdentity  = errors.New("session belongs to another identity")
+	errSessionScope     = errors.New("session belongs to another credential")
 )
 
 // sessions signs and checks session cookies and remembers revoked ones until
@@ -64,8 +64,7 @@ func newSessionID() (string, error) {
 	return hex.EncodeToString(b[:]), nil
 }
 
-// payload is "v1|id|issued|expires|client|identity". The identity comes last
-// because an email may itself contain "|".
+// payload is "v1|id|issued|expires|client|scope".
 func (s session) payload() string {
 	return strings.Join([]string{
 		sessionFormat,
@@ -73,7 +72,7 @@ func (s session) payload() string {
 		strconv.FormatInt(s.Issued.Unix(), 10),
 		strconv.FormatInt(s.Expires.Unix(), 10),
 		s.Client.String(),
-		s.Identity,
+		s.Scope,
 	}, "|")
 }
 
@@ -90,7 +89,7 @@ func (st *sessions) encode(s session) string {
 }
 
 // decode checks the signature and the expiry of a cookie value and returns
-// the session it names. Binding (client, identity) and revocation are checked
+// the session it names. Binding (client, scope) and revocation are checked
 // by verify.
 func (st *sessions) decode(value string) (session, error) {
 	var s session
@@ -119,7 +118,7 @@ func (st *sessions) decode(value string) (session, error) {
 	if err1 != nil || err2 != nil || err3 != nil || f[1] == "" {
 		return s, errSessionMalformed
 	}
-	s = session{ID: f[1], Issued: time.Unix(iat, 0), Expires: time.Unix(exp, 0), Client: client, Identity: f[5]}
+	s = session{ID: f[1], Issued: time.Unix(iat, 0), Expires: time.Unix(exp, 0), Client: client, Scope: f[5]}
 	if !now().Before(s.Expires) {
 		return s, errSessionExpired
 	}
@@ -127,8 +126,8 @@ func (st *sessions) decode(value string) (session, error) {
 }
 
 // verify returns the session of a cookie value if it is valid for this
-// client and identity right now.
-func (st *sessions) verify(value string, client netip.Addr, identity string) (session, error) {
+// client and credential right now.
+func (st *sessions) verify(value string, client netip.Addr, scope string) (session, error) {
 	s, err := st.decode(value)
 	if err != nil {
 		return s, err
@@ -136,8 +135,8 @@ func (st *sessions) verify(value string, client netip.Addr, identity string) (se
 	if s.Client != client {
 		return s, errSessionClient
 	}
-	if s.Identity != identity {
-		return s, errSessionIdentity
+	if s.Scope != scope {
+		return s, errSessionScope
 	}
 	st.mu.RLock()
 	_, revoked := st.revoked[s.ID]

@@ -256,7 +256,11 @@ func startCaddy(t *testing.T, config, adapter string, env ...string) *caddy {
 		c.config = filepath.Join(t.TempDir(), "caddy.json")
 	}
 	c.write(t, config)
-	c.proc = startProc(t, "caddy", append(env, "BG_HASH="+hash(t)), caddyBin, "run", "--config", c.config, "--adapter", adapter)
+	args := []string{"run", "--config", c.config}
+	if adapter != "json" {
+		args = append(args, "--adapter", adapter)
+	}
+	c.proc = startProc(t, "caddy", append(env, "BG_HASH="+hash(t)), caddyBin, args...)
 	waitPort(t, c.admin, c.proc)
 	if strings.Contains(config, "{PORT}") {
 		waitPort(t, fmt.Sprintf("127.0.0.1:%d", c.port), c.proc)
