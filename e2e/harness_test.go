@@ -294,10 +294,24 @@ func (c *caddy) load(t *testing.T, config string) {
 	waitPort(t, fmt.Sprintf("127.0.0.1:%d", c.port), c.proc)
 }
 
-// run runs the binary as a command (adapt, validate, reload…).
+// run runs the binary as a command (adapt, validate, reload…) and returns
+// what it printed on both streams.
 func run(args ...string) (string, error) {
 	out, err := exec.Command(caddyBin, args...).CombinedOutput()
 	return string(out), err
+}
+
+// stdout runs the binary and returns its standard output alone.
+func stdout(t *testing.T, args ...string) string {
+	t.Helper()
+	cmd := exec.Command(caddyBin, args...)
+	var errb bytes.Buffer
+	cmd.Stderr = &errb
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("caddy %v: %v\n%s", args, err, errb.String())
+	}
+	return string(out)
 }
 
 // mailpit is a running mailpit: SMTP for the plugin, its API for the test.
@@ -565,4 +579,3 @@ func ctxTimeout(t *testing.T, d time.Duration) context.Context {
 	return ctx
 }
 
-var _ = bytes.NewReader
