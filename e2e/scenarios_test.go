@@ -218,9 +218,10 @@ func TestDeliveryFaults(t *testing.T) {
 	mp := startMailpit(t, mailpitOptions{})
 	seen := map[string]bool{} // the code mails already read, across the subtests
 	t.Run("mail server down", func(t *testing.T) {
-		s := defaultSite(mp)
-		s.smtp = fmt.Sprintf("127.0.0.1:%d", freePort(t)) // nothing listens
+		down := startMailpit(t, mailpitOptions{})
+		s := defaultSite(down)
 		c := startCaddy(t, s.caddyfile(), "caddyfile")
+		down.stop()
 		cl := newClient(t, c.base, "127.0.0.2")
 		if r := cl.login("/admin/", "ops@example.com", testPassword, nil); r.status != 303 {
 			t.Fatalf("right password with the mail server down: %d", r.status)
