@@ -10,7 +10,6 @@ package e2e
 import (
 	"bufio"
 	"bytes"
-	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -571,11 +570,3 @@ func (c *client) signIn(path string, mp *mailpit, seen map[string]bool) {
 		c.t.Fatalf("right code from %s: %d\n%s", c.ip, r.status, r.body)
 	}
 }
-
-// ctxTimeout is a context for one scenario's slow steps.
-func ctxTimeout(t *testing.T, d time.Duration) context.Context {
-	ctx, cancel := context.WithTimeout(context.Background(), d)
-	t.Cleanup(cancel)
-	return ctx
-}
-

@@ -346,4 +346,3 @@ func TestAlertsReachEveryChannel(t *testing.T) {
 	}
 	c.waitLog(t, "break-glass login succeeded", map[string]string{"client_ip": "127.0.0.2", "level": "warn"})
 }
-
