@@ -94,6 +94,8 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 //
 //	break_glass {
 //		max_attempts <n>
+//		max_concurrent_hashes <n>
+//		max_tracked_clients <n>
 //		lockout <duration>
 //		code_ttl <duration>
 //		session_ttl <duration>
@@ -111,15 +113,17 @@ func parseGlobalOption(d *caddyfile.Dispenser, existing any) (any, error) {
 	for d.NextBlock(0) {
 		switch d.Val() {
 		case "max_attempts":
-			var s string
-			if err := oneArg(d, &s); err != nil {
+			if err := countArg(d, &app.MaxAttempts); err != nil {
 				return nil, err
 			}
-			n, err := strconv.Atoi(s)
-			if err != nil || n < 1 {
-				return nil, d.Errf("max_attempts: %q: must be a whole number of at least 1", s)
+		case "max_concurrent_hashes":
+			if err := countArg(d, &app.MaxConcurrentHashes); err != nil {
+				return nil, err
 			}
-			app.MaxAttempts = n
+		case "max_tracked_clients":
+			if err := countArg(d, &app.MaxTrackedClients); err != nil {
+				return nil, err
+			}
 		case "lockout":
 			if err := durationArg(d, &app.Lockout); err != nil {
 				return nil, err
@@ -209,6 +213,21 @@ func oneArg(d *caddyfile.Dispenser, dst *string) error {
 	if d.NextArg() {
 		return d.Errf("%s: takes one value, got more", name)
 	}
+	return nil
+}
+
+// countArg reads one whole number of at least 1.
+func countArg(d *caddyfile.Dispenser, dst *int) error {
+	name := d.Val()
+	var s string
+	if err := oneArg(d, &s); err != nil {
+		return err
+	}
+	n, err := strconv.Atoi(s)
+	if err != nil || n < 1 {
+		return d.Errf("%s: %q: must be a whole number of at least 1", name, s)
+	}
+	*dst = n
 	return nil
 }
 

@@ -267,6 +267,11 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	if !ok {
 		return caddyhttp.Error(http.StatusBadRequest, errors.New("break_glass: no client address"))
 	}
+	// As Caddy's IP matchers do: before the TLS handshake is complete (0-RTT
+	// early data), the client address is not proven, so nothing is decided.
+	if r.TLS != nil && !r.TLS.HandshakeComplete {
+		return caddyhttp.Error(http.StatusTooEarly, errors.New("break_glass: TLS handshake not complete, client address not verified"))
+	}
 	if !allowed(h.allow, client) {
 		h.logger.Info("break-glass request refused: client not allowed", zap.String("client_ip", client.String()))
 		return render(w, r, http.StatusForbidden, h.page(r, client, "forbidden", "Access not allowed"))
@@ -366,20 +371,21 @@ func (h *Handler) stepPassword(w http.ResponseWriter, r *http.Request, client ne
 		password = password[:bcryptMaxPassword]
 	}
 	// Claim the attempt before hashing, so that attempts sent in parallel
-	// cannot add up to more than max_attempts.
-	key, maxAttempts, window := limiterKey(client), h.app.MaxAttempts, time.Duration(h.app.Lockout)
-	if until, ok := h.state.limiter.reserve(key, maxAttempts, window); !ok {
-		if !until.IsZero() {
-			return h.renderLocked(w, r, client, until)
-		}
-		log.Info("break-glass request refused: attempts from this client already in progress")
-		w.Header().Set("Retry-After", "1")
-		return render(w, r, http.StatusTooManyRequests, h.message(r, client, "Please wait",
-			"Other sign-in attempts from your address are still being checked. Wait a moment and try again."))
+	// cannot add up to more than max_attempts; then wait for a hashing slot.
+	if !h.claim(w, r, client, log) {
+		return nil
 	}
+	if !h.app.acquireHash(r.Context()) {
+		h.settle(client, false)
+		log.Warn("break-glass request refused: every password-checking slot is busy", zap.Int("max_concurrent_hashes", h.app.MaxConcurrentHashes))
+		w.Header().Set("Retry-After", "2")
+		return render(w, r, http.StatusServiceUnavailable, h.message(r, client, "Busy",
+			"Too many sign-in attempts are being checked right now. Wait a moment and try again; this did not count as a failed attempt."))
+	}
+	defer h.app.releaseHash()
 	err := h.compare(hash, password)
 	failed := err != nil || !emailOK || tooLong
-	remaining, lockedUntil := h.state.limiter.settle(key, failed, maxAttempts, window)
+	remaining, lockedUntil := h.settle(client, failed)
 	if failed {
 		return h.failed(w, r, client, log, "bad_credentials", remaining, lockedUntil, func(p *page, remaining int) int {
 			p.Kind, p.Title = "login", "Break-glass sign-in"
@@ -416,11 +422,15 @@ func (h *Handler) stepPassword(w http.ResponseWriter, r *http.Request, client ne
 // as a failed attempt for the client.
 func (h *Handler) stepCode(w http.ResponseWriter, r *http.Request, client netip.Addr, flow string, log *zap.Logger) error {
 	code := strings.ReplaceAll(strings.TrimSpace(r.PostForm.Get("code")), " ", "")
-	switch h.state.codes.verify(h.scope, flow, client, code) {
+	if !h.claim(w, r, client, log) {
+		return nil
+	}
+	res := h.state.codes.verify(h.scope, flow, client, code)
+	remaining, lockedUntil := h.settle(client, res != codeOK)
+	switch res {
 	case codeOK:
 		return h.succeed(w, r, client, log)
 	case codeWrong:
-		remaining, lockedUntil := h.state.limiter.fail(limiterKey(client), h.app.MaxAttempts, time.Duration(h.app.Lockout))
 		return h.failed(w, r, client, log, "wrong_code", remaining, lockedUntil, func(p *page, remaining int) int {
 			exp, _ := h.state.codes.pending(h.scope, flow, client)
 			p.Kind, p.Title, p.Expires = "code", "Enter your code", formatTime(exp)
@@ -428,13 +438,44 @@ func (h *Handler) stepCode(w http.ResponseWriter, r *http.Request, client netip.
 			return http.StatusUnauthorized
 		})
 	default: // voided, expired, used, replaced, or not this login's
-		remaining, lockedUntil := h.state.limiter.fail(limiterKey(client), h.app.MaxAttempts, time.Duration(h.app.Lockout))
 		return h.failed(w, r, client, log, "invalid_code", remaining, lockedUntil, func(p *page, remaining int) int {
 			p.Kind, p.Title = "login", "Break-glass sign-in"
 			p.Error = fmt.Sprintf("That code is no longer valid (expired, already used, replaced by a newer sign-in, or too many wrong tries). Sign in again. %s left.", plural(remaining, "attempt"))
 			return http.StatusUnauthorized
 		})
 	}
+}
+
+// claim reserves an attempt for the client in the limiter. When it cannot,
+// it serves the refusal (429) and returns false.
+func (h *Handler) claim(w http.ResponseWriter, r *http.Request, client netip.Addr, log *zap.Logger) bool {
+	res, until := h.state.limiter.reserve(limiterKey(client), h.app.MaxAttempts, time.Duration(h.app.Lockout))
+	var err error
+	switch res {
+	case reserved:
+		return true
+	case refusedLocked:
+		err = h.renderLocked(w, r, client, until)
+	case refusedInFlight:
+		log.Info("break-glass request refused: attempts from this client already in progress")
+		w.Header().Set("Retry-After", "1")
+		err = render(w, r, http.StatusTooManyRequests, h.message(r, client, "Please wait",
+			"Other sign-in attempts from your address are still being checked. Wait a moment and try again."))
+	case refusedFull:
+		log.Error("break-glass request refused: the limiter tracks as many clients as it may (max_tracked_clients)")
+		w.Header().Set("Retry-After", "60")
+		err = render(w, r, http.StatusTooManyRequests, h.message(r, client, "Please wait",
+			"Too many addresses are signing in right now. Try again in a minute."))
+	}
+	if err != nil {
+		h.logger.Debug("writing a refusal", zap.Error(err))
+	}
+	return false
+}
+
+// settle ends the attempt claimed by claim, counting it when it failed.
+func (h *Handler) settle(client netip.Addr, failed bool) (remaining int, lockedUntil time.Time) {
+	return h.state.limiter.settle(limiterKey(client), failed, h.app.MaxAttempts, time.Duration(h.app.Lockout))
 }
 
 // failed logs a failure the limiter has counted and serves either the page
@@ -461,6 +502,11 @@ func (h *Handler) failed(w http.ResponseWriter, r *http.Request, client netip.Ad
 
 // succeed starts a session after the right code.
 func (h *Handler) succeed(w http.ResponseWriter, r *http.Request, client netip.Addr, log *zap.Logger) error {
+	if h.state.sessions.full() {
+		log.Error("break-glass session refused: too many revoked sessions are remembered; they expire with their sessions")
+		return render(w, r, http.StatusServiceUnavailable, h.message(r, client, "Try again later",
+			"No new session can be started right now. Try again later, or ask your security team."))
+	}
 	h.state.limiter.reset(limiterKey(client))
 	id, err := newSessionID()
 	if err != nil {

@@ -5,6 +5,7 @@ package breakglass
 
 import (
 	"crypto/tls"
+	"errors"
 	"io"
 	"net"
 	"net/http"
@@ -655,5 +656,78 @@ func TestLogoutNeedsTheExactParameter(t *testing.T) {
 	}
 	if r := b.do(t, h, "GET", "/admin/?x=1&break_glass=logout", nil); r.Header.Get("X-Upstream") != "" {
 		t.Fatal("break_glass=logout did not end the session")
+	}
+}
+
+func TestHashingBeyondTheCapGets503AndDoesNotCount(t *testing.T) {
+	old := hashWait
+	hashWait = 50 * time.Millisecond
+	t.Cleanup(func() { hashWait = old })
+	h := newTestHandler(t, &App{MaxAttempts: 3, MaxConcurrentHashes: 1}, nil)
+	bc := &blockingCompare{release: make(chan struct{})}
+	h.compare = bc.compare
+
+	first := newBrowser("192.0.2.1")
+	done := make(chan int)
+	tok := csrfOf(t, first.do(t, h, "GET", "/admin/", nil))
+	go func() {
+		done <- first.do(t, h, "POST", "/admin/", url.Values{"break_glass_step": {"login"}, "csrf_token": {tok},
+			"email": {"ops@example.com"}, "password": {"wrong"}}).StatusCode
+	}()
+	for { // wait until the first attempt holds the only slot
+		bc.mu.Lock()
+		n := bc.calls
+		bc.mu.Unlock()
+		if n == 1 {
+			break
+		}
+		time.Sleep(time.Millisecond)
+	}
+	second := newBrowser("192.0.2.2")
+	resp := second.login(t, h, "ops@example.com", "wrong")
+	if resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get("Retry-After") == "" {
+		t.Fatalf("with the only hashing slot taken: %d, Retry-After %q; want 503 with Retry-After", resp.StatusCode, resp.Header.Get("Retry-After"))
+	}
+	if rem := h.state.limiter.remaining(netip.MustParseAddr("192.0.2.2"), 3); rem != 3 {
+		t.Fatalf("the refused attempt counted: %d attempts left of 3", rem)
+	}
+	close(bc.release)
+	if s := <-done; s != http.StatusUnauthorized {
+		t.Fatalf("the first attempt: %d", s)
+	}
+	if bc.calls != 1 {
+		t.Fatalf("%d comparisons, want 1: the refused attempt was hashed", bc.calls)
+	}
+}
+
+func TestRequestsBeforeTheTLSHandshakeCompletesGet425(t *testing.T) {
+	h := newTestHandler(t, nil, nil)
+	for _, method := range []string{"GET", "POST"} {
+		r := httptest.NewRequest(method, "/admin/", strings.NewReader("break_glass_step=login"))
+		r.RemoteAddr = "192.0.2.1:4000"
+		r.TLS = &tls.ConnectionState{HandshakeComplete: false}
+		w := httptest.NewRecorder()
+		r = caddyhttp.PrepareRequest(r, caddy.NewReplacer(), w, nil)
+		err := h.ServeHTTP(w, r, upstream)
+		var he caddyhttp.HandlerError
+		if !errors.As(err, &he) || he.StatusCode != http.StatusTooEarly {
+			t.Fatalf("%s in 0-RTT early data: err %v, want a 425 error", method, err)
+		}
+		if len(h.cmp.take()) != 0 || w.Header().Get("X-Upstream") != "" {
+			t.Fatalf("%s in early data was acted on", method)
+		}
+	}
+}
+
+func TestNoSessionIsIssuedWhenRevocationsAreFull(t *testing.T) {
+	old := maxRevoked
+	maxRevoked = 1
+	t.Cleanup(func() { maxRevoked = old })
+	h := newTestHandler(t, nil, nil)
+	b := newBrowser("192.0.2.1")
+	b.signIn(t, h)
+	b.do(t, h, "GET", "/admin/?break_glass=logout", nil) // one revocation: full
+	if r := b.signIn(t, h); r.StatusCode != http.StatusServiceUnavailable {
+		t.Fatalf("sign-in with the revocations full: %d, want 503", r.StatusCode)
 	}
 }

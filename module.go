@@ -11,6 +11,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
+	"runtime"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -56,9 +57,21 @@ type App struct {
 	// The default mail transport of every handler that sets none itself.
 	SMTP *SMTPConfig `json:"smtp,omitempty"`
 
-	state  *state
-	mailer *mailer
-	logger *zap.Logger
+	// How many password checks (bcrypt) may run at once across all handlers.
+	// A sign-in that cannot start within 2s gets 503 and does not count as
+	// a failed attempt. Default: half the CPUs, at least 1, so that a flood
+	// of sign-ins never takes every core.
+	MaxConcurrentHashes int `json:"max_concurrent_hashes,omitempty"`
+
+	// How many clients the limiter tracks at once. When full, a new client
+	// is refused (429) until entries expire; a tracked client, locked or
+	// not, is never evicted. Default: 100000 (about 20 MB).
+	MaxTrackedClients int `json:"max_tracked_clients,omitempty"`
+
+	hashSlots chan struct{}
+	state     *state
+	mailer    *mailer
+	logger    *zap.Logger
 }
 
 // CaddyModule returns the Caddy module information.
@@ -78,8 +91,13 @@ func (a *App) Provision(ctx caddy.Context) error {
 // setup is Provision once the logger is known.
 func (a *App) setup(logger *zap.Logger) error {
 	a.logger = logger
-	if a.MaxAttempts < 0 {
-		return fmt.Errorf("max_attempts: must be at least 1, got %d", a.MaxAttempts)
+	for _, n := range []struct {
+		name string
+		val  int
+	}{{"max_attempts", a.MaxAttempts}, {"max_concurrent_hashes", a.MaxConcurrentHashes}, {"max_tracked_clients", a.MaxTrackedClients}} {
+		if n.val < 0 {
+			return fmt.Errorf("%s: must be at least 1, got %d", n.name, n.val)
+		}
 	}
 	for _, d := range []struct {
 		name string
@@ -101,6 +119,13 @@ func (a *App) setup(logger *zap.Logger) error {
 	if a.SessionTTL == 0 {
 		a.SessionTTL = caddy.Duration(defaultSessionTTL)
 	}
+	if a.MaxConcurrentHashes == 0 {
+		a.MaxConcurrentHashes = max(1, runtime.NumCPU()/2)
+	}
+	if a.MaxTrackedClients == 0 {
+		a.MaxTrackedClients = defaultMaxTrackedClients
+	}
+	a.hashSlots = make(chan struct{}, a.MaxConcurrentHashes)
 	if a.SMTP != nil {
 		m, err := a.SMTP.provision(caddy.NewReplacer(), "smtp")
 		if err != nil {
@@ -113,8 +138,33 @@ func (a *App) setup(logger *zap.Logger) error {
 		return err
 	}
 	a.state = v.(*state)
+	a.state.limiter.setMaxClients(a.MaxTrackedClients)
 	return nil
 }
+
+// hashWait is how long a sign-in waits for a password-checking slot.
+var hashWait = 2 * time.Second
+
+// acquireHash waits up to hashWait for a password-checking slot.
+func (a *App) acquireHash(ctx context.Context) bool {
+	select {
+	case a.hashSlots <- struct{}{}:
+		return true
+	default:
+	}
+	t := time.NewTimer(hashWait)
+	defer t.Stop()
+	select {
+	case a.hashSlots <- struct{}{}:
+		return true
+	case <-t.C:
+		return false
+	case <-ctx.Done():
+		return false
+	}
+}
+
+func (a *App) releaseHash() { <-a.hashSlots }
 
 // Start is part of caddy.App; the state's background work is started with
 // the state itself, so that it keeps running across reloads.

@@ -19,7 +19,24 @@ var now = time.Now
 type limiter struct {
 	mu      sync.Mutex
 	clients map[netip.Addr]*limitEntry
+	// maxClients bounds how many clients are tracked at once; when full, a
+	// new client is refused (fail closed) and no tracked one is evicted.
+	maxClients int
 }
+
+// defaultMaxTrackedClients is the default bound of the limiter: at about 200
+// bytes a client, 100,000 clients take some 20 MB.
+const defaultMaxTrackedClients = 100_000
+
+// reservation is the outcome of reserve.
+type reservation int
+
+const (
+	reserved        reservation = iota
+	refusedLocked               // the client is locked out
+	refusedInFlight             // its failures plus attempts in flight reach the maximum
+	refusedFull                 // a new client, and the limiter tracks as many as it may
+)
 
 type limitEntry struct {
 	failures    int
@@ -34,7 +51,14 @@ func (e *limitEntry) expired(t time.Time) bool {
 }
 
 func newLimiter() *limiter {
-	return &limiter{clients: make(map[netip.Addr]*limitEntry)}
+	return &limiter{clients: make(map[netip.Addr]*limitEntry), maxClients: defaultMaxTrackedClients}
+}
+
+// setMaxClients changes the bound (the app's max_tracked_clients).
+func (l *limiter) setMaxClients(n int) {
+	l.mu.Lock()
+	l.maxClients = n
+	l.mu.Unlock()
 }
 
 // lockedUntil returns the end of the client's lockout, if it is locked now.
@@ -65,10 +89,14 @@ func (l *limiter) remaining(key netip.Addr, maxAttempts int) int {
 
 // current returns the client's entry with a window that is still running,
 // starting a new window (and forgetting old failures) when the last one is
-// over. It must be called with l.mu held, and not for a locked client.
+// over; nil when the client is new and the limiter is full. It must be
+// called with l.mu held, and not for a locked client.
 func (l *limiter) current(key netip.Addr, t time.Time, window time.Duration) *limitEntry {
 	e, ok := l.clients[key]
 	if !ok {
+		if len(l.clients) >= l.maxClients {
+			return nil
+		}
 		e = &limitEntry{windowEnd: t.Add(window)}
 		l.clients[key] = e
 	} else if !t.Before(e.windowEnd) {
@@ -77,27 +105,32 @@ func (l *limiter) current(key netip.Addr, t time.Time, window time.Duration) *li
 	return e
 }
 
-// reserve claims one attempt before an expensive check (a password hash), so
-// that attempts made in parallel cannot exceed the limit: it refuses when the
-// client is locked (returning until when) or when its failures plus the
-// attempts already in flight reach maxAttempts (returning a zero time).
-// Every successful reserve must be followed by one settle.
-func (l *limiter) reserve(key netip.Addr, maxAttempts int, window time.Duration) (lockedUntil time.Time, ok bool) {
+// reserve claims one attempt before checking it, so that attempts made in
+// parallel cannot exceed the limit. It refuses when the client is locked
+// (returning until when), when its failures plus the attempts already in
+// flight reach maxAttempts, or when the client is new and the limiter full.
+// Every reservation must be followed by one settle.
+func (l *limiter) reserve(key netip.Addr, maxAttempts int, window time.Duration) (reservation, time.Time) {
 	t := now()
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if e, ok := l.clients[key]; ok && t.Before(e.lockedUntil) {
-		return e.lockedUntil, false
+		return refusedLocked, e.lockedUntil
 	}
 	e := l.current(key, t, window)
-	if e.failures+e.inflight >= maxAttempts {
-		return time.Time{}, false
+	switch {
+	case e == nil:
+		return refusedFull, time.Time{}
+	case e.failures+e.inflight >= maxAttempts:
+		return refusedInFlight, time.Time{}
 	}
 	e.inflight++
-	return time.Time{}, true
+	return reserved, time.Time{}
 }
 
-// settle ends a reserved attempt, counting it as fail does when it failed.
+// settle ends a reserved attempt. A failure is counted: it returns the
+// attempts left and, when this failure started a lockout, the time it ends.
+// A failure settled while the client is already locked changes nothing.
 func (l *limiter) settle(key netip.Addr, failed bool, maxAttempts int, window time.Duration) (remaining int, lockedUntil time.Time) {
 	t := now()
 	l.mu.Lock()
@@ -111,22 +144,14 @@ func (l *limiter) settle(key netip.Addr, failed bool, maxAttempts int, window ti
 	return l.failLocked(key, t, maxAttempts, window)
 }
 
-// fail records one failed attempt that was not reserved (a wrong code: cheap
-// to check, and capped per code). It returns the attempts left and, when this
-// failure started a lockout, the time it ends. A failure recorded while the
-// client is already locked changes nothing.
-func (l *limiter) fail(key netip.Addr, maxAttempts int, window time.Duration) (remaining int, lockedUntil time.Time) {
-	t := now()
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.failLocked(key, t, maxAttempts, window)
-}
-
 func (l *limiter) failLocked(key netip.Addr, t time.Time, maxAttempts int, window time.Duration) (int, time.Time) {
 	if e, ok := l.clients[key]; ok && t.Before(e.lockedUntil) {
 		return 0, time.Time{}
 	}
 	e := l.current(key, t, window)
+	if e == nil { // cannot happen after a reservation; fail closed anyway
+		return 0, time.Time{}
+	}
 	e.failures++
 	if e.failures >= maxAttempts {
 		e.lockedUntil = t.Add(window)

@@ -149,7 +149,7 @@ func TestReservationsInFlightCountTowardsTheLimit(t *testing.T) {
 	l.fail(k, 3, time.Minute)
 	granted := 0
 	for range 10 {
-		if _, ok := l.reserve(k, 3, time.Minute); ok {
+		if res, _ := l.reserve(k, 3, time.Minute); res == reserved {
 			granted++
 		}
 	}
@@ -164,7 +164,7 @@ func TestReservationsInFlightCountTowardsTheLimit(t *testing.T) {
 	if until.IsZero() {
 		t.Fatal("the failures of the reserved attempts did not lock the client")
 	}
-	if _, ok := l.reserve(k, 3, time.Minute); ok {
+	if res, _ := l.reserve(k, 3, time.Minute); res != refusedLocked {
 		t.Fatal("a locked client reserved an attempt")
 	}
 }
@@ -174,9 +174,35 @@ func TestSettlingASuccessFreesTheReservation(t *testing.T) {
 	l := newLimiter()
 	k := netip.MustParseAddr("192.0.2.1")
 	for range 5 {
-		if _, ok := l.reserve(k, 1, time.Minute); !ok {
+		if res, _ := l.reserve(k, 1, time.Minute); res != reserved {
 			t.Fatal("a settled success still held the only attempt")
 		}
 		l.settle(k, false, 1, time.Minute)
+	}
+}
+
+// fail records one failure the way the handler does: reserve, then settle.
+func (l *limiter) fail(key netip.Addr, maxAttempts int, window time.Duration) (int, time.Time) {
+	if res, _ := l.reserve(key, maxAttempts, window); res != reserved {
+		return 0, time.Time{}
+	}
+	return l.settle(key, true, maxAttempts, window)
+}
+
+func TestAFullLimiterRefusesNewClientsAndKeepsTrackedOnes(t *testing.T) {
+	useTestClock(t)
+	l := newLimiter()
+	l.setMaxClients(2)
+	a, b, c := netip.MustParseAddr("192.0.2.1"), netip.MustParseAddr("192.0.2.2"), netip.MustParseAddr("192.0.2.3")
+	l.fail(a, 1, time.Minute) // locked
+	l.fail(b, 5, time.Minute)
+	if res, _ := l.reserve(c, 5, time.Minute); res != refusedFull {
+		t.Fatalf("a new client with the limiter full: %v, want refusedFull", res)
+	}
+	if res, _ := l.reserve(a, 5, time.Minute); res != refusedLocked {
+		t.Fatalf("the locked client was evicted: %v", res)
+	}
+	if res, _ := l.reserve(b, 5, time.Minute); res != reserved {
+		t.Fatalf("a tracked client was refused: %v", res)
 	}
 }

@@ -44,6 +44,12 @@ var (
 	errSessionScope     = errors.New("session belongs to another credential")
 )
 
+// maxRevoked bounds the revocations kept (each is a logged-out session that
+// has not expired yet). At the bound, new sessions are refused rather than an
+// old revocation forgotten: a forgotten revocation would bring a logged-out
+// cookie back to life.
+var maxRevoked = 100_000
+
 // sessions signs and checks session cookies and remembers revoked ones until
 // they would have expired anyway.
 type sessions struct {
@@ -145,6 +151,14 @@ func (st *sessions) verify(value string, client netip.Addr, scope string) (sessi
 		return s, errSessionRevoked
 	}
 	return s, nil
+}
+
+// full reports whether no more revocations can be kept, so that no new
+// session may be issued.
+func (st *sessions) full() bool {
+	st.mu.RLock()
+	defer st.mu.RUnlock()
+	return len(st.revoked) >= maxRevoked
 }
 
 // revoke makes the session unusable, even if its cookie is replayed.
