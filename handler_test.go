@@ -29,7 +29,7 @@ const testPassword = "correct horse battery staple"
 
 var testHashes sync.Map
 
-func testHash(t *testing.T, cost int) string {
+func testHash(t testing.TB, cost int) string {
 	t.Helper()
 	if v, ok := testHashes.Load(cost); ok {
 		return v.(string)
@@ -70,7 +70,7 @@ type testHandler struct {
 	logs *observer.ObservedLogs
 }
 
-func newTestHandler(t *testing.T, app *App, mod func(*Handler)) testHandler {
+func newTestHandler(t testing.TB, app *App, mod func(*Handler)) testHandler {
 	t.Helper()
 	if app == nil {
 		app = &App{MaxAttempts: 3}
@@ -116,7 +116,7 @@ var upstream = caddyhttp.HandlerFunc(func(w http.ResponseWriter, r *http.Request
 	return nil
 })
 
-func (b *browser) do(t *testing.T, h testHandler, method, target string, form url.Values) *http.Response {
+func (b *browser) do(t testing.TB, h testHandler, method, target string, form url.Values) *http.Response {
 	t.Helper()
 	var body io.Reader
 	if form != nil {
@@ -151,7 +151,7 @@ func (b *browser) do(t *testing.T, h testHandler, method, target string, form ur
 
 var csrfRE = regexp.MustCompile(`name="csrf_token" value="([^"]+)"`)
 
-func csrfOf(t *testing.T, resp *http.Response) string {
+func csrfOf(t testing.TB, resp *http.Response) string {
 	t.Helper()
 	b, _ := io.ReadAll(resp.Body)
 	m := csrfRE.FindSubmatch(b)

@@ -1,0 +1,236 @@
+// Attacks against a running Caddy (in this process, real connections from
+// distinct loopback addresses): spoofed forwarding headers, secrets leaking
+// into responses or logs, and goroutines left behind by slow or failing
+// deliveries.
+
+package breakglass
+
+import (
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"os"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"go.uber.org/goleak"
+)
+
+func TestSpoofedForwardingHeadersFromAnUntrustedPeerChangeNothing(t *testing.T) {
+	w := newWorld(t)
+	w.load(w.caddyfile(3, ""), "caddyfile")
+	spoof := []map[string]string{
+		{"X-Forwarded-For": "127.0.0.1"},
+		{"X-Real-IP": "127.0.0.1"},
+		{"Forwarded": "for=127.0.0.1"},
+		{"X-Forwarded-For": "127.0.0.1", "X-Real-IP": "127.0.0.1", "Forwarded": `for="[::1]"`, "True-Client-IP": "127.0.0.1"},
+	}
+	// Not allowed, whatever it claims.
+	for _, hdr := range spoof {
+		if r := w.client("127.0.0.9").do("GET", "/admin/", nil, hdr); r.status != http.StatusForbidden {
+			t.Fatalf("127.0.0.9 claiming %v: %d, want 403", hdr, r.status)
+		}
+	}
+	// An allowed client is counted as itself, whatever it claims: its
+	// failures under other names lock it out.
+	c := w.client("127.0.0.3")
+	for i, hdr := range spoof[:3] {
+		tok := c.do("GET", "/admin/", nil, hdr).csrf(t)
+		r := c.do("POST", "/admin/", url.Values{"break_glass_step": {"login"}, "csrf_token": {tok}, "email": {"ops@example.com"}, "password": {"wrong"}}, hdr)
+		if want := []int{401, 401, 429}[i]; r.status != want {
+			t.Fatalf("failure %d claiming %v: %d, want %d", i+1, hdr, r.status, want)
+		}
+	}
+	if r := w.client("127.0.0.1").get("/admin/"); r.status != http.StatusUnauthorized {
+		t.Fatalf("the client named in the headers was locked instead: %d", r.status)
+	}
+}
+
+func TestNoSecretInAnyResponseOrLogLine(t *testing.T) {
+	w := newWorld(t)
+	w.load(w.caddyfile(3, ""), "caddyfile")
+	var responses []string
+	record := func(r reply) reply {
+		var b strings.Builder
+		for k, vs := range r.header {
+			if k == "Set-Cookie" {
+				continue // where a cookie is delivered, it is meant to be
+			}
+			fmt.Fprintf(&b, "%s: %s\n", k, strings.Join(vs, ", "))
+		}
+		responses = append(responses, b.String()+r.body)
+		return r
+	}
+	c := w.client("127.0.0.2")
+	record(c.get("/admin/"))
+	record(c.login("ops@example.com", "wrong"))
+	record(c.login("nobody@example.com", testPassword))
+	record(c.login("ops@example.com", testPassword))
+	codePage := record(c.get("/admin/"))
+	mail := w.smtp.waitMails(t, 1)[0]
+	code := codeRE.FindString(mail.Text)
+	record(c.do("POST", "/admin/", url.Values{"break_glass_step": {"code"}, "csrf_token": {codePage.csrf(t)}, "code": {code}}, nil))
+	record(c.get("/admin/inside"))
+	u, _ := url.Parse(w.base)
+	var cookie string
+	for _, ck := range c.hc.Jar.Cookies(u) {
+		if ck.Name == sessionCookie {
+			cookie = ck.Value
+		}
+	}
+	if cookie == "" {
+		t.Fatal("no session cookie")
+	}
+	record(c.get("/admin/?break_glass=logout"))
+	time.Sleep(200 * time.Millisecond) // alerts logged
+
+	logBytes, err := os.ReadFile(w.logFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	secrets := map[string]string{"the password": testPassword, "the hash": w.hash, "the code": code, "the session cookie": cookie}
+	for name, secret := range secrets {
+		for i, r := range responses {
+			if strings.Contains(r, secret) {
+				t.Errorf("response %d contains %s", i, name)
+			}
+		}
+		if strings.Contains(string(logBytes), secret) {
+			t.Errorf("the log contains %s", name)
+		}
+	}
+	if !strings.Contains(string(logBytes), "break-glass login succeeded") {
+		t.Fatal("the log was not captured: the scan proves nothing")
+	}
+}
+
+func TestGoroutinesEndAfterManyLoginsWithSlowAndFailingDeliveries(t *testing.T) {
+	oldTimeout, oldGrace := webhookTimeout, deliveryGrace
+	webhookTimeout, deliveryGrace = time.Minute, 200*time.Millisecond
+	t.Cleanup(func() { webhookTimeout, deliveryGrace = oldTimeout, oldGrace })
+	ignore := goleak.IgnoreCurrent()
+
+	w := newWorld(t)
+	slow := startSMTP(t, smtpOptions{delay: time.Minute}) // takes the mail, then sits on it
+	hang := make(chan struct{})
+	silentHook := httptest.NewServer(http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
+		select {
+		case <-hang:
+		case <-r.Context().Done():
+		}
+	}))
+	failing := httptest.NewServer(http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) { rw.WriteHeader(500) }))
+	w.load(fmt.Sprintf(`{
+	admin off
+	log {
+		output file %s
+		format json
+		level DEBUG
+	}
+	break_glass {
+		max_attempts 100
+		smtp %s {
+			tls none
+			from bg@example.com
+			timeout 1m
+		}
+	}
+}
+http://127.0.0.1:%d {
+	bind 127.0.0.1
+	break_glass /a* {
+		email ops@example.com
+		hash {env.BG_TEST_HASH}
+		allowed_ips 127.0.0.0/8
+		alert_emails sec@example.com soc@example.com
+		alert_webhook %s
+		dev_log_code
+	}
+	break_glass /b* {
+		email ops@example.com
+		hash {env.BG_TEST_HASH}
+		allowed_ips 127.0.0.0/8
+		alert_webhook %s
+		dev_log_code
+	}
+	respond "inside"
+}
+`, w.logFile, slow.Addr, w.port, silentHook.URL, failing.URL), "caddyfile")
+
+	for i := range 8 {
+		path := []string{"/a/", "/b/"}[i%2]
+		c := w.client(fmt.Sprintf("127.0.0.%d", 10+i))
+		tok := c.do("GET", path, nil, nil).csrf(t)
+		r := c.do("POST", path, url.Values{"break_glass_step": {"login"}, "csrf_token": {tok}, "email": {"ops@example.com"}, "password": {testPassword}}, nil)
+		if r.status != http.StatusSeeOther {
+			t.Fatalf("login %d: %d", i, r.status)
+		}
+		tok = c.do("GET", path, nil, nil).csrf(t)
+		r = c.do("POST", path, url.Values{"break_glass_step": {"code"}, "csrf_token": {tok}, "code": {w.lastDevCode(t)}}, nil)
+		if r.status != http.StatusSeeOther {
+			t.Fatalf("code %d: %d", i, r.status)
+		}
+	}
+	if n := ourGoroutines(); n < 8 {
+		t.Fatalf("only %d goroutines of ours run while deliveries hang: the test proves nothing", n)
+	}
+	// The slow server holds each delivery for a minute; stopping must cancel
+	// them after the grace, not wait for them.
+	stopped := make(chan error, 1)
+	go func() { stopped <- caddy.Stop() }()
+	select {
+	case err := <-stopped:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("stopping Caddy waits on the hanging deliveries instead of cancelling them")
+	}
+	if n := ourGoroutines(); n != 0 {
+		t.Fatalf("%d goroutines of this package still run after Caddy stopped", n)
+	}
+	close(hang)
+	silentHook.Close()
+	failing.Close()
+	slow.Close()
+	w.smtp.Close()
+	w.hook.Close()
+	w.up.Close()
+	goleak.VerifyNone(t, ignore,
+		// Caddy's own, not ours: its log file roller and a storage lock refresher.
+		goleak.IgnoreTopFunction("github.com/DeRuina/timberjack.(*Logger).millRun"),
+		goleak.IgnoreAnyFunction("github.com/caddyserver/certmagic.keepLockfileFresh"))
+}
+
+// lastDevCode reads the newest code logged with dev_log_code.
+func (w *world) lastDevCode(t *testing.T) string {
+	t.Helper()
+	var code string
+	for _, l := range w.logs() {
+		if l["msg"] == "break-glass code (dev_log_code)" {
+			code, _ = l["code"].(string)
+		}
+	}
+	if code == "" {
+		t.Fatal("no code in the log")
+	}
+	return code
+}
+
+// ourGoroutines counts goroutines running this package's code (not tests).
+func ourGoroutines() int {
+	buf := make([]byte, 1<<22)
+	buf = buf[:runtime.Stack(buf, true)]
+	n := 0
+	for _, g := range strings.Split(string(buf), "\n\n") {
+		if strings.Contains(g, "caddy-break-glass.(*dispatcher)") || strings.Contains(g, "caddy-break-glass.(*mailer)") ||
+			strings.Contains(g, "caddy-break-glass.(*state).sweepLoop") || strings.Contains(g, "caddy-break-glass.postWebhook") {
+			n++
+		}
+	}
+	return n
+}

@@ -1,0 +1,76 @@
+// Timing of failed logins, side by side: a wrong email, a wrong password and
+// an over-long password must cost the same (one bcrypt comparison at the
+// configured cost). The structural proof is
+// TestEveryLoginCostsExactlyOneComparisonAtTheConfiguredCost; this reports
+// the measured medians and their ratios, and asserts nothing about time.
+
+package breakglass
+
+import (
+	"net/url"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+)
+
+var failureKinds = []struct{ name, email, password string }{
+	{"wrong password", "ops@example.com", "not the password"},
+	{"wrong email", "nobody@example.com", testPassword},
+	{"over-long password", "ops@example.com", testPassword + strings.Repeat("x", 100)},
+}
+
+func TestReportTimingOfFailedLogins(t *testing.T) {
+	if testing.Short() {
+		t.Skip("measures timings")
+	}
+	h := newTestHandler(t, &App{MaxAttempts: 1 << 30}, func(h *Handler) { h.Hash = testHash(t, 8) })
+	h.compare = nil // the real bcrypt comparison, nothing counting around it
+	if err := h.setup(h.app, h.logger); err != nil {
+		t.Fatal(err)
+	}
+	b := newBrowser("192.0.2.1")
+	tok := csrfOf(t, b.do(t, h, "GET", "/admin/", nil))
+	const rounds = 15
+	times := make([][]time.Duration, len(failureKinds))
+	for range rounds { // interleaved, so that drift hits every kind alike
+		for i, k := range failureKinds {
+			form := url.Values{"break_glass_step": {"login"}, "csrf_token": {tok}, "email": {k.email}, "password": {k.password}}
+			start := time.Now()
+			b.do(t, h, "POST", "/admin/", form)
+			times[i] = append(times[i], time.Since(start))
+		}
+	}
+	base := median(times[0])
+	for i, k := range failureKinds {
+		m := median(times[i])
+		t.Logf("%-20s median %8v  ratio to a wrong password %.2f", k.name, m.Round(time.Microsecond), float64(m)/float64(base))
+	}
+}
+
+func median(d []time.Duration) time.Duration {
+	s := slices.Clone(d)
+	slices.Sort(s)
+	return s[len(s)/2]
+}
+
+// BenchmarkFailedLogin reports the cost of each kind of failed login at
+// bcrypt cost 10: `go test -bench FailedLogin -run '^$'`.
+func BenchmarkFailedLogin(b *testing.B) {
+	for _, k := range failureKinds {
+		b.Run(strings.ReplaceAll(k.name, " ", "_"), func(b *testing.B) {
+			h := newTestHandler(b, &App{MaxAttempts: 1 << 30}, func(h *Handler) { h.Hash = testHash(b, 10) })
+			h.compare = nil
+			if err := h.setup(h.app, h.logger); err != nil {
+				b.Fatal(err)
+			}
+			br := newBrowser("192.0.2.1")
+			tok := csrfOf(b, br.do(b, h, "GET", "/admin/", nil))
+			form := url.Values{"break_glass_step": {"login"}, "csrf_token": {tok}, "email": {k.email}, "password": {k.password}}
+			b.ResetTimer()
+			for b.Loop() {
+				br.do(b, h, "POST", "/admin/", form)
+			}
+		})
+	}
+}
