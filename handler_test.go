@@ -6,6 +6,7 @@ package breakglass
 import (
 	"crypto/tls"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -730,4 +731,76 @@ func TestNoSessionIsIssuedWhenRevocationsAreFull(t *testing.T) {
 	if r := b.signIn(t, h); r.StatusCode != http.StatusServiceUnavailable {
 		t.Fatalf("sign-in with the revocations full: %d, want 503", r.StatusCode)
 	}
+}
+
+// concurrency records how many comparisons run at once.
+type concurrency struct {
+	mu        sync.Mutex
+	now, peak int
+}
+
+func (c *concurrency) compare(hash, pw []byte) error {
+	c.mu.Lock()
+	c.now++
+	c.peak = max(c.peak, c.now)
+	c.mu.Unlock()
+	defer func() { c.mu.Lock(); c.now--; c.mu.Unlock() }()
+	return bcrypt.CompareHashAndPassword(hash, pw)
+}
+
+func TestAFloodFromManyClientsNeverRunsMoreHashesThanTheCap(t *testing.T) {
+	h := newTestHandler(t, &App{MaxAttempts: 1000, MaxConcurrentHashes: 2}, nil)
+	cc := &concurrency{}
+	h.compare = cc.compare
+	var wg sync.WaitGroup
+	for i := range 24 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			b := newBrowser(fmt.Sprintf("192.0.2.%d", 10+i))
+			for range 2 {
+				b.login(t, h, "ops@example.com", "wrong")
+			}
+		}()
+	}
+	wg.Wait()
+	if cc.peak > 2 {
+		t.Fatalf("%d comparisons ran at once with max_concurrent_hashes 2", cc.peak)
+	}
+	if cc.peak < 2 {
+		t.Fatalf("the flood never filled the 2 slots (peak %d): it proves nothing", cc.peak)
+	}
+}
+
+func TestASlowBodyHoldsNoHashingSlot(t *testing.T) {
+	old := hashWait
+	hashWait = 200 * time.Millisecond
+	t.Cleanup(func() { hashWait = old })
+	h := newTestHandler(t, &App{MaxConcurrentHashes: 1}, nil)
+
+	// A client that sends half a form and stalls.
+	slow := newBrowser("192.0.2.1")
+	tok := csrfOf(t, slow.do(t, h, "GET", "/admin/", nil))
+	pr, pw := io.Pipe()
+	go func() { _, _ = io.WriteString(pw, "break_glass_step=login&csrf_token="+tok+"&email=ops") }()
+	r := httptest.NewRequest("POST", "/admin/", pr)
+	r.RemoteAddr = slow.remote
+	r.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	for _, c := range slow.cookies {
+		r.AddCookie(c)
+	}
+	stalled := make(chan struct{})
+	go func() {
+		w := httptest.NewRecorder()
+		_ = h.ServeHTTP(w, caddyhttp.PrepareRequest(r, caddy.NewReplacer(), w, nil), upstream)
+		close(stalled)
+	}()
+	time.Sleep(50 * time.Millisecond) // it is now inside the handler, reading
+
+	// Another client's sign-in is hashed, not turned away as busy.
+	if resp := newBrowser("192.0.2.2").login(t, h, "ops@example.com", "wrong"); resp.StatusCode != http.StatusUnauthorized {
+		t.Fatalf("with a slow body in flight: %d, want 401 (hashed and wrong)", resp.StatusCode)
+	}
+	pw.Close()
+	<-stalled
 }
