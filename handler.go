@@ -300,7 +300,11 @@ func (h *Handler) serveLogin(w http.ResponseWriter, r *http.Request, client neti
 	log := h.logger.With(zap.String("client_ip", client.String()))
 	key := limiterKey(client)
 	// Before any parsing or hashing: a locked-out client costs nothing.
-	if until, locked := h.state.limiter.lockedUntil(key); locked {
+	until, locked, err := h.state.limiter.lockedUntil(key)
+	if err != nil {
+		return h.unavailable(w, r, client, log, err)
+	}
+	if locked {
 		log.Info("break-glass request refused: client locked out", zap.Time("locked_until", until))
 		return h.renderLocked(w, r, client, until)
 	}
@@ -347,7 +351,9 @@ func (h *Handler) serveLogin(w http.ResponseWriter, r *http.Request, client neti
 	case "code":
 		return h.stepCode(w, r, client, flow, log)
 	case "restart":
-		h.state.codes.cancel(h.scope, flow)
+		if err := h.state.codes.cancel(h.scope, flow); err != nil {
+			return h.unavailable(w, r, client, log, err)
+		}
 		http.Redirect(w, r, selfURL(r), http.StatusSeeOther)
 		return nil
 	default:
@@ -376,7 +382,9 @@ func (h *Handler) stepPassword(w http.ResponseWriter, r *http.Request, client ne
 		return nil
 	}
 	if !h.app.acquireHash(r.Context()) {
-		h.settle(client, false)
+		if _, _, err := h.settle(client, false); err != nil {
+			return h.unavailable(w, r, client, log, err)
+		}
 		log.Warn("break-glass request refused: every password-checking slot is busy", zap.Int("max_concurrent_hashes", h.app.MaxConcurrentHashes))
 		w.Header().Set("Retry-After", "2")
 		return render(w, r, http.StatusServiceUnavailable, h.message(r, client, "Busy",
@@ -385,7 +393,10 @@ func (h *Handler) stepPassword(w http.ResponseWriter, r *http.Request, client ne
 	defer h.app.releaseHash()
 	err := h.compare(hash, password)
 	failed := err != nil || !emailOK || tooLong
-	remaining, lockedUntil := h.settle(client, failed)
+	remaining, lockedUntil, err := h.settle(client, failed)
+	if err != nil {
+		return h.unavailable(w, r, client, log, err)
+	}
 	if failed {
 		return h.failed(w, r, client, log, "bad_credentials", remaining, lockedUntil, func(p *page, remaining int) int {
 			p.Kind, p.Title = "login", "Break-glass sign-in"
@@ -403,7 +414,10 @@ func (h *Handler) stepPassword(w http.ResponseWriter, r *http.Request, client ne
 	if err != nil {
 		return caddyhttp.Error(http.StatusInternalServerError, err)
 	}
-	exp := h.state.codes.put(h.scope, code, flow, client, time.Duration(h.app.CodeTTL))
+	exp, err := h.state.codes.put(h.scope, code, flow, client, time.Duration(h.app.CodeTTL))
+	if err != nil {
+		return h.unavailable(w, r, client, log, err)
+	}
 	log.Info("break-glass password accepted: code issued", zap.String("email", h.email), zap.Time("code_expires", exp))
 	if h.DevLogCode {
 		log.Warn("break-glass code (dev_log_code)", zap.String("email", h.email), zap.String("code", code), zap.Time("code_expires", exp))
@@ -425,8 +439,11 @@ func (h *Handler) stepCode(w http.ResponseWriter, r *http.Request, client netip.
 	if !h.claim(w, r, client, log) {
 		return nil
 	}
-	res := h.state.codes.verify(h.scope, flow, client, code)
-	remaining, lockedUntil := h.settle(client, res != codeOK)
+	res, verr := h.state.codes.verify(h.scope, flow, client, code)
+	remaining, lockedUntil, err := h.settle(client, verr == nil && res != codeOK)
+	if verr != nil || err != nil {
+		return h.unavailable(w, r, client, log, errors.Join(verr, err))
+	}
 	switch res {
 	case codeOK:
 		return h.succeed(w, r, client, log)
@@ -449,8 +466,11 @@ func (h *Handler) stepCode(w http.ResponseWriter, r *http.Request, client netip.
 // claim reserves an attempt for the client in the limiter. When it cannot,
 // it serves the refusal (429) and returns false.
 func (h *Handler) claim(w http.ResponseWriter, r *http.Request, client netip.Addr, log *zap.Logger) bool {
-	res, until := h.state.limiter.reserve(limiterKey(client), h.app.MaxAttempts, time.Duration(h.app.Lockout))
-	var err error
+	res, until, err := h.state.limiter.reserve(limiterKey(client), h.app.MaxAttempts, time.Duration(h.app.Lockout))
+	if err != nil {
+		_ = h.unavailable(w, r, client, log, err)
+		return false
+	}
 	switch res {
 	case reserved:
 		return true
@@ -474,8 +494,17 @@ func (h *Handler) claim(w http.ResponseWriter, r *http.Request, client netip.Add
 }
 
 // settle ends the attempt claimed by claim, counting it when it failed.
-func (h *Handler) settle(client netip.Addr, failed bool) (remaining int, lockedUntil time.Time) {
+func (h *Handler) settle(client netip.Addr, failed bool) (remaining int, lockedUntil time.Time, err error) {
 	return h.state.limiter.settle(limiterKey(client), failed, h.app.MaxAttempts, time.Duration(h.app.Lockout))
+}
+
+// unavailable answers 503 when the state cannot be read or written (a
+// storage backend is down): sign-ins fail closed, nothing is forgiven.
+func (h *Handler) unavailable(w http.ResponseWriter, r *http.Request, client netip.Addr, log *zap.Logger, err error) error {
+	log.Error("break-glass state unavailable: sign-in refused", zap.Error(err))
+	w.Header().Set("Retry-After", "10")
+	return render(w, r, http.StatusServiceUnavailable, h.message(r, client, "Temporarily unavailable",
+		"Break-glass sign-in cannot be checked right now. Try again in a moment; sessions already open keep working."))
 }
 
 // failed logs a failure the limiter has counted and serves either the page
@@ -507,7 +536,9 @@ func (h *Handler) succeed(w http.ResponseWriter, r *http.Request, client netip.A
 		return render(w, r, http.StatusServiceUnavailable, h.message(r, client, "Try again later",
 			"No new session can be started right now. Try again later, or ask your security team."))
 	}
-	h.state.limiter.reset(limiterKey(client))
+	if err := h.state.limiter.reset(limiterKey(client)); err != nil {
+		log.Error("break-glass: could not clear the client's failures after its sign-in", zap.Error(err))
+	}
 	id, err := newSessionID()
 	if err != nil {
 		return caddyhttp.Error(http.StatusInternalServerError, err)

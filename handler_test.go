@@ -597,7 +597,7 @@ func TestParallelWrongPasswordsCannotExceedMaxAttempts(t *testing.T) {
 	if bc.calls != 3 {
 		t.Fatalf("%d comparisons for %d parallel attempts with max_attempts 3", bc.calls, n)
 	}
-	if _, locked := h.state.limiter.lockedUntil(netip.MustParseAddr("192.0.2.1")); !locked {
+	if _, locked, _ := h.state.limiter.lockedUntil(netip.MustParseAddr("192.0.2.1")); !locked {
 		t.Fatal("the client is not locked after 3 failures")
 	}
 }

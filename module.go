@@ -199,8 +199,8 @@ const sweepInterval = time.Minute
 type state struct {
 	csrfKey    []byte
 	scopeKey   []byte
-	limiter    *limiter
-	codes      *codeStore
+	limiter    limiterBackend
+	codes      codeBackend
 	sessions   *sessions
 	deliveries *dispatcher
 

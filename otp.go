@@ -54,6 +54,16 @@ const (
 	codeNotFound            // nothing pending for this login and client
 )
 
+// codeBackend is where pending codes are kept: in this process (codeStore)
+// or in Caddy's storage (storageCodes). Errors come only from storage.
+type codeBackend interface {
+	put(scope, code, flow string, client netip.Addr, ttl time.Duration) (time.Time, error)
+	pending(scope, flow string, client netip.Addr) (time.Time, bool)
+	verify(scope, flow string, client netip.Addr, code string) (codeResult, error)
+	cancel(scope, flow string) error
+	sweep() int
+}
+
 // codeStore holds at most one pending code per credential (a handler's
 // scope: its email and hash): a new login replaces the previous code.
 type codeStore struct {
@@ -77,13 +87,13 @@ func (s *codeStore) mac(identity, code string) [sha256.Size]byte {
 }
 
 // put makes code the pending code of identity, replacing any other.
-func (s *codeStore) put(identity, code, flow string, client netip.Addr, ttl time.Duration) time.Time {
+func (s *codeStore) put(identity, code, flow string, client netip.Addr, ttl time.Duration) (time.Time, error) {
 	exp := now().Add(ttl)
 	p := &pendingCode{mac: s.mac(identity, code), flow: flow, client: client, expires: exp}
 	s.mu.Lock()
 	s.m[identity] = p
 	s.mu.Unlock()
-	return exp
+	return exp, nil
 }
 
 // pending reports whether identity has a live code bound to this flow and
@@ -108,41 +118,42 @@ func (p *pendingCode) bound(flow string, client netip.Addr, t time.Time) bool {
 // verify checks code against the pending code of identity. A right code is
 // consumed (single use); a wrong one counts against the pending code, which is
 // voided at the third. The comparison is constant-time.
-func (s *codeStore) verify(identity, flow string, client netip.Addr, code string) codeResult {
+func (s *codeStore) verify(identity, flow string, client netip.Addr, code string) (codeResult, error) {
 	t := now()
 	mac := s.mac(identity, code)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	p, ok := s.m[identity]
 	if !ok {
-		return codeNotFound
+		return codeNotFound, nil
 	}
 	if !t.Before(p.expires) {
 		delete(s.m, identity)
-		return codeNotFound
+		return codeNotFound, nil
 	}
 	if !p.bound(flow, client, t) {
-		return codeNotFound
+		return codeNotFound, nil
 	}
 	if hmac.Equal(mac[:], p.mac[:]) {
 		delete(s.m, identity)
-		return codeOK
+		return codeOK, nil
 	}
 	p.wrong++
 	if p.wrong >= maxWrongCodes {
 		delete(s.m, identity)
-		return codeVoided
+		return codeVoided, nil
 	}
-	return codeWrong
+	return codeWrong, nil
 }
 
 // cancel drops identity's pending code if it belongs to this flow.
-func (s *codeStore) cancel(identity, flow string) {
+func (s *codeStore) cancel(identity, flow string) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if p, ok := s.m[identity]; ok && hmac.Equal([]byte(p.flow), []byte(flow)) {
 		delete(s.m, identity)
 	}
+	return nil
 }
 
 // sweep drops expired codes and returns how many remain.

@@ -64,10 +64,10 @@ func TestCodeWorksOnce(t *testing.T) {
 	useTestClock(t)
 	s := newCodeStore([]byte("k"))
 	s.put("ops@example.com", "123456", flowA, clientA, time.Minute)
-	if r := s.verify("ops@example.com", flowA, clientA, "123456"); r != codeOK {
+	if r, _ := s.verify("ops@example.com", flowA, clientA, "123456"); r != codeOK {
 		t.Fatalf("right code: %v, want codeOK", r)
 	}
-	if r := s.verify("ops@example.com", flowA, clientA, "123456"); r != codeNotFound {
+	if r, _ := s.verify("ops@example.com", flowA, clientA, "123456"); r != codeNotFound {
 		t.Fatalf("second use: %v, want codeNotFound", r)
 	}
 }
@@ -80,7 +80,7 @@ func TestCodeExpires(t *testing.T) {
 	if _, ok := s.pending("ops@example.com", flowA, clientA); ok {
 		t.Fatal("code still pending at its expiry")
 	}
-	if r := s.verify("ops@example.com", flowA, clientA, "123456"); r != codeNotFound {
+	if r, _ := s.verify("ops@example.com", flowA, clientA, "123456"); r != codeNotFound {
 		t.Fatalf("expired code: %v, want codeNotFound", r)
 	}
 }
@@ -89,16 +89,16 @@ func TestCodeIsBoundToItsLoginAndClient(t *testing.T) {
 	useTestClock(t)
 	s := newCodeStore([]byte("k"))
 	s.put("ops@example.com", "123456", flowA, clientA, time.Minute)
-	if r := s.verify("ops@example.com", flowB, clientA, "123456"); r != codeNotFound {
+	if r, _ := s.verify("ops@example.com", flowB, clientA, "123456"); r != codeNotFound {
 		t.Fatalf("another step-1 cookie: %v, want codeNotFound", r)
 	}
-	if r := s.verify("ops@example.com", flowA, clientB, "123456"); r != codeNotFound {
+	if r, _ := s.verify("ops@example.com", flowA, clientB, "123456"); r != codeNotFound {
 		t.Fatalf("another client: %v, want codeNotFound", r)
 	}
-	if r := s.verify("other@example.com", flowA, clientA, "123456"); r != codeNotFound {
+	if r, _ := s.verify("other@example.com", flowA, clientA, "123456"); r != codeNotFound {
 		t.Fatalf("another identity: %v, want codeNotFound", r)
 	}
-	if r := s.verify("ops@example.com", flowA, clientA, "123456"); r != codeOK {
+	if r, _ := s.verify("ops@example.com", flowA, clientA, "123456"); r != codeOK {
 		t.Fatalf("the attempts from elsewhere spent the code: %v", r)
 	}
 }
@@ -108,10 +108,10 @@ func TestNewLoginReplacesPendingCode(t *testing.T) {
 	s := newCodeStore([]byte("k"))
 	s.put("ops@example.com", "111111", flowA, clientA, time.Minute)
 	s.put("ops@example.com", "222222", flowB, clientA, time.Minute)
-	if r := s.verify("ops@example.com", flowA, clientA, "111111"); r != codeNotFound {
+	if r, _ := s.verify("ops@example.com", flowA, clientA, "111111"); r != codeNotFound {
 		t.Fatalf("the replaced code: %v, want codeNotFound", r)
 	}
-	if r := s.verify("ops@example.com", flowB, clientA, "222222"); r != codeOK {
+	if r, _ := s.verify("ops@example.com", flowB, clientA, "222222"); r != codeOK {
 		t.Fatalf("the newer code: %v, want codeOK", r)
 	}
 }
@@ -121,11 +121,11 @@ func TestThreeWrongCodesVoidThePendingCode(t *testing.T) {
 	s := newCodeStore([]byte("k"))
 	s.put("ops@example.com", "123456", flowA, clientA, time.Minute)
 	for i, want := range []codeResult{codeWrong, codeWrong, codeVoided} {
-		if r := s.verify("ops@example.com", flowA, clientA, "000000"); r != want {
+		if r, _ := s.verify("ops@example.com", flowA, clientA, "000000"); r != want {
 			t.Fatalf("wrong code %d: %v, want %v", i+1, r, want)
 		}
 	}
-	if r := s.verify("ops@example.com", flowA, clientA, "123456"); r != codeNotFound {
+	if r, _ := s.verify("ops@example.com", flowA, clientA, "123456"); r != codeNotFound {
 		t.Fatalf("right code after 3 wrong ones: %v, want codeNotFound", r)
 	}
 }

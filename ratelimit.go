@@ -28,6 +28,19 @@ type limiter struct {
 // bytes a client, 100,000 clients take some 20 MB.
 const defaultMaxTrackedClients = 100_000
 
+// limiterBackend is where failures and lockouts are kept: in this process
+// (limiter) or in Caddy's storage, shared by a cluster (storageLimiter).
+// Errors come only from a storage backend; callers fail closed on them.
+type limiterBackend interface {
+	lockedUntil(key netip.Addr) (time.Time, bool, error)
+	remaining(key netip.Addr, maxAttempts int) int
+	reserve(key netip.Addr, maxAttempts int, window time.Duration) (reservation, time.Time, error)
+	settle(key netip.Addr, failed bool, maxAttempts int, window time.Duration) (int, time.Time, error)
+	reset(key netip.Addr) error
+	setMaxClients(n int)
+	sweep() int
+}
+
 // reservation is the outcome of reserve.
 type reservation int
 
@@ -63,15 +76,15 @@ func (l *limiter) setMaxClients(n int) {
 
 // lockedUntil returns the end of the client's lockout, if it is locked now.
 // It changes nothing, so requests made during a lockout never extend it.
-func (l *limiter) lockedUntil(key netip.Addr) (time.Time, bool) {
+func (l *limiter) lockedUntil(key netip.Addr) (time.Time, bool, error) {
 	t := now()
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	e, ok := l.clients[key]
 	if !ok || !t.Before(e.lockedUntil) {
-		return time.Time{}, false
+		return time.Time{}, false, nil
 	}
-	return e.lockedUntil, true
+	return e.lockedUntil, true, nil
 }
 
 // remaining returns how many failures the client may still make before it is
@@ -110,28 +123,28 @@ func (l *limiter) current(key netip.Addr, t time.Time, window time.Duration) *li
 // (returning until when), when its failures plus the attempts already in
 // flight reach maxAttempts, or when the client is new and the limiter full.
 // Every reservation must be followed by one settle.
-func (l *limiter) reserve(key netip.Addr, maxAttempts int, window time.Duration) (reservation, time.Time) {
+func (l *limiter) reserve(key netip.Addr, maxAttempts int, window time.Duration) (reservation, time.Time, error) {
 	t := now()
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if e, ok := l.clients[key]; ok && t.Before(e.lockedUntil) {
-		return refusedLocked, e.lockedUntil
+		return refusedLocked, e.lockedUntil, nil
 	}
 	e := l.current(key, t, window)
 	switch {
 	case e == nil:
-		return refusedFull, time.Time{}
+		return refusedFull, time.Time{}, nil
 	case e.failures+e.inflight >= maxAttempts:
-		return refusedInFlight, time.Time{}
+		return refusedInFlight, time.Time{}, nil
 	}
 	e.inflight++
-	return reserved, time.Time{}
+	return reserved, time.Time{}, nil
 }
 
 // settle ends a reserved attempt. A failure is counted: it returns the
 // attempts left and, when this failure started a lockout, the time it ends.
 // A failure settled while the client is already locked changes nothing.
-func (l *limiter) settle(key netip.Addr, failed bool, maxAttempts int, window time.Duration) (remaining int, lockedUntil time.Time) {
+func (l *limiter) settle(key netip.Addr, failed bool, maxAttempts int, window time.Duration) (remaining int, lockedUntil time.Time, err error) {
 	t := now()
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -139,9 +152,10 @@ func (l *limiter) settle(key netip.Addr, failed bool, maxAttempts int, window ti
 		e.inflight--
 	}
 	if !failed {
-		return maxAttempts, time.Time{}
+		return maxAttempts, time.Time{}, nil
 	}
-	return l.failLocked(key, t, maxAttempts, window)
+	remaining, lockedUntil = l.failLocked(key, t, maxAttempts, window)
+	return remaining, lockedUntil, nil
 }
 
 func (l *limiter) failLocked(key netip.Addr, t time.Time, maxAttempts int, window time.Duration) (int, time.Time) {
@@ -161,10 +175,11 @@ func (l *limiter) failLocked(key netip.Addr, t time.Time, maxAttempts int, windo
 }
 
 // reset forgets the client's failures (after a successful login).
-func (l *limiter) reset(key netip.Addr) {
+func (l *limiter) reset(key netip.Addr) error {
 	l.mu.Lock()
 	delete(l.clients, key)
 	l.mu.Unlock()
+	return nil
 }
 
 // sweep drops entries that no longer matter and returns how many remain.

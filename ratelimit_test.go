@@ -17,7 +17,7 @@ func TestLimiterLocksOutAtMaxAttempts(t *testing.T) {
 		if rem != 5-i || !until.IsZero() {
 			t.Fatalf("failure %d: remaining %d, locked until %v; want %d, not locked", i, rem, until, 5-i)
 		}
-		if _, locked := l.lockedUntil(k); locked {
+		if _, locked, _ := l.lockedUntil(k); locked {
 			t.Fatalf("locked after %d failures", i)
 		}
 	}
@@ -25,7 +25,7 @@ func TestLimiterLocksOutAtMaxAttempts(t *testing.T) {
 	if rem != 0 || !until.Equal(clk.Now().Add(15*time.Minute)) {
 		t.Fatalf("5th failure: remaining %d, until %v; want 0 and a 15m lockout", rem, until)
 	}
-	got, locked := l.lockedUntil(k)
+	got, locked, _ := l.lockedUntil(k)
 	if !locked || !got.Equal(until) {
 		t.Fatalf("lockedUntil = %v, %v; want %v, true", got, locked, until)
 	}
@@ -44,12 +44,12 @@ func TestLockoutIsNotExtendedDuringLockout(t *testing.T) {
 		if _, u := l.fail(k, 3, 10*time.Minute); !u.IsZero() {
 			t.Fatal("a failure during the lockout started a new one")
 		}
-		if got, _ := l.lockedUntil(k); !got.Equal(until) {
+		if got, _, _ := l.lockedUntil(k); !got.Equal(until) {
 			t.Fatalf("lockout moved from %v to %v", until, got)
 		}
 	}
 	clk.Advance(time.Minute) // 10m after the lockout began: it is over
-	if _, locked := l.lockedUntil(k); locked {
+	if _, locked, _ := l.lockedUntil(k); locked {
 		t.Fatal("still locked after the lockout ended")
 	}
 	if rem := l.remaining(k, 3); rem != 3 {
@@ -89,7 +89,7 @@ func TestClientsAreCountedSeparately(t *testing.T) {
 	for range 3 {
 		l.fail(a, 3, time.Minute)
 	}
-	if _, locked := l.lockedUntil(b); locked {
+	if _, locked, _ := l.lockedUntil(b); locked {
 		t.Fatal("another client's failures locked this one")
 	}
 	if rem := l.remaining(b, 3); rem != 3 {
@@ -107,7 +107,7 @@ func TestIPv6ClientsInOne64ShareACounter(t *testing.T) {
 	if _, until := l.fail(k2, 2, time.Minute); until.IsZero() {
 		t.Fatal("two addresses of one /64 did not share a counter")
 	}
-	if _, locked := l.lockedUntil(other); locked {
+	if _, locked, _ := l.lockedUntil(other); locked {
 		t.Fatal("the neighbouring /64 was locked too")
 	}
 }
@@ -149,7 +149,7 @@ func TestReservationsInFlightCountTowardsTheLimit(t *testing.T) {
 	l.fail(k, 3, time.Minute)
 	granted := 0
 	for range 10 {
-		if res, _ := l.reserve(k, 3, time.Minute); res == reserved {
+		if res, _, _ := l.reserve(k, 3, time.Minute); res == reserved {
 			granted++
 		}
 	}
@@ -160,11 +160,11 @@ func TestReservationsInFlightCountTowardsTheLimit(t *testing.T) {
 		t.Fatal("an entry with attempts in flight was swept")
 	}
 	l.settle(k, true, 3, time.Minute)
-	_, until := l.settle(k, true, 3, time.Minute)
+	_, until, _ := l.settle(k, true, 3, time.Minute)
 	if until.IsZero() {
 		t.Fatal("the failures of the reserved attempts did not lock the client")
 	}
-	if res, _ := l.reserve(k, 3, time.Minute); res != refusedLocked {
+	if res, _, _ := l.reserve(k, 3, time.Minute); res != refusedLocked {
 		t.Fatal("a locked client reserved an attempt")
 	}
 }
@@ -174,7 +174,7 @@ func TestSettlingASuccessFreesTheReservation(t *testing.T) {
 	l := newLimiter()
 	k := netip.MustParseAddr("192.0.2.1")
 	for range 5 {
-		if res, _ := l.reserve(k, 1, time.Minute); res != reserved {
+		if res, _, _ := l.reserve(k, 1, time.Minute); res != reserved {
 			t.Fatal("a settled success still held the only attempt")
 		}
 		l.settle(k, false, 1, time.Minute)
@@ -183,10 +183,11 @@ func TestSettlingASuccessFreesTheReservation(t *testing.T) {
 
 // fail records one failure the way the handler does: reserve, then settle.
 func (l *limiter) fail(key netip.Addr, maxAttempts int, window time.Duration) (int, time.Time) {
-	if res, _ := l.reserve(key, maxAttempts, window); res != reserved {
+	if res, _, _ := l.reserve(key, maxAttempts, window); res != reserved {
 		return 0, time.Time{}
 	}
-	return l.settle(key, true, maxAttempts, window)
+	rem, until, _ := l.settle(key, true, maxAttempts, window)
+	return rem, until
 }
 
 func TestAFullLimiterRefusesNewClientsAndKeepsTrackedOnes(t *testing.T) {
@@ -196,13 +197,13 @@ func TestAFullLimiterRefusesNewClientsAndKeepsTrackedOnes(t *testing.T) {
 	a, b, c := netip.MustParseAddr("192.0.2.1"), netip.MustParseAddr("192.0.2.2"), netip.MustParseAddr("192.0.2.3")
 	l.fail(a, 1, time.Minute) // locked
 	l.fail(b, 5, time.Minute)
-	if res, _ := l.reserve(c, 5, time.Minute); res != refusedFull {
+	if res, _, _ := l.reserve(c, 5, time.Minute); res != refusedFull {
 		t.Fatalf("a new client with the limiter full: %v, want refusedFull", res)
 	}
-	if res, _ := l.reserve(a, 5, time.Minute); res != refusedLocked {
+	if res, _, _ := l.reserve(a, 5, time.Minute); res != refusedLocked {
 		t.Fatalf("the locked client was evicted: %v", res)
 	}
-	if res, _ := l.reserve(b, 5, time.Minute); res != reserved {
+	if res, _, _ := l.reserve(b, 5, time.Minute); res != reserved {
 		t.Fatalf("a tracked client was refused: %v", res)
 	}
 }
