@@ -99,6 +99,8 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 //		lockout <duration>
 //		code_ttl <duration>
 //		session_ttl <duration>
+//		state memory|storage
+//		refresh_interval <duration>
 //		smtp <host:port> { ... }
 //	}
 func parseGlobalOption(d *caddyfile.Dispenser, existing any) (any, error) {
@@ -135,6 +137,17 @@ func parseGlobalOption(d *caddyfile.Dispenser, existing any) (any, error) {
 		case "session_ttl":
 			if err := durationArg(d, &app.SessionTTL); err != nil {
 				return nil, err
+			}
+		case "refresh_interval":
+			if err := durationArg(d, &app.RefreshInterval); err != nil {
+				return nil, err
+			}
+		case "state":
+			if err := oneArg(d, &app.State); err != nil {
+				return nil, err
+			}
+			if app.State != "memory" && app.State != "storage" {
+				return nil, d.Errf("state: %q: must be memory or storage", app.State)
 			}
 		case "smtp":
 			if app.SMTP != nil {

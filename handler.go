@@ -559,7 +559,10 @@ func (h *Handler) succeed(w http.ResponseWriter, r *http.Request, client netip.A
 
 // logout revokes the session server-side, so a replayed cookie stops working.
 func (h *Handler) logout(w http.ResponseWriter, r *http.Request, client netip.Addr, s session) error {
-	h.state.sessions.revoke(s)
+	if err := h.state.revoke(s); err != nil {
+		h.logger.Error("break-glass logout not written to storage: other instances accept the session until it expires",
+			zap.String("client_ip", client.String()), zap.Error(err))
+	}
 	http.SetCookie(w, &http.Cookie{Name: sessionCookie, Value: "", Path: "/", MaxAge: -1,
 		HttpOnly: true, Secure: r.TLS != nil, SameSite: http.SameSiteStrictMode})
 	h.logger.Info("break-glass logout", zap.String("client_ip", client.String()), zap.String("email", h.email))

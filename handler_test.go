@@ -77,7 +77,7 @@ func newTestHandler(t testing.TB, app *App, mod func(*Handler)) testHandler {
 		app = &App{MaxAttempts: 3}
 	}
 	if app.state == nil {
-		if err := app.setup(zap.NewNop()); err != nil {
+		if err := app.setup(zap.NewNop(), nil); err != nil {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { _ = app.Cleanup() })

@@ -10,11 +10,13 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"runtime"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/certmagic"
 	"go.uber.org/zap"
 )
 
@@ -68,7 +70,19 @@ type App struct {
 	// not, is never evicted. Default: 100000 (about 20 MB).
 	MaxTrackedClients int `json:"max_tracked_clients,omitempty"`
 
+	// Where the limiter, pending codes, the signing key and revocations live:
+	// "memory" (default: this process; kept across reloads, lost on restart)
+	// or "storage" (Caddy's configured storage, shared by every instance
+	// that uses it, and kept across restarts).
+	State string `json:"state,omitempty"`
+
+	// With state storage: how often each instance reloads the logouts made
+	// on other instances. Default: 5s. Set when the state is first made;
+	// a change takes effect at the next restart.
+	RefreshInterval caddy.Duration `json:"refresh_interval,omitempty"`
+
 	hashSlots chan struct{}
+	stateKey  string
 	state     *state
 	mailer    *mailer
 	logger    *zap.Logger
@@ -85,11 +99,16 @@ func (App) CaddyModule() caddy.ModuleInfo {
 // Provision sets defaults, resolves the SMTP settings and attaches the shared
 // state.
 func (a *App) Provision(ctx caddy.Context) error {
-	return a.setup(ctx.Logger())
+	var st certmagic.Storage
+	if a.State == "storage" {
+		st = ctx.Storage()
+	}
+	return a.setup(ctx.Logger(), st)
 }
 
-// setup is Provision once the logger is known.
-func (a *App) setup(logger *zap.Logger) error {
+// setup is Provision once the logger (and, for state storage, the storage)
+// is known.
+func (a *App) setup(logger *zap.Logger, st certmagic.Storage) error {
 	a.logger = logger
 	for _, n := range []struct {
 		name string
@@ -102,7 +121,7 @@ func (a *App) setup(logger *zap.Logger) error {
 	for _, d := range []struct {
 		name string
 		val  caddy.Duration
-	}{{"lockout", a.Lockout}, {"code_ttl", a.CodeTTL}, {"session_ttl", a.SessionTTL}} {
+	}{{"lockout", a.Lockout}, {"code_ttl", a.CodeTTL}, {"session_ttl", a.SessionTTL}, {"refresh_interval", a.RefreshInterval}} {
 		if d.val < 0 {
 			return fmt.Errorf("%s: must be a positive duration, got %s", d.name, time.Duration(d.val))
 		}
@@ -133,9 +152,26 @@ func (a *App) setup(logger *zap.Logger) error {
 		}
 		a.mailer = m
 	}
-	v, _, err := statePool.LoadOrNew(stateKey, newState)
+	if a.RefreshInterval == 0 {
+		a.RefreshInterval = caddy.Duration(defaultRefreshInterval)
+	}
+	ctor := newState
+	switch a.State {
+	case "", "memory":
+		a.State, a.stateKey = "memory", stateKey
+	case "storage":
+		if st == nil {
+			return errors.New("state storage: no storage is configured")
+		}
+		a.stateKey = stateKey + "/storage/" + storageID(st)
+		refresh := time.Duration(a.RefreshInterval)
+		ctor = func() (caddy.Destructor, error) { return newStorageState(st, a.logger, refresh) }
+	default:
+		return fmt.Errorf("state: %q: must be memory or storage", a.State)
+	}
+	v, _, err := statePool.LoadOrNew(a.stateKey, ctor)
 	if err != nil {
-		return err
+		return fmt.Errorf("state %s: %v", a.State, err)
 	}
 	a.state = v.(*state)
 	a.state.limiter.setMaxClients(a.MaxTrackedClients)
@@ -180,7 +216,7 @@ func (a *App) Cleanup() error {
 	if a.state == nil {
 		return nil
 	}
-	_, err := statePool.Delete(stateKey)
+	_, err := statePool.Delete(a.stateKey)
 	a.state = nil
 	return err
 }
@@ -206,6 +242,11 @@ type state struct {
 
 	stopSweep context.CancelFunc
 	swept     chan struct{}
+
+	// With state storage: the storage, and what the background loop needs.
+	storage certmagic.Storage
+	log     *zap.Logger
+	refresh time.Duration
 }
 
 func newState() (caddy.Destructor, error) {
@@ -213,19 +254,62 @@ func newState() (caddy.Destructor, error) {
 	if _, err := rand.Read(root); err != nil {
 		return nil, fmt.Errorf("break_glass: making the state key: %v", err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	s := &state{
+	s := baseState(root)
+	s.limiter = newLimiter()
+	s.codes = newCodeStore(subkey(root, "code"))
+	s.start()
+	return s, nil
+}
+
+// newStorageState makes the state of a cluster: keys from storage, limiter
+// and codes in storage, revocations refreshed from storage.
+func newStorageState(st certmagic.Storage, log *zap.Logger, refresh time.Duration) (caddy.Destructor, error) {
+	root, err := loadOrCreateRootKey(st)
+	if err != nil {
+		return nil, fmt.Errorf("loading the signing key from storage: %v", err)
+	}
+	s := baseState(root)
+	s.limiter = &storageLimiter{st: st}
+	s.codes = &storageCodes{st: st, key: subkey(root, "code")}
+	s.storage, s.log, s.refresh = st, log, refresh
+	if err := refreshRevocations(st, s.sessions); err != nil {
+		log.Error("break-glass: loading revocations from storage", zap.Error(err))
+	}
+	s.start()
+	return s, nil
+}
+
+func baseState(root []byte) *state {
+	return &state{
 		csrfKey:    subkey(root, "csrf"),
 		scopeKey:   subkey(root, "scope"),
-		limiter:    newLimiter(),
-		codes:      newCodeStore(subkey(root, "code")),
 		sessions:   newSessions(subkey(root, "session")),
 		deliveries: newDispatcher(maxInFlightDeliveries),
-		stopSweep:  cancel,
 		swept:      make(chan struct{}),
 	}
+}
+
+func (s *state) start() {
+	ctx, cancel := context.WithCancel(context.Background())
+	s.stopSweep = cancel
 	go s.sweepLoop(ctx)
-	return s, nil
+}
+
+// storageID names a storage so that apps on the same storage share one state.
+func storageID(st certmagic.Storage) string {
+	if str, ok := st.(fmt.Stringer); ok {
+		return str.String()
+	}
+	return fmt.Sprintf("%T", st)
+}
+
+// revoke ends a session here and, with state storage, on every instance.
+func (s *state) revoke(sess session) error {
+	s.sessions.revoke(sess)
+	if s.storage != nil {
+		return persistRevocation(s.storage, sess)
+	}
+	return nil
 }
 
 // subkey derives a key for one purpose, so that no MAC made for one purpose
@@ -248,16 +332,31 @@ func (s *state) scopeOf(identity string, hash []byte) string {
 
 func (s *state) sweepLoop(ctx context.Context) {
 	defer close(s.swept)
-	t := time.NewTicker(sweepInterval)
-	defer t.Stop()
+	sweep := time.NewTicker(sweepInterval)
+	defer sweep.Stop()
+	var refresh <-chan time.Time
+	if s.storage != nil {
+		t := time.NewTicker(s.refresh)
+		defer t.Stop()
+		refresh = t.C
+	}
 	for {
 		select {
 		case <-ctx.Done():
 			return
-		case <-t.C:
+		case <-sweep.C:
 			s.limiter.sweep()
 			s.codes.sweep()
 			s.sessions.sweep()
+			if s.storage != nil {
+				if err := sweepStorage(s.storage, s.log); err != nil {
+					s.log.Error("break-glass: sweeping storage", zap.Error(err))
+				}
+			}
+		case <-refresh:
+			if err := refreshRevocations(s.storage, s.sessions); err != nil {
+				s.log.Error("break-glass: refreshing revocations from storage; sessions are checked against the last known set", zap.Error(err))
+			}
 		}
 	}
 }

@@ -77,8 +77,14 @@ func newCodeStore(key []byte) *codeStore {
 }
 
 func (s *codeStore) mac(identity, code string) [sha256.Size]byte {
-	h := hmac.New(sha256.New, s.key)
-	h.Write([]byte(identity))
+	return codeMAC(s.key, identity, code)
+}
+
+// codeMAC is what is kept of a code: its HMAC under the state's code key,
+// bound to the credential it was issued for.
+func codeMAC(key []byte, scope, code string) [sha256.Size]byte {
+	h := hmac.New(sha256.New, key)
+	h.Write([]byte(scope))
 	h.Write([]byte{0})
 	h.Write([]byte(code))
 	var out [sha256.Size]byte

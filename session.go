@@ -162,10 +162,19 @@ func (st *sessions) full() bool {
 }
 
 // revoke makes the session unusable, even if its cookie is replayed.
-func (st *sessions) revoke(s session) {
+func (st *sessions) revoke(s session) { st.markRevoked(s.ID, s.Expires) }
+
+func (st *sessions) markRevoked(id string, expires time.Time) {
 	st.mu.Lock()
-	st.revoked[s.ID] = s.Expires
+	st.revoked[id] = expires
 	st.mu.Unlock()
+}
+
+func (st *sessions) isRevoked(id string) bool {
+	st.mu.RLock()
+	defer st.mu.RUnlock()
+	_, ok := st.revoked[id]
+	return ok
 }
 
 // sweep forgets revocations of sessions that have expired anyway and returns

@@ -1,0 +1,251 @@
+// Tests of the storage-backed state against Caddy's file_system storage in a
+// temporary folder: two state objects on one folder stand for two Caddy
+// instances of a cluster.
+
+package breakglass
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"net/netip"
+	"net/url"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/caddyserver/certmagic"
+	"go.uber.org/zap"
+)
+
+// newStorageTestState makes a storage state on dir, destroyed at the end.
+func newStorageTestState(t *testing.T, st certmagic.Storage) *state {
+	t.Helper()
+	d, err := newStorageState(st, zap.NewNop(), time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := d.(*state)
+	t.Cleanup(func() { _ = s.Destruct() })
+	return s
+}
+
+func TestStorageStatesOnOneFolderShareLockoutsCodesKeysAndLogouts(t *testing.T) {
+	st := &certmagic.FileStorage{Path: t.TempDir()}
+	a, b := newStorageTestState(t, st), newStorageTestState(t, st)
+	k := netip.MustParseAddr("192.0.2.1")
+
+	// A lockout earned on a holds on b.
+	for range 3 {
+		if res, _, err := a.limiter.reserve(k, 3, time.Hour); err != nil || res != reserved {
+			t.Fatalf("reserve on a: %v %v", res, err)
+		}
+		if _, _, err := a.limiter.settle(k, true, 3, time.Hour); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, locked, err := b.limiter.lockedUntil(k); err != nil || !locked {
+		t.Fatalf("b does not see the lockout made on a: %v %v", locked, err)
+	}
+	if res, _, _ := b.limiter.reserve(k, 3, time.Hour); res != refusedLocked {
+		t.Fatalf("b let a locked client try: %v", res)
+	}
+
+	// A code issued on a works on b, once.
+	if _, err := a.codes.put("scope", "123456", flowA, clientA, time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := b.codes.pending("scope", flowA, clientA); !ok {
+		t.Fatal("b does not see the code pending on a")
+	}
+	if res, err := b.codes.verify("scope", flowA, clientA, "123456"); err != nil || res != codeOK {
+		t.Fatalf("the code on b: %v %v", res, err)
+	}
+	if res, _ := a.codes.verify("scope", flowA, clientA, "123456"); res != codeNotFound {
+		t.Fatalf("the code worked twice: %v", res)
+	}
+
+	// One signing key: a session made on a is good on b; a logout on b ends
+	// it on a after a refresh.
+	sess := session{ID: "0123456789abcdef0123456789abcdef", Issued: now(), Expires: now().Add(time.Hour), Client: clientA, Scope: a.scopeOf("ops@example.com", []byte("h"))}
+	cookie := a.sessions.encode(sess)
+	if _, err := b.sessions.verify(cookie, clientA, b.scopeOf("ops@example.com", []byte("h"))); err != nil {
+		t.Fatalf("b rejects a's session: %v", err)
+	}
+	if err := b.revoke(sess); err != nil {
+		t.Fatal(err)
+	}
+	if err := refreshRevocations(st, a.sessions); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.sessions.verify(cookie, clientA, sess.Scope); !errors.Is(err, errSessionRevoked) {
+		t.Fatalf("a still accepts the session logged out on b: %v", err)
+	}
+}
+
+func TestStorageStateSurvivesARestartOfEveryInstance(t *testing.T) {
+	dir := t.TempDir()
+	st := &certmagic.FileStorage{Path: dir}
+	d, err := newStorageState(st, zap.NewNop(), time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	first := d.(*state)
+	k := netip.MustParseAddr("192.0.2.7")
+	first.limiter.reserve(k, 1, time.Hour)
+	first.limiter.settle(k, true, 1, time.Hour)
+	sess := session{ID: "fedcba9876543210fedcba9876543210", Issued: now(), Expires: now().Add(time.Hour), Client: clientA, Scope: "s"}
+	cookie := first.sessions.encode(sess)
+	_ = first.Destruct()
+
+	again := newStorageTestState(t, &certmagic.FileStorage{Path: dir})
+	if _, locked, _ := again.limiter.lockedUntil(k); !locked {
+		t.Fatal("the lockout was lost in the restart")
+	}
+	if _, err := again.sessions.verify(cookie, clientA, "s"); err != nil {
+		t.Fatalf("the session was lost in the restart: %v", err)
+	}
+}
+
+func TestStorageRaceLosesNoFailureAndUsesNoCodeTwice(t *testing.T) {
+	old := attemptLockWait
+	attemptLockWait = time.Minute // wait for the other instance, never refuse
+	t.Cleanup(func() { attemptLockWait = old })
+	st := &certmagic.FileStorage{Path: t.TempDir()}
+	insts := []*state{newStorageTestState(t, st), newStorageTestState(t, st)}
+	k := netip.MustParseAddr("192.0.2.9")
+
+	const perWorker, workers = 2, 3
+	var wg sync.WaitGroup
+	for _, s := range insts {
+		for range workers {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for range perWorker {
+					if res, _, err := s.limiter.reserve(k, 1000, time.Hour); err != nil || res != reserved {
+						t.Errorf("reserve: %v %v", res, err)
+						return
+					}
+					if _, _, err := s.limiter.settle(k, true, 1000, time.Hour); err != nil {
+						t.Error(err)
+					}
+				}
+			}()
+		}
+	}
+	wg.Wait()
+	want := 1000 - len(insts)*workers*perWorker
+	if rem := insts[0].limiter.remaining(k, 1000); rem != want {
+		t.Fatalf("%d attempts left after %d failures of 1000: failures were lost", rem, 1000-want)
+	}
+
+	// The right code, sent to both instances at once, signs in once.
+	if _, err := insts[0].codes.put("scope", "424242", flowA, clientA, time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	var ok atomic.Int32
+	for _, s := range insts {
+		for range 2 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				if res, err := s.codes.verify("scope", flowA, clientA, "424242"); err == nil && res == codeOK {
+					ok.Add(1)
+				}
+			}()
+		}
+	}
+	wg.Wait()
+	if ok.Load() != 1 {
+		t.Fatalf("the code signed in %d times", ok.Load())
+	}
+}
+
+func TestStorageKeepsNoCode(t *testing.T) {
+	dir := t.TempDir()
+	st := &certmagic.FileStorage{Path: dir}
+	s := newStorageTestState(t, st)
+	if _, err := s.codes.put("scope", "987654", flowA, clientA, time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	b, err := st.Load(context.Background(), codePath("scope"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(b) == 0 || strings.Contains(string(b), "987654") {
+		t.Fatalf("the stored record holds the code: %s", b)
+	}
+}
+
+// flakyStorage is file storage that can be made to fail, as a storage
+// backend that went down.
+type flakyStorage struct {
+	*certmagic.FileStorage
+	down atomic.Bool
+}
+
+var errStorageDown = errors.New("storage is down")
+
+func (f *flakyStorage) Lock(ctx context.Context, name string) error {
+	if f.down.Load() {
+		return errStorageDown
+	}
+	return f.FileStorage.Lock(ctx, name)
+}
+
+func (f *flakyStorage) Load(ctx context.Context, key string) ([]byte, error) {
+	if f.down.Load() {
+		return nil, errStorageDown
+	}
+	return f.FileStorage.Load(ctx, key)
+}
+
+func (f *flakyStorage) Store(ctx context.Context, key string, v []byte) error {
+	if f.down.Load() {
+		return errStorageDown
+	}
+	return f.FileStorage.Store(ctx, key, v)
+}
+
+func (f *flakyStorage) List(ctx context.Context, p string, r bool) ([]string, error) {
+	if f.down.Load() {
+		return nil, errStorageDown
+	}
+	return f.FileStorage.List(ctx, p, r)
+}
+
+func TestStorageDownFailsSignInsClosedAndKeepsSessions(t *testing.T) {
+	st := &flakyStorage{FileStorage: &certmagic.FileStorage{Path: t.TempDir()}}
+	app := &App{State: "storage", MaxAttempts: 3}
+	if err := app.setup(zap.NewNop(), st); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = app.Cleanup() })
+	h := newTestHandler(t, app, nil)
+	op := newBrowser("192.0.2.1")
+	if r := op.signIn(t, h); r.StatusCode != http.StatusSeeOther {
+		t.Fatalf("sign-in with storage up: %d", r.StatusCode)
+	}
+	other := newBrowser("192.0.2.2")
+	tok := csrfOf(t, other.do(t, h, "GET", "/admin/", nil))
+
+	st.down.Store(true)
+	r := other.do(t, h, "POST", "/admin/", url.Values{"break_glass_step": {"login"}, "csrf_token": {tok}, "email": {"ops@example.com"}, "password": {"wrong"}})
+	if r.StatusCode != http.StatusServiceUnavailable {
+		t.Fatalf("a sign-in with storage down: %d, want 503", r.StatusCode)
+	}
+	if h.logs.FilterMessage("break-glass state unavailable: sign-in refused").Len() == 0 {
+		t.Fatal("no ERROR for the storage failure")
+	}
+	if r := op.do(t, h, "GET", "/admin/", nil); r.Header.Get("X-Upstream") != "reached" {
+		t.Fatalf("the open session stopped working with storage down: %d", r.StatusCode)
+	}
+
+	st.down.Store(false)
+	if rem := h.state.limiter.remaining(limiterKey(netip.MustParseAddr("192.0.2.2")), 3); rem != 3 {
+		t.Fatalf("the refused attempt was counted: %d left", rem)
+	}
+}
