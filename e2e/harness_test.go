@@ -259,7 +259,7 @@ func startCaddy(t *testing.T, config, adapter string, env ...string) *caddy {
 	if adapter != "json" {
 		args = append(args, "--adapter", adapter)
 	}
-	c.proc = startProc(t, "caddy", append(env, "BG_HASH="+hash(t)), caddyBin, args...)
+	c.proc = startProc(t, fmt.Sprintf("caddy-%d", c.port), append(env, "BG_HASH="+hash(t)), caddyBin, args...)
 	waitPort(t, c.admin, c.proc)
 	if strings.Contains(config, "{PORT}") {
 		waitPort(t, fmt.Sprintf("127.0.0.1:%d", c.port), c.proc)

@@ -1,0 +1,122 @@
+//go:build e2e
+
+// Cluster mode: two Caddy processes on one storage folder behave as one door.
+
+package e2e
+
+import (
+	"fmt"
+	"net/http"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// at is the same browser talking to another instance.
+func (c *client) at(base string) *client {
+	cp := *c
+	cp.base = base
+	return &cp
+}
+
+func clusterSite(mp *mailpit, storage string) string {
+	s := defaultSite(mp)
+	s.servers = fmt.Sprintf("storage file_system %s", storage)
+	cf := s.caddyfile()
+	return strings.Replace(cf, "\tbreak_glass {\n\t\tmax_attempts", "\tbreak_glass {\n\t\tstate storage\n\t\trefresh_interval 1s\n\t\tmax_attempts", 1)
+}
+
+func TestClusterOfTwoInstancesOnOneStorage(t *testing.T) {
+	mp := startMailpit(t, mailpitOptions{})
+	storage := filepath.Join(t.TempDir(), "storage")
+	cfg := clusterSite(mp, storage)
+	a := startCaddy(t, cfg, "caddyfile")
+	b := startCaddy(t, cfg, "caddyfile")
+	seen := map[string]bool{}
+
+	// Step 1 on A, the code on B.
+	opA := newClient(t, a.base, "127.0.0.2")
+	opB := opA.at(b.base)
+	if r := opA.login("/admin/", "ops@example.com", testPassword, nil); r.status != http.StatusSeeOther {
+		t.Fatalf("password on A: %d", r.status)
+	}
+	codePage := opB.get("/admin/")
+	if codePage.status != http.StatusOK || !strings.Contains(codePage.body, `name="code"`) {
+		t.Fatalf("B does not show the code page for A's login: %d", codePage.status)
+	}
+	code, _ := mp.waitCode(t, seen)
+	if r := opB.do("POST", "/admin/", url.Values{"break_glass_step": {"code"}, "csrf_token": {codePage.csrf(t)}, "code": {code}}, nil); r.status != http.StatusSeeOther {
+		t.Fatalf("code on B: %d\n%s", r.status, r.body)
+	}
+	for name, c := range map[string]*client{"A": opA, "B": opB} {
+		if r := c.get("/admin/"); r.status != 200 || !strings.Contains(r.body, "Signed in as ops@example.com") {
+			t.Fatalf("the session on %s: %d", name, r.status)
+		}
+	}
+
+	// Wrong passwords on A until locked: B says 429 too.
+	attacker := newClient(t, a.base, "127.0.0.3")
+	for i, want := range []int{401, 401, 429} {
+		if r := attacker.login("/admin/", "ops@example.com", "wrong", nil); r.status != want {
+			t.Fatalf("failure %d on A: %d, want %d", i+1, r.status, want)
+		}
+	}
+	if r := attacker.at(b.base).get("/admin/"); r.status != http.StatusTooManyRequests {
+		t.Fatalf("B after the lockout on A: %d, want 429", r.status)
+	}
+
+	// A second session, to outlive a restart; then logout of the first on B.
+	op2 := newClient(t, b.base, "127.0.0.4")
+	op2.signIn("/admin/", mp, seen)
+	u, _ := url.Parse(a.base)
+	saved := opA.hc.Jar.Cookies(u)
+	if r := opB.get("/admin/?break_glass=logout"); r.status != 200 {
+		t.Fatalf("logout on B: %d", r.status)
+	}
+	opA.hc.Jar.SetCookies(u, saved) // the cookie, replayed on A
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		r := opA.get("/admin/")
+		if r.status == http.StatusUnauthorized {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("A still accepts the session logged out on B after 10 s (refresh_interval 1s): %d", r.status)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+
+	// Stop both, start both: the lockout and the live session are still there.
+	a.stop()
+	b.stop()
+	a2 := startCaddy(t, cfg, "caddyfile")
+	b2 := startCaddy(t, cfg, "caddyfile")
+	if r := attacker.at(a2.base).get("/admin/"); r.status != http.StatusTooManyRequests {
+		t.Fatalf("after restarting both, the lockout is gone: %d", r.status)
+	}
+	for name, base := range map[string]string{"A": a2.base, "B": b2.base} {
+		if r := op2.at(base).get("/admin/"); r.status != 200 {
+			t.Fatalf("after restarting both, the session is gone on %s: %d", name, r.status)
+		}
+	}
+
+	// The storage fails (its folder is replaced by a file): sign-ins get
+	// 503, the open session keeps working.
+	if err := os.Rename(storage, storage+".away"); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(storage, []byte("not a folder"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	fresh := newClient(t, a2.base, "127.0.0.5")
+	if r := fresh.get("/admin/"); r.status != http.StatusServiceUnavailable || r.header.Get("Retry-After") == "" {
+		t.Fatalf("the sign-in page with the storage gone: %d, want 503 with Retry-After", r.status)
+	}
+	a2.waitLog(t, "break-glass state unavailable: sign-in refused", map[string]string{"level": "error"})
+	if r := op2.at(a2.base).get("/admin/"); r.status != 200 {
+		t.Fatalf("the open session stopped working with the storage gone: %d", r.status)
+	}
+}
