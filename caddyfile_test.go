@@ -192,6 +192,8 @@ func TestCaddyfileGlobalOptionParsesEverySetting(t *testing.T) {
 	max_attempts 3
 	max_concurrent_hashes 4
 	max_tracked_clients 5000
+	state storage
+	refresh_interval 2s
 	lockout 1h30m
 	code_ttl 5m
 	session_ttl 2d
@@ -210,6 +212,8 @@ func TestCaddyfileGlobalOptionParsesEverySetting(t *testing.T) {
 		MaxAttempts:         3,
 		MaxConcurrentHashes: 4,
 		MaxTrackedClients:   5000,
+		State:               "storage",
+		RefreshInterval:     caddy.Duration(2 * time.Second),
 		Lockout:             caddy.Duration(90 * time.Minute),
 		CodeTTL:             caddy.Duration(5 * time.Minute),
 		SessionTTL:          caddy.Duration(48 * time.Hour),
@@ -247,6 +251,8 @@ func TestCaddyfileRejectsBadGlobalOptionWithItsLine(t *testing.T) {
 		{"max_attempts zero", "break_glass {\n\tmax_attempts 0\n}", 2, []string{"max_attempts", `"0"`}},
 		{"max_attempts negative", "break_glass {\n\tmax_attempts -1\n}", 2, []string{"max_attempts", `"-1"`}},
 		{"max_concurrent_hashes zero", "break_glass {\n\tmax_concurrent_hashes 0\n}", 2, []string{"max_concurrent_hashes", `"0"`}},
+		{"state neither memory nor storage", "break_glass {\n\tstate disk\n}", 2, []string{"state", `"disk"`}},
+		{"refresh_interval zero", "break_glass {\n\trefresh_interval 0s\n}", 2, []string{"refresh_interval", "positive"}},
 		{"max_tracked_clients not a number", "break_glass {\n\tmax_tracked_clients lots\n}", 2, []string{"max_tracked_clients", `"lots"`}},
 		{"max_attempts not a number", "break_glass {\n\tmax_attempts abc\n}", 2, []string{"max_attempts", `"abc"`}},
 		{"max_attempts fractional", "break_glass {\n\tmax_attempts 2.5\n}", 2, []string{"max_attempts", `"2.5"`}},
@@ -487,6 +493,7 @@ func TestProvisionRejectsBadConfigNamingTheField(t *testing.T) {
 		{name: "smtp negative timeout in JSON", handler: func(h map[string]any) { h["smtp"].(map[string]any)["timeout"] = "-1s" }, want: []string{"smtp: timeout"}},
 		{name: "app max_attempts negative", app: map[string]any{"max_attempts": -1}, want: []string{"max_attempts: must be at least 1"}},
 		{name: "app max_concurrent_hashes negative", app: map[string]any{"max_concurrent_hashes": -2}, want: []string{"max_concurrent_hashes: must be at least 1"}},
+		{name: "app state unknown", app: map[string]any{"state": "disk"}, want: []string{`state: "disk": must be memory or storage`}},
 		{name: "app max_tracked_clients negative", app: map[string]any{"max_tracked_clients": -2}, want: []string{"max_tracked_clients: must be at least 1"}},
 		{name: "app lockout negative", app: map[string]any{"lockout": "-1m"}, want: []string{"lockout: must be a positive duration"}},
 		{name: "app code_ttl negative", app: map[string]any{"code_ttl": -1}, want: []string{"code_ttl: must be a positive duration"}},
