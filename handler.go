@@ -83,6 +83,7 @@ type Handler struct {
 	state       *state
 	logger      *zap.Logger
 	email       string   // resolved Email, as configured
+	emailValue  any      // email, boxed once for the placeholder
 	identity    string   // normalised email
 	emailDigest [32]byte // of identity, for a constant-time comparison
 	// scope names the credential (email and hash) that sessions and codes
@@ -142,7 +143,7 @@ func (h *Handler) setup(app *App, logger *zap.Logger) error {
 	if err != nil || addr.Address != email {
 		return fmt.Errorf("email %q: not a plain email address", email)
 	}
-	h.email = email
+	h.email, h.emailValue = email, email
 	h.identity = normalizeEmail(email)
 	h.emailDigest = sha256.Sum256([]byte(h.identity))
 
@@ -277,16 +278,22 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		return render(w, r, http.StatusForbidden, h.page(r, client, "forbidden", "Access not allowed"))
 	}
 	logout := isLogout(r)
-	if c, err := r.Cookie(sessionCookie); err == nil {
-		s, err := h.state.sessions.verify(c.Value, client, h.scope)
+	if value, ok := cookieValue(r.Header, sessionCookie); ok {
+		// The path of every request of a signed-in operator: one cookie, one
+		// HMAC, three placeholders. It allocates only what the placeholders
+		// and the cookie stripping need.
+		_, issued, _, err := h.state.sessions.check(value, client, h.scope)
 		if err == nil {
 			if logout {
-				return h.logout(w, r, client, s)
+				s, err := h.state.sessions.verify(value, client, h.scope)
+				if err == nil {
+					return h.logout(w, r, client, s)
+				}
 			}
 			repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
-			repl.Set("http.auth.user.id", h.email)
+			repl.Set("http.auth.user.id", h.emailValue)
 			repl.Set("http.auth.user.break_glass", "true")
-			repl.Set("http.auth.user.authenticated_at", s.Issued.UTC().Format(time.RFC3339))
+			repl.Set("http.auth.user.authenticated_at", issued)
 			stripOwnCookies(r.Header)
 			return next.ServeHTTP(w, r)
 		}
@@ -689,8 +696,37 @@ func originalURL(r *http.Request) *url.URL {
 // isLogout reports whether the request asks to end the session: the query
 // parameter break_glass=logout on any guarded URL.
 func isLogout(r *http.Request) bool {
-	u := originalURL(r)
-	return strings.Contains(u.RawQuery, "break_glass=") && u.Query().Get("break_glass") == "logout"
+	if !strings.Contains(r.URL.RawQuery, "break_glass=") {
+		u := originalURL(r) // only if a rewrite could have dropped it
+		if u == r.URL || !strings.Contains(u.RawQuery, "break_glass=") {
+			return false
+		}
+	}
+	return originalURL(r).Query().Get("break_glass") == "logout"
+}
+
+// cookieValue finds a cookie in the request headers without parsing (and
+// allocating) the others.
+func cookieValue(h http.Header, name string) (string, bool) {
+	for _, line := range h["Cookie"] {
+		for len(line) > 0 {
+			var part string
+			if i := strings.IndexByte(line, ';'); i >= 0 {
+				part, line = line[:i], line[i+1:]
+			} else {
+				part, line = line, ""
+			}
+			part = strings.TrimSpace(part)
+			if len(part) > len(name) && part[len(name)] == '=' && part[:len(name)] == name {
+				v := part[len(name)+1:]
+				if len(v) > 1 && v[0] == '"' && v[len(v)-1] == '"' {
+					v = v[1 : len(v)-1]
+				}
+				return v, true
+			}
+		}
+	}
+	return "", false
 }
 
 // stripOwnCookies removes this handler's cookies from a request before it
@@ -703,14 +739,21 @@ func stripOwnCookies(h http.Header) {
 			kept = append(kept, line)
 			continue
 		}
-		var rest []string
+		var b strings.Builder
 		for part := range strings.SplitSeq(line, ";") {
-			if !strings.HasPrefix(strings.TrimSpace(part), "break_glass_") {
-				rest = append(rest, strings.TrimSpace(part))
+			part = strings.TrimSpace(part)
+			if part == "" || strings.HasPrefix(part, "break_glass_") {
+				continue
 			}
+			if b.Len() == 0 {
+				b.Grow(len(line))
+			} else {
+				b.WriteString("; ")
+			}
+			b.WriteString(part)
 		}
-		if len(rest) > 0 {
-			kept = append(kept, strings.Join(rest, "; "))
+		if b.Len() > 0 {
+			kept = append(kept, b.String())
 		}
 	}
 	if len(kept) == 0 {

@@ -167,14 +167,14 @@ func bodyOf(resp *http.Response) string {
 	return string(b)
 }
 
-func (b *browser) login(t *testing.T, h testHandler, email, password string) *http.Response {
+func (b *browser) login(t testing.TB, h testHandler, email, password string) *http.Response {
 	t.Helper()
 	tok := csrfOf(t, b.do(t, h, "GET", "/admin/", nil))
 	return b.do(t, h, "POST", "/admin/", url.Values{"break_glass_step": {"login"}, "csrf_token": {tok}, "email": {email}, "password": {password}})
 }
 
 // devCode reads the last code the handler logged (dev_log_code).
-func devCode(t *testing.T, h testHandler) string {
+func devCode(t testing.TB, h testHandler) string {
 	t.Helper()
 	e := h.logs.FilterMessage("break-glass code (dev_log_code)").All()
 	if len(e) == 0 {
@@ -183,7 +183,7 @@ func devCode(t *testing.T, h testHandler) string {
 	return e[len(e)-1].ContextMap()["code"].(string)
 }
 
-func (b *browser) signIn(t *testing.T, h testHandler) *http.Response {
+func (b *browser) signIn(t testing.TB, h testHandler) *http.Response {
 	t.Helper()
 	if resp := b.login(t, h, "ops@example.com", testPassword); resp.StatusCode != http.StatusSeeOther {
 		t.Fatalf("right password: status %d", resp.StatusCode)

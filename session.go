@@ -10,6 +10,7 @@ import (
 	"encoding/base64"
 	"encoding/hex"
 	"errors"
+	"hash"
 	"net/netip"
 	"strconv"
 	"strings"
@@ -22,8 +23,8 @@ const (
 	sessionFormat = "v1"
 )
 
-// b64 is strict: a value with non-zero padding bits is refused, so no two
-// different cookie strings decode to the same bytes.
+// b64 encodes signatures and tokens. Signatures are compared in their
+// encoded, canonical form, so no two cookie strings stand for one signature.
 var b64 = base64.RawURLEncoding.Strict()
 
 // session is what a session cookie says.
@@ -54,12 +55,15 @@ var maxRevoked = 100_000
 // they would have expired anyway.
 type sessions struct {
 	key     []byte
+	pool    sync.Pool // of *scratch
 	mu      sync.RWMutex
 	revoked map[string]time.Time // session ID → its expiry
 }
 
 func newSessions(key []byte) *sessions {
-	return &sessions{key: key, revoked: make(map[string]time.Time)}
+	st := &sessions{key: key, revoked: make(map[string]time.Time)}
+	st.pool.New = func() any { return &scratch{mac: hmac.New(sha256.New, key)} }
+	return st
 }
 
 func newSessionID() (string, error) {
@@ -70,87 +74,138 @@ func newSessionID() (string, error) {
 	return hex.EncodeToString(b[:]), nil
 }
 
-// payload is "v1|id|issued|expires|client|scope".
+// The cookie value is "payload.signature": the payload in clear,
+// "v1|id|issued|expires|client|scope" (issued as RFC 3339, expires as Unix
+// seconds), and the base64url HMAC-SHA256 of it. The payload holds nothing
+// secret, and being readable in place lets a request be checked without
+// copying or allocating: the fields are substrings of the header.
 func (s session) payload() string {
 	return strings.Join([]string{
 		sessionFormat,
 		s.ID,
-		strconv.FormatInt(s.Issued.Unix(), 10),
+		s.Issued.UTC().Format(time.RFC3339),
 		strconv.FormatInt(s.Expires.Unix(), 10),
 		s.Client.String(),
 		s.Scope,
 	}, "|")
 }
 
-func (st *sessions) sign(payload []byte) []byte {
-	h := hmac.New(sha256.New, st.key)
-	h.Write(payload)
-	return h.Sum(nil)
+// maxCookieLen bounds a session cookie value; a real one is about 150 bytes.
+const maxCookieLen = 512
+
+// scratch is what one check needs, pooled so that checking a request's
+// session allocates nothing.
+type scratch struct {
+	mac  hash.Hash
+	buf  [maxCookieLen]byte
+	sum  [sha256.Size]byte
+	enc  [44]byte // base64url of a SHA-256 sum, without padding: 43
+	addr [64]byte
 }
 
 // encode returns the cookie value for s.
 func (st *sessions) encode(s session) string {
-	p := []byte(s.payload())
-	return b64.EncodeToString(p) + "." + b64.EncodeToString(st.sign(p))
+	p := s.payload()
+	m := hmac.New(sha256.New, st.key)
+	m.Write([]byte(p))
+	return p + "." + b64.EncodeToString(m.Sum(nil))
 }
 
-// decode checks the signature and the expiry of a cookie value and returns
-// the session it names. Binding (client, scope) and revocation are checked
-// by verify.
-func (st *sessions) decode(value string) (session, error) {
-	var s session
-	enc, sig, ok := strings.Cut(value, ".")
-	if !ok || len(value) > 1024 {
-		return s, errSessionMalformed
+// check verifies a cookie value for this client and credential, right now:
+// signature, expiry, binding and revocation. It returns the session's ID and
+// issue time (RFC 3339) as substrings of value, and allocates nothing.
+func (st *sessions) check(value string, client netip.Addr, scope string) (id, issued string, expires int64, err error) {
+	dot := strings.LastIndexByte(value, '.')
+	if dot < 0 || len(value) > maxCookieLen {
+		return "", "", 0, errSessionMalformed
 	}
-	p, err := b64.DecodeString(enc)
-	if err != nil {
-		return s, errSessionMalformed
-	}
-	mac, err := b64.DecodeString(sig)
-	if err != nil {
-		return s, errSessionMalformed
-	}
-	if !hmac.Equal(mac, st.sign(p)) {
-		return s, errSessionSignature
-	}
-	f := strings.SplitN(string(p), "|", 6)
-	if len(f) != 6 || f[0] != sessionFormat {
-		return s, errSessionMalformed
-	}
-	iat, err1 := strconv.ParseInt(f[2], 10, 64)
-	exp, err2 := strconv.ParseInt(f[3], 10, 64)
-	client, err3 := netip.ParseAddr(f[4])
-	if err1 != nil || err2 != nil || err3 != nil || f[1] == "" {
-		return s, errSessionMalformed
-	}
-	s = session{ID: f[1], Issued: time.Unix(iat, 0), Expires: time.Unix(exp, 0), Client: client, Scope: f[5]}
-	if !now().Before(s.Expires) {
-		return s, errSessionExpired
-	}
-	return s, nil
-}
+	payload, sig := value[:dot], value[dot+1:]
 
-// verify returns the session of a cookie value if it is valid for this
-// client and credential right now.
-func (st *sessions) verify(value string, client netip.Addr, scope string) (session, error) {
-	s, err := st.decode(value)
-	if err != nil {
-		return s, err
+	sc := st.pool.Get().(*scratch)
+	defer st.pool.Put(sc)
+	sc.mac.Reset()
+	n := copy(sc.buf[:], payload)
+	sc.mac.Write(sc.buf[:n])
+	sum := sc.mac.Sum(sc.sum[:0])
+	b64.Encode(sc.enc[:], sum)
+	if !equalConstantTime(sc.enc[:b64.EncodedLen(len(sum))], sig) {
+		return "", "", 0, errSessionSignature
 	}
-	if s.Client != client {
-		return s, errSessionClient
+
+	var f [6]string
+	rest := payload
+	for i := range 5 {
+		j := strings.IndexByte(rest, '|')
+		if j < 0 {
+			return "", "", 0, errSessionMalformed
+		}
+		f[i], rest = rest[:j], rest[j+1:]
 	}
-	if s.Scope != scope {
-		return s, errSessionScope
+	f[5] = rest
+	if f[0] != sessionFormat || f[1] == "" {
+		return "", "", 0, errSessionMalformed
+	}
+	exp, ok := parseUnix(f[3])
+	if !ok {
+		return "", "", 0, errSessionMalformed
+	}
+	if now().Unix() >= exp {
+		return "", "", 0, errSessionExpired
+	}
+	if string(client.AppendTo(sc.addr[:0])) != f[4] {
+		return "", "", 0, errSessionClient
+	}
+	if f[5] != scope {
+		return "", "", 0, errSessionScope
 	}
 	st.mu.RLock()
-	_, revoked := st.revoked[s.ID]
+	_, revoked := st.revoked[f[1]]
 	st.mu.RUnlock()
 	if revoked {
-		return s, errSessionRevoked
+		return "", "", 0, errSessionRevoked
 	}
-	return s, nil
+	return f[1], f[2], exp, nil
+}
+
+// verify is check returning the whole session (for logout and tests).
+func (st *sessions) verify(value string, client netip.Addr, scope string) (session, error) {
+	id, issued, exp, err := st.check(value, client, scope)
+	if err != nil {
+		return session{}, err
+	}
+	iat, err := time.Parse(time.RFC3339, issued)
+	if err != nil {
+		return session{}, errSessionMalformed
+	}
+	return session{ID: id, Issued: iat, Expires: time.Unix(exp, 0), Client: client, Scope: scope}, nil
+}
+
+// parseUnix parses a non-negative decimal number of seconds.
+func parseUnix(s string) (int64, bool) {
+	if s == "" || len(s) > 18 {
+		return 0, false
+	}
+	var n int64
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if c < '0' || c > '9' {
+			return 0, false
+		}
+		n = n*10 + int64(c-'0')
+	}
+	return n, true
+}
+
+// equalConstantTime compares without revealing where the two differ.
+func equalConstantTime(a []byte, b string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	var v byte
+	for i := range a {
+		v |= a[i] ^ b[i]
+	}
+	return v == 0
 }
 
 // full reports whether no more revocations can be kept, so that no new
