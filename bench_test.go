@@ -51,7 +51,9 @@ func BenchmarkClientIPNormalisation(b *testing.B) {
 }
 
 // BenchmarkServeHTTPWithSession is the whole pass-through of a request with
-// a valid session, the next handler doing nothing.
+// a valid session, the next handler doing nothing. One prepared request is
+// reused; only its Cookie header is put back each time (the guard strips its
+// own cookie before passing a request on).
 func BenchmarkServeHTTPWithSession(b *testing.B) {
 	h := newTestHandler(b, nil, nil)
 	br := newBrowser("192.0.2.1")
@@ -61,16 +63,19 @@ func BenchmarkServeHTTPWithSession(b *testing.B) {
 	r := httptest.NewRequest("GET", "/admin/", nil)
 	r.RemoteAddr = "192.0.2.1:4000"
 	w := httptest.NewRecorder()
+	req := caddyhttp.PrepareRequest(r, caddy.NewReplacer(), w, nil)
+	full := cookie.Name + "=" + cookie.Value + "; app=1"
+	line := []string{full}
 	b.ReportAllocs()
-	for i := 0; i < b.N; i++ {
-		b.StopTimer() // building the request is not the guard's cost
-		req := r.Clone(r.Context())
-		req.Header = http.Header{"Cookie": {cookie.Name + "=" + cookie.Value + "; app=1"}}
-		req = caddyhttp.PrepareRequest(req, caddy.NewReplacer(), w, nil)
-		b.StartTimer()
+	for b.Loop() {
+		line[0] = full
+		req.Header["Cookie"] = line[:1]
 		if err := h.ServeHTTP(w, req, next); err != nil {
 			b.Fatal(err)
 		}
+	}
+	if got := req.Header.Get("Cookie"); got != "app=1" {
+		b.Fatalf("the upstream would get Cookie %q", got)
 	}
 }
 

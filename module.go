@@ -67,7 +67,7 @@ type App struct {
 
 	// How many clients the limiter tracks at once. When full, a new client
 	// is refused (429) until entries expire; a tracked client, locked or
-	// not, is never evicted. Default: 100000 (about 20 MB).
+	// not, is never evicted. Default: 100000 (about 12-15 MB).
 	MaxTrackedClients int `json:"max_tracked_clients,omitempty"`
 
 	// Where the limiter, pending codes, the signing key and revocations live:
