@@ -39,6 +39,20 @@ func observedLogger() (*zap.Logger, *observer.ObservedLogs) {
 	return zap.New(core), logs
 }
 
+// startSilentServer is an HTTP server that takes requests and answers none
+// until the test ends.
+func startSilentServer(t testing.TB) *httptest.Server {
+	hang := make(chan struct{})
+	s := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case <-hang:
+		case <-r.Context().Done():
+		}
+	}))
+	t.Cleanup(func() { close(hang); s.Close() })
+	return s
+}
+
 func plainMailer(addr string) *mailer {
 	m, err := (&SMTPConfig{Address: addr, TLS: "none", From: "Break Glass <bg@example.com>"}).provision(caddy.NewReplacer(), "smtp")
 	if err != nil {

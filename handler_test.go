@@ -490,15 +490,7 @@ func TestDeliveryFailuresNeverBlockTheLogin(t *testing.T) {
 	oldTimeout := webhookTimeout
 	webhookTimeout = time.Minute
 	t.Cleanup(func() { webhookTimeout = oldTimeout })
-	hang := make(chan struct{})
-	silent := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		select {
-		case <-hang:
-		case <-r.Context().Done():
-		}
-	}))
-	defer silent.Close()
-	defer close(hang)
+	silent := startSilentServer(t)
 	// An SMTP server that accepts connections and never says a word.
 	mute, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
