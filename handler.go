@@ -388,7 +388,10 @@ func (h *Handler) stepPassword(w http.ResponseWriter, r *http.Request, client ne
 	if !h.claim(w, r, client, log) {
 		return nil
 	}
+	settled := false
+	defer h.settleOnPanic(client, &settled)
 	if !h.app.acquireHash(r.Context()) {
+		settled = true
 		if _, _, err := h.settle(client, false); err != nil {
 			return h.unavailable(w, r, client, log, err)
 		}
@@ -400,6 +403,7 @@ func (h *Handler) stepPassword(w http.ResponseWriter, r *http.Request, client ne
 	defer h.app.releaseHash()
 	err := h.compare(hash, password)
 	failed := err != nil || !emailOK || tooLong
+	settled = true
 	remaining, lockedUntil, err := h.settle(client, failed)
 	if err != nil {
 		return h.unavailable(w, r, client, log, err)
@@ -446,7 +450,10 @@ func (h *Handler) stepCode(w http.ResponseWriter, r *http.Request, client netip.
 	if !h.claim(w, r, client, log) {
 		return nil
 	}
+	settled := false
+	defer h.settleOnPanic(client, &settled)
 	res, verr := h.state.codes.verify(h.scope, flow, client, code)
+	settled = true
 	remaining, lockedUntil, err := h.settle(client, verr == nil && res != codeOK)
 	if verr != nil || err != nil {
 		return h.unavailable(w, r, client, log, errors.Join(verr, err))
@@ -503,6 +510,18 @@ func (h *Handler) claim(w http.ResponseWriter, r *http.Request, client netip.Add
 // settle ends the attempt claimed by claim, counting it when it failed.
 func (h *Handler) settle(client netip.Addr, failed bool) (remaining int, lockedUntil time.Time, err error) {
 	return h.state.limiter.settle(limiterKey(client), failed, h.app.MaxAttempts, time.Duration(h.app.Lockout))
+}
+
+// settleOnPanic ends a claimed attempt that a panic interrupted (in a
+// comparer or a storage module), so that its reservation, or its storage
+// lock, is never left behind; the panic goes on.
+func (h *Handler) settleOnPanic(client netip.Addr, settled *bool) {
+	if *settled {
+		return
+	}
+	if _, _, err := h.settle(client, false); err != nil {
+		h.logger.Error("break-glass: releasing an interrupted attempt", zap.String("client_ip", client.String()), zap.Error(err))
+	}
 }
 
 // unavailable answers 503 when the state cannot be read or written (a

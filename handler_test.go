@@ -796,3 +796,17 @@ func TestASlowBodyHoldsNoHashingSlot(t *testing.T) {
 	pw.Close()
 	<-stalled
 }
+
+func TestAPanicWhileCheckingLeavesNoReservationBehind(t *testing.T) {
+	h := newTestHandler(t, &App{MaxAttempts: 1}, nil)
+	h.compare = func(hash, pw []byte) error { panic("comparer failure") }
+	b := newBrowser("192.0.2.1")
+	func() {
+		defer func() { _ = recover() }()
+		b.login(t, h, "ops@example.com", testPassword)
+	}()
+	h.compare = bcrypt.CompareHashAndPassword
+	if r := b.login(t, h, "ops@example.com", testPassword); r.StatusCode != http.StatusSeeOther {
+		t.Fatalf("after a panic in the comparer: %d (the only attempt is still reserved)", r.StatusCode)
+	}
+}

@@ -13,6 +13,7 @@ import (
 	"errors"
 	"fmt"
 	"runtime"
+	"sync"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -163,7 +164,9 @@ func (a *App) setup(logger *zap.Logger, st certmagic.Storage) error {
 		if st == nil {
 			return errors.New("state storage: no storage is configured")
 		}
-		a.stateKey = stateKey + "/storage/" + storageID(st)
+		// One state per storage value: a reload that changes the storage
+		// gets a state on the new one (all that matters is in storage).
+		a.stateKey = fmt.Sprintf("%s/storage/%p", stateKey, st)
 		refresh := time.Duration(a.RefreshInterval)
 		ctor = func() (caddy.Destructor, error) { return newStorageState(st, a.logger, refresh) }
 	default:
@@ -241,7 +244,7 @@ type state struct {
 	deliveries *dispatcher
 
 	stopSweep context.CancelFunc
-	swept     chan struct{}
+	loops     sync.WaitGroup
 
 	// With state storage: the storage, and what the background loop needs.
 	storage certmagic.Storage
@@ -272,7 +275,7 @@ func newStorageState(st certmagic.Storage, log *zap.Logger, refresh time.Duratio
 	s.limiter = &storageLimiter{st: st}
 	s.codes = &storageCodes{st: st, key: subkey(root, "code")}
 	s.storage, s.log, s.refresh = st, log, refresh
-	if err := refreshRevocations(st, s.sessions); err != nil {
+	if err := refreshRevocations(context.Background(), st, s.sessions); err != nil {
 		log.Error("break-glass: loading revocations from storage", zap.Error(err))
 	}
 	s.start()
@@ -285,22 +288,18 @@ func baseState(root []byte) *state {
 		scopeKey:   subkey(root, "scope"),
 		sessions:   newSessions(subkey(root, "session")),
 		deliveries: newDispatcher(maxInFlightDeliveries),
-		swept:      make(chan struct{}),
 	}
 }
 
 func (s *state) start() {
 	ctx, cancel := context.WithCancel(context.Background())
 	s.stopSweep = cancel
+	s.loops.Add(1)
 	go s.sweepLoop(ctx)
-}
-
-// storageID names a storage so that apps on the same storage share one state.
-func storageID(st certmagic.Storage) string {
-	if str, ok := st.(fmt.Stringer); ok {
-		return str.String()
+	if s.storage != nil {
+		s.loops.Add(1)
+		go s.refreshLoop(ctx)
 	}
-	return fmt.Sprintf("%T", st)
 }
 
 // revoke ends a session here and, with state storage, on every instance.
@@ -331,15 +330,9 @@ func (s *state) scopeOf(identity string, hash []byte) string {
 }
 
 func (s *state) sweepLoop(ctx context.Context) {
-	defer close(s.swept)
+	defer s.loops.Done()
 	sweep := time.NewTicker(sweepInterval)
 	defer sweep.Stop()
-	var refresh <-chan time.Time
-	if s.storage != nil {
-		t := time.NewTicker(s.refresh)
-		defer t.Stop()
-		refresh = t.C
-	}
 	for {
 		select {
 		case <-ctx.Done():
@@ -349,12 +342,26 @@ func (s *state) sweepLoop(ctx context.Context) {
 			s.codes.sweep()
 			s.sessions.sweep()
 			if s.storage != nil {
-				if err := sweepStorage(s.storage, s.log); err != nil {
+				if err := sweepStorage(ctx, s.storage, s.log); err != nil && ctx.Err() == nil {
 					s.log.Error("break-glass: sweeping storage", zap.Error(err))
 				}
 			}
-		case <-refresh:
-			if err := refreshRevocations(s.storage, s.sessions); err != nil {
+		}
+	}
+}
+
+// refreshLoop reloads, with state storage, the logouts made on other
+// instances; it runs on its own so that a slow sweep never delays it.
+func (s *state) refreshLoop(ctx context.Context) {
+	defer s.loops.Done()
+	t := time.NewTicker(s.refresh)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			if err := refreshRevocations(ctx, s.storage, s.sessions); err != nil && ctx.Err() == nil {
 				s.log.Error("break-glass: refreshing revocations from storage; sessions are checked against the last known set", zap.Error(err))
 			}
 		}
@@ -365,7 +372,7 @@ func (s *state) sweepLoop(ctx context.Context) {
 // short grace, then are cancelled and waited for.
 func (s *state) Destruct() error {
 	s.stopSweep()
-	<-s.swept
+	s.loops.Wait()
 	s.deliveries.close(deliveryGrace)
 	return nil
 }

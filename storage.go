@@ -48,6 +48,22 @@ func opCtx() (context.Context, context.CancelFunc) {
 	return context.WithTimeout(context.Background(), storageTimeout)
 }
 
+// unlock releases a storage lock, retrying for a while: a lock left behind
+// would refuse a client (or a credential's codes) on every instance.
+func unlock(st certmagic.Storage, name string) error {
+	var err error
+	for i := range 5 {
+		ctx, cancel := opCtx()
+		err = st.Unlock(ctx, name)
+		cancel()
+		if err == nil {
+			return nil
+		}
+		time.Sleep(time.Duration(i+1) * 100 * time.Millisecond)
+	}
+	return fmt.Errorf("releasing storage lock %s: %w", name, err)
+}
+
 func notExist(err error) bool { return errors.Is(err, fs.ErrNotExist) }
 
 // loadOrCreateRootKey returns the cluster's root key, creating it under a
@@ -72,7 +88,7 @@ func loadOrCreateRootKey(st certmagic.Storage) ([]byte, error) {
 	if err := st.Lock(ctx, storageKeyPath); err != nil {
 		return nil, err
 	}
-	defer func() { _ = st.Unlock(context.Background(), storageKeyPath) }()
+	defer func() { _ = unlock(st, storageKeyPath) }()
 	if k, err := read(); err == nil || !notExist(err) {
 		return k, err // another instance made it while we waited
 	}
@@ -155,26 +171,23 @@ func (l *storageLimiter) reserve(key netip.Addr, maxAttempts int, window time.Du
 	defer cancel2()
 	rec, err := l.load(ctx, key)
 	if err != nil {
-		_ = l.st.Unlock(ctx, name)
-		return 0, time.Time{}, err
+		return 0, time.Time{}, errors.Join(err, unlock(l.st, name))
 	}
 	t := now()
 	if until := time.Unix(0, rec.LockedUntil); rec.LockedUntil != 0 && t.Before(until) {
-		_ = l.st.Unlock(ctx, name)
-		return refusedLocked, until, nil
+		return refusedLocked, until, unlock(l.st, name)
 	}
 	if t.UnixNano() < rec.WindowEnd && rec.Failures >= maxAttempts {
-		_ = l.st.Unlock(ctx, name)
-		return refusedInFlight, time.Time{}, nil
+		return refusedInFlight, time.Time{}, unlock(l.st, name)
 	}
 	return reserved, time.Time{}, nil // the lock is held until settle
 }
 
-func (l *storageLimiter) settle(key netip.Addr, failed bool, maxAttempts int, window time.Duration) (int, time.Time, error) {
+func (l *storageLimiter) settle(key netip.Addr, failed bool, maxAttempts int, window time.Duration) (rem int, until time.Time, err error) {
 	ctx, cancel := opCtx()
 	defer cancel()
 	name := clientPath(key)
-	defer func() { _ = l.st.Unlock(context.Background(), name) }()
+	defer func() { err = errors.Join(err, unlock(l.st, name)) }()
 	if !failed {
 		return maxAttempts, time.Time{}, nil
 	}
@@ -190,7 +203,6 @@ func (l *storageLimiter) settle(key netip.Addr, failed bool, maxAttempts int, wi
 		rec = clientRecord{WindowEnd: t.Add(window).UnixNano()}
 	}
 	rec.Failures++
-	var until time.Time
 	if rec.Failures >= maxAttempts {
 		until = t.Add(window)
 		rec.LockedUntil = until.UnixNano()
@@ -257,13 +269,13 @@ func (rec *codeRecord) bound(flow string, client netip.Addr, t time.Time) bool {
 }
 
 // locked runs fn holding the scope's storage lock.
-func (s *storageCodes) locked(scope string, fn func(ctx context.Context) error) error {
+func (s *storageCodes) locked(scope string, fn func(ctx context.Context) error) (err error) {
 	ctx, cancel := opCtx()
 	defer cancel()
 	if err := s.st.Lock(ctx, codePath(scope)); err != nil {
 		return err
 	}
-	defer func() { _ = s.st.Unlock(context.Background(), codePath(scope)) }()
+	defer func() { err = errors.Join(err, unlock(s.st, codePath(scope))) }()
 	return fn(ctx)
 }
 
@@ -340,8 +352,8 @@ func persistRevocation(st certmagic.Storage, s session) error {
 }
 
 // refreshRevocations loads the revocations other instances wrote.
-func refreshRevocations(st certmagic.Storage, sess *sessions) error {
-	ctx, cancel := opCtx()
+func refreshRevocations(ctx context.Context, st certmagic.Storage, sess *sessions) error {
+	ctx, cancel := context.WithTimeout(ctx, storageTimeout)
 	defer cancel()
 	keys, err := st.List(ctx, revokedDir, false)
 	if notExist(err) {
@@ -373,13 +385,20 @@ func refreshRevocations(st certmagic.Storage, sess *sessions) error {
 
 // sweepStorage drops expired records for the whole cluster; whichever
 // instance holds the sweep lock does it, at most once per sweepInterval.
-func sweepStorage(st certmagic.Storage, log *zap.Logger) error {
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+// Client and code records are deleted under their own lock, after a second
+// look, so that a record another instance has just renewed is never lost.
+func sweepStorage(ctx context.Context, st certmagic.Storage, log *zap.Logger) error {
+	lctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	if err := st.Lock(ctx, sweepLock); err != nil {
+	if err := st.Lock(lctx, sweepLock); err != nil {
+		if errors.Is(err, context.DeadlineExceeded) || ctx.Err() != nil {
+			return nil // another instance is sweeping, or we are stopping
+		}
 		return err
 	}
-	defer func() { _ = st.Unlock(context.Background(), sweepLock) }()
+	defer func() { _ = unlock(st, sweepLock) }()
+	ctx, cancel2 := context.WithTimeout(ctx, time.Minute)
+	defer cancel2()
 	t := now()
 	if b, err := st.Load(ctx, sweptAtPath); err == nil {
 		if last, err := strconv.ParseInt(string(b), 10, 64); err == nil && t.Sub(time.Unix(0, last)) < sweepInterval/2 {
@@ -387,7 +406,8 @@ func sweepStorage(st certmagic.Storage, log *zap.Logger) error {
 		}
 	}
 	dropped := 0
-	expired := func(dir string, isExpired func([]byte) bool) error {
+	tn := t.UnixNano()
+	expired := func(dir string, lockEach bool, isExpired func([]byte) bool) error {
 		keys, err := st.List(ctx, dir, false)
 		if notExist(err) {
 			return nil
@@ -396,29 +416,43 @@ func sweepStorage(st certmagic.Storage, log *zap.Logger) error {
 			return err
 		}
 		for _, k := range keys {
-			b, err := st.Load(ctx, k)
-			if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			if b, err := st.Load(ctx, k); err != nil || !isExpired(b) {
 				continue
 			}
-			if isExpired(b) {
-				if err := st.Delete(ctx, k); err == nil {
+			if !lockEach {
+				if st.Delete(ctx, k) == nil {
 					dropped++
 				}
+				continue
+			}
+			kctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+			if err := st.Lock(kctx, k); err != nil {
+				cancel()
+				continue // in use: not expired for long, or next time
+			}
+			if b, err := st.Load(kctx, k); err == nil && isExpired(b) && st.Delete(kctx, k) == nil {
+				dropped++
+			}
+			cancel()
+			if err := unlock(st, k); err != nil {
+				log.Error("break-glass: sweeping storage", zap.Error(err))
 			}
 		}
 		return nil
 	}
-	tn := t.UnixNano()
 	errs := errors.Join(
-		expired(clientsDir, func(b []byte) bool {
+		expired(clientsDir, true, func(b []byte) bool {
 			var r clientRecord
 			return json.Unmarshal(b, &r) == nil && tn >= r.WindowEnd && tn >= r.LockedUntil
 		}),
-		expired(codesDir, func(b []byte) bool {
+		expired(codesDir, true, func(b []byte) bool {
 			var r codeRecord
 			return json.Unmarshal(b, &r) == nil && tn >= r.Expires
 		}),
-		expired(revokedDir, func(b []byte) bool {
+		expired(revokedDir, false, func(b []byte) bool {
 			exp, err := strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64)
 			return err == nil && t.Unix() >= exp
 		}),

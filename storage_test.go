@@ -77,7 +77,7 @@ func TestStorageStatesOnOneFolderShareLockoutsCodesKeysAndLogouts(t *testing.T) 
 	if err := b.revoke(sess); err != nil {
 		t.Fatal(err)
 	}
-	if err := refreshRevocations(st, a.sessions); err != nil {
+	if err := refreshRevocations(context.Background(), st, a.sessions); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := a.sessions.verify(cookie, clientA, sess.Scope); !errors.Is(err, errSessionRevoked) {
@@ -247,5 +247,37 @@ func TestStorageDownFailsSignInsClosedAndKeepsSessions(t *testing.T) {
 	st.down.Store(false)
 	if rem := h.state.limiter.remaining(limiterKey(netip.MustParseAddr("192.0.2.2")), 3); rem != 3 {
 		t.Fatalf("the refused attempt was counted: %d left", rem)
+	}
+}
+
+func TestStorageSweepDropsOnlyExpiredRecordsAndSkipsOnesInUse(t *testing.T) {
+	clk := useTestClock(t)
+	st := &certmagic.FileStorage{Path: t.TempDir()}
+	s := newStorageTestState(t, st)
+	old, busy, live := netip.MustParseAddr("192.0.2.1"), netip.MustParseAddr("192.0.2.2"), netip.MustParseAddr("192.0.2.3")
+	for _, k := range []netip.Addr{old, busy} {
+		s.limiter.reserve(k, 5, time.Minute)
+		s.limiter.settle(k, true, 5, time.Minute)
+	}
+	clk.Advance(2 * time.Minute) // both records have expired
+	s.limiter.reserve(live, 5, time.Minute)
+	s.limiter.settle(live, true, 5, time.Minute)
+
+	ctx := context.Background()
+	if err := st.Lock(ctx, clientPath(busy)); err != nil { // another instance is at it
+		t.Fatal(err)
+	}
+	if err := sweepStorage(ctx, st, zap.NewNop()); err != nil {
+		t.Fatal(err)
+	}
+	_ = st.Unlock(ctx, clientPath(busy))
+	if st.Exists(ctx, clientPath(old)) {
+		t.Error("an expired record was kept")
+	}
+	if !st.Exists(ctx, clientPath(busy)) {
+		t.Error("a record under another instance's lock was deleted")
+	}
+	if rem := s.limiter.remaining(live, 5); rem != 4 {
+		t.Errorf("the sweep lost a live failure: %d left", rem)
 	}
 }
