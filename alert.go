@@ -193,18 +193,19 @@ func (e *webhookStatusError) Error() string {
 // webhook. Nothing here waits.
 func (h *Handler) sendAlerts(ev alertEvent, log *zap.Logger) {
 	for _, to := range h.alertEmails {
-		h.deliver(log.With(zap.String("channel", "alert_email"), zap.String("recipient", to)),
+		h.deliver("alert_email", log.With(zap.String("recipient", to)),
 			func(ctx context.Context) error { return h.mailer.send(ctx, alertMail(to, ev)) })
 	}
 	if h.webhookURL != "" {
-		h.deliver(log.With(zap.String("channel", "webhook"), zap.String("webhook_host", h.webhookHost)),
+		h.deliver("webhook", log.With(zap.String("webhook_host", h.webhookHost)),
 			func(ctx context.Context) error { return postWebhook(ctx, h.webhookURL, ev) })
 	}
 }
 
 // deliver runs one delivery in the background and logs its outcome: INFO when
 // delivered, ERROR when it failed or could not even start.
-func (h *Handler) deliver(log *zap.Logger, fn func(ctx context.Context) error) {
+func (h *Handler) deliver(channel string, log *zap.Logger, fn func(ctx context.Context) error) {
+	log = log.With(zap.String("channel", channel))
 	ok := h.state.deliveries.run(func(ctx context.Context) {
 		start := now()
 		if err := fn(ctx); err != nil {
@@ -213,12 +214,15 @@ func (h *Handler) deliver(log *zap.Logger, fn func(ctx context.Context) error) {
 			if errors.As(err, &se) {
 				fields = append(fields, zap.Int("status", se.status))
 			}
+			metricDeliveries.WithLabelValues(channel, "error").Inc()
 			log.Error("break-glass delivery failed", fields...)
 			return
 		}
+		metricDeliveries.WithLabelValues(channel, "ok").Inc()
 		log.Info("break-glass delivery succeeded", zap.Duration("duration", now().Sub(start)))
 	})
 	if !ok {
+		metricDeliveries.WithLabelValues(channel, "dropped").Inc()
 		log.Error("break-glass delivery dropped: too many deliveries in flight, or the app is stopping")
 	}
 }

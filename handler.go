@@ -274,6 +274,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		return caddyhttp.Error(http.StatusTooEarly, errors.New("break_glass: TLS handshake not complete, client address not verified"))
 	}
 	if !allowed(h.allow, client) {
+		metricAttempts.WithLabelValues(resultForbidden).Inc()
 		h.logger.Info("break-glass request refused: client not allowed", zap.String("client_ip", client.String()))
 		return render(w, r, http.StatusForbidden, h.page(r, client, "forbidden", "Access not allowed"))
 	}
@@ -312,6 +313,7 @@ func (h *Handler) serveLogin(w http.ResponseWriter, r *http.Request, client neti
 		return h.unavailable(w, r, client, log, err)
 	}
 	if locked {
+		metricAttempts.WithLabelValues(resultLocked).Inc()
 		log.Info("break-glass request refused: client locked out", zap.Time("locked_until", until))
 		return h.renderLocked(w, r, client, until)
 	}
@@ -391,6 +393,7 @@ func (h *Handler) stepPassword(w http.ResponseWriter, r *http.Request, client ne
 	settled := false
 	defer h.settleOnPanic(client, &settled)
 	if !h.app.acquireHash(r.Context()) {
+		metricAttempts.WithLabelValues(resultBusy).Inc()
 		settled = true
 		if _, _, err := h.settle(client, false); err != nil {
 			return h.unavailable(w, r, client, log, err)
@@ -429,13 +432,14 @@ func (h *Handler) stepPassword(w http.ResponseWriter, r *http.Request, client ne
 	if err != nil {
 		return h.unavailable(w, r, client, log, err)
 	}
+	metricAttempts.WithLabelValues(resultCodeSent).Inc()
 	log.Info("break-glass password accepted: code issued", zap.String("email", h.email), zap.Time("code_expires", exp))
 	if h.DevLogCode {
 		log.Warn("break-glass code (dev_log_code)", zap.String("email", h.email), zap.String("code", code), zap.Time("code_expires", exp))
 	}
 	if h.mailer != nil {
 		msg := codeMail(h.email, code, client.String(), siteName(r), exp)
-		h.deliver(log.With(zap.String("channel", "code_email"), zap.String("recipient", h.email)),
+		h.deliver("code_email", log.With(zap.String("recipient", h.email)),
 			func(ctx context.Context) error { return h.mailer.send(ctx, msg) })
 	}
 	h.setFlowCookie(w, r, flow)
@@ -489,13 +493,16 @@ func (h *Handler) claim(w http.ResponseWriter, r *http.Request, client netip.Add
 	case reserved:
 		return true
 	case refusedLocked:
+		metricAttempts.WithLabelValues(resultLocked).Inc()
 		err = h.renderLocked(w, r, client, until)
 	case refusedInFlight:
+		metricAttempts.WithLabelValues(resultBusy).Inc()
 		log.Info("break-glass request refused: attempts from this client already in progress")
 		w.Header().Set("Retry-After", "1")
 		err = render(w, r, http.StatusTooManyRequests, h.message(r, client, "Please wait",
 			"Other sign-in attempts from your address are still being checked. Wait a moment and try again."))
 	case refusedFull:
+		metricAttempts.WithLabelValues(resultBusy).Inc()
 		log.Error("break-glass request refused: the limiter tracks as many clients as it may (max_tracked_clients)")
 		w.Header().Set("Retry-After", "60")
 		err = render(w, r, http.StatusTooManyRequests, h.message(r, client, "Please wait",
@@ -527,6 +534,7 @@ func (h *Handler) settleOnPanic(client netip.Addr, settled *bool) {
 // unavailable answers 503 when the state cannot be read or written (a
 // storage backend is down): sign-ins fail closed, nothing is forgiven.
 func (h *Handler) unavailable(w http.ResponseWriter, r *http.Request, client netip.Addr, log *zap.Logger, err error) error {
+	metricAttempts.WithLabelValues(resultBusy).Inc()
 	log.Error("break-glass state unavailable: sign-in refused", zap.Error(err))
 	w.Header().Set("Retry-After", "10")
 	return render(w, r, http.StatusServiceUnavailable, h.message(r, client, "Temporarily unavailable",
@@ -538,11 +546,14 @@ func (h *Handler) unavailable(w http.ResponseWriter, r *http.Request, client net
 func (h *Handler) failed(w http.ResponseWriter, r *http.Request, client netip.Addr, log *zap.Logger, reason string,
 	remaining int, lockedUntil time.Time, retry func(p *page, remaining int) int) error {
 	if reason == "bad_credentials" {
+		metricAttempts.WithLabelValues(resultBadCredentials).Inc()
 		log.Info("break-glass login failed", zap.String("reason", reason), zap.Int("attempts_remaining", remaining))
 	} else {
+		metricAttempts.WithLabelValues(resultWrongCode).Inc()
 		log.Warn("break-glass wrong code", zap.String("reason", reason), zap.Int("attempts_remaining", remaining))
 	}
 	if !lockedUntil.IsZero() {
+		metricLockouts.Inc()
 		log.Warn("break-glass client locked out", zap.Time("locked_until", lockedUntil), zap.Int("max_attempts", h.app.MaxAttempts))
 		return h.renderLocked(w, r, client, lockedUntil)
 	}
@@ -577,6 +588,9 @@ func (h *Handler) succeed(w http.ResponseWriter, r *http.Request, client netip.A
 		MaxAge: int(math.Ceil(ttl.Seconds())), HttpOnly: true, Secure: r.TLS != nil, SameSite: http.SameSiteStrictMode,
 	})
 	h.clearFlowCookie(w, r)
+	h.state.sessions.track(s)
+	metricAttempts.WithLabelValues(resultSuccess).Inc()
+	metricLastSuccess.Set(float64(t.Unix()))
 	log.Warn("break-glass login succeeded", zap.String("email", h.email), zap.Time("session_expires", s.Expires))
 	h.sendAlerts(loginEvent(h.email, client.String(), siteName(r), t), log)
 	http.Redirect(w, r, selfURL(r), http.StatusSeeOther)

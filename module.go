@@ -104,6 +104,9 @@ func (a *App) Provision(ctx caddy.Context) error {
 	if a.State == "storage" {
 		st = ctx.Storage()
 	}
+	if err := registerMetrics(ctx.GetMetricsRegistry()); err != nil {
+		return fmt.Errorf("registering metrics: %v", err)
+	}
 	return a.setup(ctx.Logger(), st)
 }
 
@@ -294,6 +297,7 @@ func baseState(root []byte) *state {
 func (s *state) start() {
 	ctx, cancel := context.WithCancel(context.Background())
 	s.stopSweep = cancel
+	liveStates.Store(s, struct{}{})
 	s.loops.Add(1)
 	go s.sweepLoop(ctx)
 	if s.storage != nil {
@@ -371,6 +375,7 @@ func (s *state) refreshLoop(ctx context.Context) {
 // Destruct stops the state's background work: deliveries in flight get a
 // short grace, then are cancelled and waited for.
 func (s *state) Destruct() error {
+	liveStates.Delete(s)
 	s.stopSweep()
 	s.loops.Wait()
 	s.deliveries.close(deliveryGrace)

@@ -58,10 +58,11 @@ type sessions struct {
 	pool    sync.Pool // of *scratch
 	mu      sync.RWMutex
 	revoked map[string]time.Time // session ID → its expiry
+	issued  map[string]time.Time // sessions issued here and not logged out → expiry
 }
 
 func newSessions(key []byte) *sessions {
-	st := &sessions{key: key, revoked: make(map[string]time.Time)}
+	st := &sessions{key: key, revoked: make(map[string]time.Time), issued: make(map[string]time.Time)}
 	st.pool.New = func() any { return &scratch{mac: hmac.New(sha256.New, key)} }
 	return st
 }
@@ -222,7 +223,29 @@ func (st *sessions) revoke(s session) { st.markRevoked(s.ID, s.Expires) }
 func (st *sessions) markRevoked(id string, expires time.Time) {
 	st.mu.Lock()
 	st.revoked[id] = expires
+	delete(st.issued, id)
 	st.mu.Unlock()
+}
+
+// track counts a session issued here (for sessions_active).
+func (st *sessions) track(s session) {
+	st.mu.Lock()
+	st.issued[s.ID] = s.Expires
+	st.mu.Unlock()
+}
+
+// active counts the sessions issued here that are still live.
+func (st *sessions) active() int {
+	t := now()
+	st.mu.RLock()
+	defer st.mu.RUnlock()
+	n := 0
+	for _, exp := range st.issued {
+		if t.Before(exp) {
+			n++
+		}
+	}
+	return n
 }
 
 func (st *sessions) isRevoked(id string) bool {
@@ -241,6 +264,11 @@ func (st *sessions) sweep() int {
 	for id, exp := range st.revoked {
 		if !t.Before(exp) {
 			delete(st.revoked, id)
+		}
+	}
+	for id, exp := range st.issued {
+		if !t.Before(exp) {
+			delete(st.issued, id)
 		}
 	}
 	return len(st.revoked)

@@ -1,0 +1,78 @@
+// Prometheus metrics, served by Caddy's admin endpoint (/metrics). The
+// collectors are made once, so counts survive reloads, and registered into
+// the registry of each config that loads the app.
+
+package breakglass
+
+import (
+	"errors"
+	"sync"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Results of sign-in attempts, the values of the `result` label.
+const (
+	resultForbidden      = "forbidden"
+	resultLocked         = "locked"
+	resultBadCredentials = "bad_credentials"
+	resultCodeSent       = "code_sent"
+	resultWrongCode      = "wrong_code"
+	resultSuccess        = "success"
+	resultBusy           = "busy"
+)
+
+var (
+	metricAttempts = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "caddy", Subsystem: "break_glass", Name: "attempts_total",
+		Help: "Break-glass requests and sign-in steps, by result: forbidden, locked, bad_credentials, code_sent, wrong_code, success, busy.",
+	}, []string{"result"})
+	metricLockouts = prometheus.NewCounter(prometheus.CounterOpts{
+		Namespace: "caddy", Subsystem: "break_glass", Name: "lockouts_total",
+		Help: "Clients locked out after max_attempts failures.",
+	})
+	metricDeliveries = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "caddy", Subsystem: "break_glass", Name: "deliveries_total",
+		Help: "Mails and webhooks sent, by channel (code_email, alert_email, webhook) and outcome (ok, error, dropped).",
+	}, []string{"channel", "outcome"})
+	metricSessions = prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Namespace: "caddy", Subsystem: "break_glass", Name: "sessions_active",
+		Help: "Break-glass sessions issued by this process that have neither expired nor been logged out.",
+	}, liveSessions)
+	metricLastSuccess = prometheus.NewGauge(prometheus.GaugeOpts{
+		Namespace: "caddy", Subsystem: "break_glass", Name: "last_success_timestamp_seconds",
+		Help: "When the last break-glass sign-in succeeded (Unix seconds); 0 if none since the process started.",
+	})
+	metricLastDrill = prometheus.NewGauge(prometheus.GaugeOpts{
+		Namespace: "caddy", Subsystem: "break_glass", Name: "last_drill_timestamp_seconds",
+		Help: "When the last break-glass drill ran (Unix seconds); 0 if none is known.",
+	})
+	allMetrics = []prometheus.Collector{metricAttempts, metricLockouts, metricDeliveries, metricSessions, metricLastSuccess, metricLastDrill}
+)
+
+// registerMetrics adds the collectors to a config's registry; a collector it
+// already holds is not an error.
+func registerMetrics(reg prometheus.Registerer) error {
+	for _, c := range allMetrics {
+		if err := reg.Register(c); err != nil {
+			var are prometheus.AlreadyRegisteredError
+			if !errors.As(err, &are) {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// liveStates are the states alive in this process (one per state mode and
+// storage); sessions_active counts over them.
+var liveStates sync.Map // *state → struct{}
+
+func liveSessions() float64 {
+	n := 0
+	liveStates.Range(func(k, _ any) bool {
+		n += k.(*state).sessions.active()
+		return true
+	})
+	return float64(n)
+}
