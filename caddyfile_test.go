@@ -608,8 +608,9 @@ func TestProvisionAppJSONZeroMeansTheDefaults(t *testing.T) {
 			if app.state == nil {
 				t.Error("provisioned app has no state")
 			}
-			got := App{MaxAttempts: app.MaxAttempts, Lockout: app.Lockout, CodeTTL: app.CodeTTL, SessionTTL: app.SessionTTL}
-			if got != tc.want {
+			got := [4]any{app.MaxAttempts, app.Lockout, app.CodeTTL, app.SessionTTL}
+			want := [4]any{tc.want.MaxAttempts, tc.want.Lockout, tc.want.CodeTTL, tc.want.SessionTTL}
+			if got != want {
 				t.Errorf("provisioned app = %+v, want %+v", got, tc.want)
 			}
 		})

@@ -161,6 +161,7 @@ func (h *Handler) setup(app *App, logger *zap.Logger) error {
 		return err
 	}
 	h.scope = h.state.scopeOf(h.identity, h.hash)
+	app.handlers.add(h)
 
 	ips := h.AllowedIPs
 	if len(ips) == 0 {

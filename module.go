@@ -83,6 +83,7 @@ type App struct {
 	RefreshInterval caddy.Duration `json:"refresh_interval,omitempty"`
 
 	hashSlots chan struct{}
+	handlers  *handlerRegistry // provisioned with this app, for the admin API
 	stateKey  string
 	state     *state
 	mailer    *mailer
@@ -149,6 +150,7 @@ func (a *App) setup(logger *zap.Logger, st certmagic.Storage) error {
 		a.MaxTrackedClients = defaultMaxTrackedClients
 	}
 	a.hashSlots = make(chan struct{}, a.MaxConcurrentHashes)
+	a.handlers = new(handlerRegistry)
 	if a.SMTP != nil {
 		m, err := a.SMTP.provision(caddy.NewReplacer(), "smtp")
 		if err != nil {
@@ -181,6 +183,7 @@ func (a *App) setup(logger *zap.Logger, st certmagic.Storage) error {
 	}
 	a.state = v.(*state)
 	a.state.limiter.setMaxClients(a.MaxTrackedClients)
+	currentApp.Store(a)
 	return nil
 }
 
@@ -222,6 +225,7 @@ func (a *App) Cleanup() error {
 	if a.state == nil {
 		return nil
 	}
+	currentApp.CompareAndSwap(a, nil)
 	_, err := statePool.Delete(a.stateKey)
 	a.state = nil
 	return err
@@ -304,6 +308,20 @@ func (s *state) start() {
 		s.loops.Add(1)
 		go s.refreshLoop(ctx)
 	}
+}
+
+// endSessions ends every session of a credential issued until now, here
+// and, with state storage, on every instance (at their next refresh). It
+// returns how many live sessions issued by this process it ended.
+func (s *state) endSessions(scope string) (int, error) {
+	t := now()
+	n := s.sessions.endAll(scope, t)
+	if s.storage != nil {
+		ctx, cancel := opCtx()
+		defer cancel()
+		return n, s.storage.Store(ctx, epochsDir+"/"+scope, []byte(t.UTC().Format(time.RFC3339)))
+	}
+	return n, nil
 }
 
 // revoke ends a session here and, with state storage, on every instance.

@@ -61,6 +61,7 @@ type codeBackend interface {
 	pending(scope, flow string, client netip.Addr) (time.Time, bool)
 	verify(scope, flow string, client netip.Addr, code string) (codeResult, error)
 	cancel(scope, flow string) error
+	pendingFor(scope string) (time.Time, bool)
 	sweep() int
 }
 
@@ -150,6 +151,19 @@ func (s *codeStore) verify(identity, flow string, client netip.Addr, code string
 		return codeVoided, nil
 	}
 	return codeWrong, nil
+}
+
+// pendingFor reports whether a code is pending for the credential, whoever
+// asked for it, and until when (for the admin API; never the code).
+func (s *codeStore) pendingFor(identity string) (time.Time, bool) {
+	t := now()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	p, ok := s.m[identity]
+	if !ok || !t.Before(p.expires) {
+		return time.Time{}, false
+	}
+	return p.expires, true
 }
 
 // cancel drops identity's pending code if it belongs to this flow.

@@ -37,8 +37,17 @@ type limiterBackend interface {
 	reserve(key netip.Addr, maxAttempts int, window time.Duration) (reservation, time.Time, error)
 	settle(key netip.Addr, failed bool, maxAttempts int, window time.Duration) (int, time.Time, error)
 	reset(key netip.Addr) error
+	locked() ([]lockedClient, error)
+	unlock(key netip.Addr) (bool, error)
 	setMaxClients(n int)
 	sweep() int
+}
+
+// lockedClient is a locked-out client, as the admin API shows it.
+type lockedClient struct {
+	Client      string    `json:"client"`
+	Failures    int       `json:"failures"`
+	LockedUntil time.Time `json:"locked_until"`
 }
 
 // reservation is the outcome of reserve.
@@ -180,6 +189,33 @@ func (l *limiter) reset(key netip.Addr) error {
 	delete(l.clients, key)
 	l.mu.Unlock()
 	return nil
+}
+
+// locked lists the clients locked out now.
+func (l *limiter) locked() ([]lockedClient, error) {
+	t := now()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var out []lockedClient
+	for k, e := range l.clients {
+		if t.Before(e.lockedUntil) {
+			out = append(out, lockedClient{Client: k.String(), Failures: e.failures, LockedUntil: e.lockedUntil})
+		}
+	}
+	return out, nil
+}
+
+// unlock forgets a client's failures and lockout; false if it was not
+// tracked.
+func (l *limiter) unlock(key netip.Addr) (bool, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	e, ok := l.clients[key]
+	if !ok || e.expired(now()) {
+		return false, nil
+	}
+	delete(l.clients, key)
+	return true, nil
 }
 
 // sweep drops entries that no longer matter and returns how many remain.

@@ -58,11 +58,20 @@ type sessions struct {
 	pool    sync.Pool // of *scratch
 	mu      sync.RWMutex
 	revoked map[string]time.Time // session ID → its expiry
-	issued  map[string]time.Time // sessions issued here and not logged out → expiry
+	issued  map[string]issuedSession
+	// notBefore ends, per credential, every session issued at or before a
+	// moment (RFC 3339, compared as text): the admin API's revoke.
+	notBefore map[string]string
+}
+
+// issuedSession is a session issued here and not logged out.
+type issuedSession struct {
+	expires time.Time
+	scope   string
 }
 
 func newSessions(key []byte) *sessions {
-	st := &sessions{key: key, revoked: make(map[string]time.Time), issued: make(map[string]time.Time)}
+	st := &sessions{key: key, revoked: make(map[string]time.Time), issued: make(map[string]issuedSession), notBefore: make(map[string]string)}
 	st.pool.New = func() any { return &scratch{mac: hmac.New(sha256.New, key)} }
 	return st
 }
@@ -161,8 +170,9 @@ func (st *sessions) check(value string, client netip.Addr, scope string) (id, is
 	}
 	st.mu.RLock()
 	_, revoked := st.revoked[f[1]]
+	nb := st.notBefore[f[5]]
 	st.mu.RUnlock()
-	if revoked {
+	if revoked || (nb != "" && f[2] <= nb) {
 		return "", "", 0, errSessionRevoked
 	}
 	return f[1], f[2], exp, nil
@@ -230,22 +240,48 @@ func (st *sessions) markRevoked(id string, expires time.Time) {
 // track counts a session issued here (for sessions_active).
 func (st *sessions) track(s session) {
 	st.mu.Lock()
-	st.issued[s.ID] = s.Expires
+	st.issued[s.ID] = issuedSession{expires: s.Expires, scope: s.Scope}
 	st.mu.Unlock()
 }
 
-// active counts the sessions issued here that are still live.
-func (st *sessions) active() int {
+// active counts the sessions issued here that are still live, for one
+// credential or ("") for all.
+func (st *sessions) active(scope ...string) int {
 	t := now()
 	st.mu.RLock()
 	defer st.mu.RUnlock()
 	n := 0
-	for _, exp := range st.issued {
-		if t.Before(exp) {
+	for _, is := range st.issued {
+		if t.Before(is.expires) && (len(scope) == 0 || is.scope == scope[0]) {
 			n++
 		}
 	}
 	return n
+}
+
+// endAll ends every session of a credential issued up to at, here and, once
+// setNotBefore has run there, on every instance; it returns how many live
+// sessions issued here it ended.
+func (st *sessions) endAll(scope string, at time.Time) int {
+	n := st.active(scope)
+	st.setNotBefore(scope, at.UTC().Format(time.RFC3339))
+	st.mu.Lock()
+	for id, is := range st.issued {
+		if is.scope == scope {
+			delete(st.issued, id)
+		}
+	}
+	st.mu.Unlock()
+	return n
+}
+
+// setNotBefore records a revoke-all moment, keeping the later one.
+func (st *sessions) setNotBefore(scope, at string) {
+	st.mu.Lock()
+	if at > st.notBefore[scope] {
+		st.notBefore[scope] = at
+	}
+	st.mu.Unlock()
 }
 
 func (st *sessions) isRevoked(id string) bool {
@@ -266,8 +302,8 @@ func (st *sessions) sweep() int {
 			delete(st.revoked, id)
 		}
 	}
-	for id, exp := range st.issued {
-		if !t.Before(exp) {
+	for id, is := range st.issued {
+		if !t.Before(is.expires) {
 			delete(st.issued, id)
 		}
 	}

@@ -25,6 +25,7 @@ import (
 )
 
 const (
+	epochsDir      = "break_glass/epochs"
 	storagePrefix  = "break_glass/"
 	storageKeyPath = storagePrefix + "key"
 	clientsDir     = storagePrefix + "clients"
@@ -223,6 +224,51 @@ func (l *storageLimiter) reset(key netip.Addr) error {
 	return nil
 }
 
+func (l *storageLimiter) locked() ([]lockedClient, error) {
+	ctx, cancel := opCtx()
+	defer cancel()
+	keys, err := l.st.List(ctx, clientsDir, false)
+	if notExist(err) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	t := now().UnixNano()
+	var out []lockedClient
+	for _, k := range keys {
+		b, err := l.st.Load(ctx, k)
+		if err != nil {
+			continue
+		}
+		var rec clientRecord
+		if json.Unmarshal(b, &rec) != nil || t >= rec.LockedUntil {
+			continue
+		}
+		name := strings.NewReplacer("-", ":", "_", ".").Replace(path.Base(k))
+		out = append(out, lockedClient{Client: name, Failures: rec.Failures, LockedUntil: time.Unix(0, rec.LockedUntil)})
+	}
+	return out, nil
+}
+
+func (l *storageLimiter) unlock(key netip.Addr) (bool, error) {
+	ctx, cancel := opCtx()
+	defer cancel()
+	if err := l.st.Lock(ctx, clientPath(key)); err != nil {
+		return false, err
+	}
+	defer func() { _ = unlock(l.st, clientPath(key)) }()
+	rec, err := l.load(ctx, key)
+	if err != nil {
+		return false, err
+	}
+	t := now().UnixNano()
+	if rec.WindowEnd == 0 || (t >= rec.WindowEnd && t >= rec.LockedUntil) {
+		return false, nil
+	}
+	return true, l.st.Delete(ctx, clientPath(key))
+}
+
 // setMaxClients does nothing: in storage, expired records are swept and the
 // storage itself is the bound.
 func (l *storageLimiter) setMaxClients(int) {}
@@ -341,6 +387,16 @@ func (s *storageCodes) cancel(scope, flow string) error {
 	})
 }
 
+func (s *storageCodes) pendingFor(scope string) (time.Time, bool) {
+	ctx, cancel := opCtx()
+	defer cancel()
+	rec, err := s.load(ctx, scope)
+	if err != nil || rec == nil || now().UnixNano() >= rec.Expires {
+		return time.Time{}, false
+	}
+	return time.Unix(0, rec.Expires), true
+}
+
 func (s *storageCodes) sweep() int { return 0 }
 
 // persistRevocation writes a logout to storage, where every instance's
@@ -360,6 +416,15 @@ func refreshRevocations(ctx context.Context, st certmagic.Storage, sess *session
 		return nil
 	}
 	if err != nil {
+		return err
+	}
+	if epochs, err := st.List(ctx, epochsDir, false); err == nil {
+		for _, k := range epochs {
+			if b, err := st.Load(ctx, k); err == nil {
+				sess.setNotBefore(path.Base(k), strings.TrimSpace(string(b)))
+			}
+		}
+	} else if !notExist(err) {
 		return err
 	}
 	for _, k := range keys {

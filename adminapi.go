@@ -1,0 +1,214 @@
+// The admin API (admin.api.break_glass), served by Caddy's admin endpoint
+// with its access controls: status, unlock a client, end sessions.
+
+package breakglass
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"sort"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"go.uber.org/zap"
+)
+
+func init() {
+	caddy.RegisterModule(adminAPI{})
+}
+
+// currentApp is the break_glass app of the running config, for the admin
+// API (which Caddy loads apart from the config's apps).
+var currentApp atomic.Pointer[App]
+
+// adminAPI serves /break_glass/status, /break_glass/unlock and
+// /break_glass/revoke on Caddy's admin endpoint.
+type adminAPI struct{}
+
+// CaddyModule returns the Caddy module information.
+func (adminAPI) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{ID: "admin.api.break_glass", New: func() caddy.Module { return new(adminAPI) }}
+}
+
+// Routes returns the admin routes.
+func (adminAPI) Routes() []caddy.AdminRoute {
+	return []caddy.AdminRoute{
+		{Pattern: "/break_glass/status", Handler: caddy.AdminHandlerFunc(handleStatus)},
+		{Pattern: "/break_glass/unlock", Handler: caddy.AdminHandlerFunc(handleUnlock)},
+		{Pattern: "/break_glass/revoke", Handler: caddy.AdminHandlerFunc(handleRevoke)},
+	}
+}
+
+func apiError(status int, format string, args ...any) error {
+	err := fmt.Errorf(format, args...)
+	return caddy.APIError{HTTPStatus: status, Err: err, Message: err.Error()}
+}
+
+func runningApp() (*App, error) {
+	a := currentApp.Load()
+	if a == nil || a.state == nil {
+		return nil, apiError(http.StatusNotFound, "break_glass is not running (no break_glass handler or app in the config)")
+	}
+	return a, nil
+}
+
+// handlerRegistry lists the handlers provisioned with an app.
+type handlerRegistry struct {
+	mu   sync.Mutex
+	list []*Handler
+}
+
+func (hr *handlerRegistry) add(h *Handler) {
+	hr.mu.Lock()
+	hr.list = append(hr.list, h)
+	hr.mu.Unlock()
+}
+
+// identities groups the app's handlers by credential.
+func (a *App) identities() map[string]*Handler {
+	a.handlers.mu.Lock()
+	defer a.handlers.mu.Unlock()
+	out := map[string]*Handler{}
+	for _, h := range a.handlers.list {
+		out[h.scope] = h
+	}
+	return out
+}
+
+type identityStatus struct {
+	Email       string     `json:"email"`
+	CodePending bool       `json:"code_pending"`
+	CodeExpires *time.Time `json:"code_expires,omitempty"`
+	Sessions    int        `json:"live_sessions"`
+}
+
+type appSettings struct {
+	MaxAttempts         int    `json:"max_attempts"`
+	Lockout             string `json:"lockout"`
+	CodeTTL             string `json:"code_ttl"`
+	SessionTTL          string `json:"session_ttl"`
+	State               string `json:"state"`
+	MaxConcurrentHashes int    `json:"max_concurrent_hashes"`
+	MaxTrackedClients   int    `json:"max_tracked_clients"`
+}
+
+func handleStatus(w http.ResponseWriter, r *http.Request) error {
+	if r.Method != http.MethodGet {
+		return apiError(http.StatusMethodNotAllowed, "method %s not allowed; use GET", r.Method)
+	}
+	a, err := runningApp()
+	if err != nil {
+		return err
+	}
+	var ids []identityStatus
+	for scope, h := range a.identities() {
+		st := identityStatus{Email: h.email, Sessions: a.state.sessions.active(scope)}
+		if exp, ok := a.state.codes.pendingFor(scope); ok {
+			st.CodePending, st.CodeExpires = true, &exp
+		}
+		ids = append(ids, st)
+	}
+	sort.Slice(ids, func(i, j int) bool { return ids[i].Email < ids[j].Email })
+	locked, err := a.state.limiter.locked()
+	if err != nil {
+		return apiError(http.StatusServiceUnavailable, "reading the limiter: %v", err)
+	}
+	sort.Slice(locked, func(i, j int) bool { return locked[i].Client < locked[j].Client })
+	w.Header().Set("Content-Type", "application/json")
+	return json.NewEncoder(w).Encode(map[string]any{
+		"identities":     ids,
+		"locked_clients": locked,
+		"settings": appSettings{
+			MaxAttempts: a.MaxAttempts, Lockout: time.Duration(a.Lockout).String(), CodeTTL: time.Duration(a.CodeTTL).String(),
+			SessionTTL: time.Duration(a.SessionTTL).String(), State: a.State,
+			MaxConcurrentHashes: a.MaxConcurrentHashes, MaxTrackedClients: a.MaxTrackedClients,
+		},
+	})
+}
+
+func readJSON(r *http.Request, v any) error {
+	if r.Method != http.MethodPost {
+		return apiError(http.StatusMethodNotAllowed, "method %s not allowed; use POST", r.Method)
+	}
+	b, err := io.ReadAll(io.LimitReader(r.Body, 4096))
+	if err != nil {
+		return apiError(http.StatusBadRequest, "reading the request: %v", err)
+	}
+	if len(strings.TrimSpace(string(b))) == 0 {
+		return nil
+	}
+	if err := json.Unmarshal(b, v); err != nil {
+		return apiError(http.StatusBadRequest, "decoding the request: %v", err)
+	}
+	return nil
+}
+
+func handleUnlock(w http.ResponseWriter, r *http.Request) error {
+	var req struct {
+		Client string `json:"client"`
+	}
+	if err := readJSON(r, &req); err != nil {
+		return err
+	}
+	a, err := runningApp()
+	if err != nil {
+		return err
+	}
+	addr, ok := parseClientIP(strings.TrimSpace(req.Client))
+	if !ok {
+		return apiError(http.StatusBadRequest, "client %q: not an IP address", req.Client)
+	}
+	key := limiterKey(addr)
+	found, err := a.state.limiter.unlock(key)
+	if err != nil {
+		return apiError(http.StatusServiceUnavailable, "unlocking %s: %v", key, err)
+	}
+	if !found {
+		return apiError(http.StatusNotFound, "client %s has no failures on record", key)
+	}
+	a.logger.Warn("break-glass admin: client unlocked", zap.String("client", key.String()), zap.String("remote", r.RemoteAddr))
+	w.Header().Set("Content-Type", "application/json")
+	return json.NewEncoder(w).Encode(map[string]any{"unlocked": key.String()})
+}
+
+func handleRevoke(w http.ResponseWriter, r *http.Request) error {
+	var req struct {
+		Email string `json:"email"`
+	}
+	if err := readJSON(r, &req); err != nil {
+		return err
+	}
+	a, err := runningApp()
+	if err != nil {
+		return err
+	}
+	ended, matched := 0, 0
+	var errs []error
+	for scope, h := range a.identities() {
+		if req.Email != "" && h.identity != normalizeEmail(req.Email) {
+			continue
+		}
+		matched++
+		n, err := a.state.endSessions(scope)
+		ended += n
+		errs = append(errs, err)
+	}
+	if req.Email != "" && matched == 0 {
+		return apiError(http.StatusNotFound, "no break_glass handler has the email %q", req.Email)
+	}
+	if err := errors.Join(errs...); err != nil {
+		return apiError(http.StatusServiceUnavailable, "ended here, but not written to storage: %v", err)
+	}
+	a.logger.Warn("break-glass admin: sessions revoked", zap.String("email", req.Email), zap.Int("sessions_ended", ended), zap.String("remote", r.RemoteAddr))
+	w.Header().Set("Content-Type", "application/json")
+	return json.NewEncoder(w).Encode(map[string]any{"revoked": ended})
+}
+
+// Interface guard.
+var _ caddy.AdminRouter = adminAPI{}

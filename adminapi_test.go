@@ -1,0 +1,102 @@
+// The admin API against a running Caddy (in this process): status, unlock,
+// revoke.
+
+package breakglass
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+)
+
+func adminCall(t *testing.T, admin, method, path, body string) (int, map[string]any) {
+	t.Helper()
+	req, _ := http.NewRequest(method, "http://"+admin+path, strings.NewReader(body))
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	var v map[string]any
+	_ = json.Unmarshal(b, &v)
+	return resp.StatusCode, v
+}
+
+func TestAdminAPIStatusUnlockAndRevoke(t *testing.T) {
+	w := newWorld(t)
+	admin := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	w.load(strings.Replace(w.caddyfile(2, ""), "admin off", "admin "+admin, 1), "caddyfile")
+
+	// Lock a client: the status shows it, never a code.
+	bad := w.client("127.0.0.3")
+	bad.login("ops@example.com", "wrong")
+	bad.login("ops@example.com", "wrong")
+	code, st := adminCall(t, admin, "GET", "/break_glass/status", "")
+	if code != 200 {
+		t.Fatalf("status: %d %v", code, st)
+	}
+	locked, _ := st["locked_clients"].([]any)
+	if len(locked) != 1 || locked[0].(map[string]any)["client"] != "127.0.0.3" || locked[0].(map[string]any)["failures"] != float64(2) {
+		t.Fatalf("locked_clients: %v", st["locked_clients"])
+	}
+	ids, _ := st["identities"].([]any)
+	if len(ids) != 1 || ids[0].(map[string]any)["email"] != "ops@example.com" {
+		t.Fatalf("identities: %v", st["identities"])
+	}
+	if s, _ := st["settings"].(map[string]any); s["max_attempts"] != float64(2) || s["state"] != "memory" {
+		t.Fatalf("settings: %v", st["settings"])
+	}
+
+	// Unlock it: it may try again.
+	if code, v := adminCall(t, admin, "POST", "/break_glass/unlock", `{"client": "127.0.0.3"}`); code != 200 {
+		t.Fatalf("unlock: %d %v", code, v)
+	}
+	if r := bad.get("/admin/"); r.status != http.StatusUnauthorized {
+		t.Fatalf("after unlock: %d, want the login page", r.status)
+	}
+	if code, _ := adminCall(t, admin, "POST", "/break_glass/unlock", `{"client": "127.0.0.3"}`); code != 404 {
+		t.Fatalf("unlocking an untracked client: %d, want 404", code)
+	}
+	if code, v := adminCall(t, admin, "POST", "/break_glass/unlock", `{"client": "not-an-ip"}`); code != 400 || !strings.Contains(fmt.Sprint(v["error"]), "not an IP") {
+		t.Fatalf("unlocking a bad address: %d %v", code, v)
+	}
+
+	// Two sessions, one pending code; revoke ends both sessions.
+	a, b := w.client("127.0.0.2"), w.client("127.0.0.4")
+	a.signIn()
+	w.smtp.waitMails(t, 3) // its code and two alerts, before the next sign-in reads the mailbox
+	b.signIn()
+	w.smtp.waitMails(t, 6)
+	pending := w.client("127.0.0.1")
+	pending.login("ops@example.com", testPassword)
+	_, st = adminCall(t, admin, "GET", "/break_glass/status", "")
+	id := st["identities"].([]any)[0].(map[string]any)
+	if id["live_sessions"] != float64(2) || id["code_pending"] != true {
+		t.Fatalf("identity status: %v", id)
+	}
+	raw, _ := json.Marshal(st)
+	if codeRE.Match(raw) && strings.Contains(string(raw), `"code"`) {
+		t.Fatalf("the status shows a code: %s", raw)
+	}
+	time.Sleep(1100 * time.Millisecond) // the sessions are from an earlier second than the revoke
+	if code, v := adminCall(t, admin, "POST", "/break_glass/revoke", `{}`); code != 200 || v["revoked"] != float64(2) {
+		t.Fatalf("revoke: %d %v", code, v)
+	}
+	for _, c := range []*client{a, b} {
+		if r := c.get("/admin/"); r.status != http.StatusUnauthorized {
+			t.Fatalf("%s after revoke: %d", c.ip, r.status)
+		}
+	}
+	if code, _ := adminCall(t, admin, "POST", "/break_glass/revoke", `{"email": "nobody@example.com"}`); code != 404 {
+		t.Fatalf("revoking an unknown email: %d, want 404", code)
+	}
+	if w.findLog("break-glass admin: sessions revoked", map[string]string{"level": "warn"}) == nil {
+		t.Fatal("no WARN for the revoke")
+	}
+}
