@@ -394,15 +394,13 @@ func (h *Handler) stepPassword(w http.ResponseWriter, r *http.Request, client ne
 	settled := false
 	defer h.settleOnPanic(client, &settled)
 	if !h.app.acquireHash(r.Context()) {
-		metricAttempts.WithLabelValues(resultBusy).Inc()
 		settled = true
 		if _, _, err := h.settle(client, false); err != nil {
 			return h.unavailable(w, r, client, log, err)
 		}
 		log.Warn("break-glass request refused: every password-checking slot is busy", zap.Int("max_concurrent_hashes", h.app.MaxConcurrentHashes))
-		w.Header().Set("Retry-After", "2")
-		return render(w, r, http.StatusServiceUnavailable, h.message(r, client, "Busy",
-			"Too many sign-in attempts are being checked right now. Wait a moment and try again; this did not count as a failed attempt."))
+		return h.busy(w, r, client, http.StatusServiceUnavailable, 2, "Busy",
+			"Too many sign-in attempts are being checked right now. Wait a moment and try again; this did not count as a failed attempt.")
 	}
 	defer h.app.releaseHash()
 	err := h.compare(hash, password)
@@ -497,17 +495,13 @@ func (h *Handler) claim(w http.ResponseWriter, r *http.Request, client netip.Add
 		metricAttempts.WithLabelValues(resultLocked).Inc()
 		err = h.renderLocked(w, r, client, until)
 	case refusedInFlight:
-		metricAttempts.WithLabelValues(resultBusy).Inc()
 		log.Info("break-glass request refused: attempts from this client already in progress")
-		w.Header().Set("Retry-After", "1")
-		err = render(w, r, http.StatusTooManyRequests, h.message(r, client, "Please wait",
-			"Other sign-in attempts from your address are still being checked. Wait a moment and try again."))
+		err = h.busy(w, r, client, http.StatusTooManyRequests, 1, "Please wait",
+			"Other sign-in attempts from your address are still being checked. Wait a moment and try again.")
 	case refusedFull:
-		metricAttempts.WithLabelValues(resultBusy).Inc()
 		log.Error("break-glass request refused: the limiter tracks as many clients as it may (max_tracked_clients)")
-		w.Header().Set("Retry-After", "60")
-		err = render(w, r, http.StatusTooManyRequests, h.message(r, client, "Please wait",
-			"Too many addresses are signing in right now. Try again in a minute."))
+		err = h.busy(w, r, client, http.StatusTooManyRequests, 60, "Please wait",
+			"Too many addresses are signing in right now. Try again in a minute.")
 	}
 	if err != nil {
 		h.logger.Debug("writing a refusal", zap.Error(err))
@@ -535,11 +529,17 @@ func (h *Handler) settleOnPanic(client netip.Addr, settled *bool) {
 // unavailable answers 503 when the state cannot be read or written (a
 // storage backend is down): sign-ins fail closed, nothing is forgiven.
 func (h *Handler) unavailable(w http.ResponseWriter, r *http.Request, client netip.Addr, log *zap.Logger, err error) error {
-	metricAttempts.WithLabelValues(resultBusy).Inc()
 	log.Error("break-glass state unavailable: sign-in refused", zap.Error(err))
-	w.Header().Set("Retry-After", "10")
-	return render(w, r, http.StatusServiceUnavailable, h.message(r, client, "Temporarily unavailable",
-		"Break-glass sign-in cannot be checked right now. Try again in a moment; sessions already open keep working."))
+	return h.busy(w, r, client, http.StatusServiceUnavailable, 10, "Temporarily unavailable",
+		"Break-glass sign-in cannot be checked right now. Try again in a moment; sessions already open keep working.")
+}
+
+// busy refuses an attempt that could not be checked (not a failure, not
+// counted): status with Retry-After and a short page.
+func (h *Handler) busy(w http.ResponseWriter, r *http.Request, client netip.Addr, status, retryAfter int, title, text string) error {
+	metricAttempts.WithLabelValues(resultBusy).Inc()
+	w.Header().Set("Retry-After", strconv.Itoa(retryAfter))
+	return render(w, r, status, h.message(r, client, title, text))
 }
 
 // failed logs a failure the limiter has counted and serves either the page

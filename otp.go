@@ -77,10 +77,6 @@ func newCodeStore(key []byte) *codeStore {
 	return &codeStore{key: key, m: make(map[string]*pendingCode)}
 }
 
-func (s *codeStore) mac(identity, code string) [sha256.Size]byte {
-	return codeMAC(s.key, identity, code)
-}
-
 // codeMAC is what is kept of a code: its HMAC under the state's code key,
 // bound to the credential it was issued for.
 func codeMAC(key []byte, scope, code string) [sha256.Size]byte {
@@ -96,7 +92,7 @@ func codeMAC(key []byte, scope, code string) [sha256.Size]byte {
 // put makes code the pending code of identity, replacing any other.
 func (s *codeStore) put(identity, code, flow string, client netip.Addr, ttl time.Duration) (time.Time, error) {
 	exp := now().Add(ttl)
-	p := &pendingCode{mac: s.mac(identity, code), flow: flow, client: client, expires: exp}
+	p := &pendingCode{mac: codeMAC(s.key, identity, code), flow: flow, client: client, expires: exp}
 	s.mu.Lock()
 	s.m[identity] = p
 	s.mu.Unlock()
@@ -127,7 +123,7 @@ func (p *pendingCode) bound(flow string, client netip.Addr, t time.Time) bool {
 // voided at the third. The comparison is constant-time.
 func (s *codeStore) verify(identity, flow string, client netip.Addr, code string) (codeResult, error) {
 	t := now()
-	mac := s.mac(identity, code)
+	mac := codeMAC(s.key, identity, code)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	p, ok := s.m[identity]
