@@ -120,10 +120,26 @@ func handleStatus(w http.ResponseWriter, r *http.Request) error {
 		return apiError(http.StatusServiceUnavailable, "reading the limiter: %v", err)
 	}
 	sort.Slice(locked, func(i, j int) bool { return locked[i].Client < locked[j].Client })
+	drills := map[string]*drillRecord{}
+	if a.storage != nil {
+		for name, key := range map[string]string{"last_drill": drillKey, "last_good_drill": drillOKKey} {
+			ctx, cancel := opCtx()
+			rec, ok, err := loadDrill(ctx, a.storage, key)
+			cancel()
+			if err != nil {
+				return apiError(http.StatusServiceUnavailable, "reading the drill record: %v", err)
+			}
+			if ok {
+				drills[name] = &rec
+			}
+		}
+	}
 	w.Header().Set("Content-Type", "application/json")
 	return json.NewEncoder(w).Encode(map[string]any{
-		"identities":     ids,
-		"locked_clients": locked,
+		"identities":      ids,
+		"locked_clients":  locked,
+		"last_drill":      drills["last_drill"],
+		"last_good_drill": drills["last_good_drill"],
 		"settings": appSettings{
 			MaxAttempts: a.MaxAttempts, Lockout: time.Duration(a.Lockout).String(), CodeTTL: time.Duration(a.CodeTTL).String(),
 			SessionTTL: time.Duration(a.SessionTTL).String(), State: a.State,

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -29,9 +30,18 @@ func adminCall(t *testing.T, admin, method, path, body string) (int, map[string]
 }
 
 func TestAdminAPIStatusUnlockAndRevoke(t *testing.T) {
+	for _, mode := range []string{"memory", "storage"} {
+		t.Run(mode, func(t *testing.T) { testAdminAPI(t, mode) })
+	}
+}
+
+func testAdminAPI(t *testing.T, mode string) {
 	w := newWorld(t)
 	admin := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	w.load(strings.Replace(w.caddyfile(2, ""), "admin off", "admin "+admin, 1), "caddyfile")
+	store := t.TempDir()
+	cfg := strings.Replace(w.caddyfile(2, ""), "admin off", "admin "+admin+"\n\tstorage file_system "+store, 1)
+	cfg = strings.Replace(cfg, "session_ttl 1h", "session_ttl 1h\n\t\tstate "+mode, 1)
+	w.load(cfg, "caddyfile")
 
 	// Lock a client: the status shows it, never a code.
 	bad := w.client("127.0.0.3")
@@ -49,7 +59,7 @@ func TestAdminAPIStatusUnlockAndRevoke(t *testing.T) {
 	if len(ids) != 1 || ids[0].(map[string]any)["email"] != "ops@example.com" {
 		t.Fatalf("identities: %v", st["identities"])
 	}
-	if s, _ := st["settings"].(map[string]any); s["max_attempts"] != float64(2) || s["state"] != "memory" {
+	if s, _ := st["settings"].(map[string]any); s["max_attempts"] != float64(2) || s["state"] != mode {
 		t.Fatalf("settings: %v", st["settings"])
 	}
 
@@ -92,6 +102,10 @@ func TestAdminAPIStatusUnlockAndRevoke(t *testing.T) {
 		if r := c.get("/admin/"); r.status != http.StatusUnauthorized {
 			t.Fatalf("%s after revoke: %d", c.ip, r.status)
 		}
+	}
+	// With state storage, the revoke is written for the other instances.
+	if epochs, _ := filepath.Glob(filepath.Join(store, "break_glass", "epochs", "*")); (len(epochs) == 1) != (mode == "storage") {
+		t.Fatalf("state %s: revocation epochs in storage: %v", mode, epochs)
 	}
 	if code, _ := adminCall(t, admin, "POST", "/break_glass/revoke", `{"email": "nobody@example.com"}`); code != 404 {
 		t.Fatalf("revoking an unknown email: %d, want 404", code)

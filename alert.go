@@ -13,6 +13,7 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"strings"
 	"sync"
 	"time"
 
@@ -88,6 +89,12 @@ func (d *dispatcher) close(grace time.Duration) {
 	<-done
 }
 
+// Alert events: the `event` of the webhook payload.
+const (
+	eventLogin = "break_glass_login"
+	eventDrill = "break_glass_drill"
+)
+
 // alertEvent is the webhook payload, and what the alert email says.
 type alertEvent struct {
 	Event     string `json:"event"`
@@ -102,7 +109,7 @@ type alertEvent struct {
 func loginEvent(identity, ip, host string, at time.Time) alertEvent {
 	ts := at.UTC().Format(time.RFC3339)
 	return alertEvent{
-		Event:     "break_glass_login",
+		Event:     eventLogin,
 		IP:        ip,
 		Timestamp: ts,
 		Severity:  "critical",
@@ -113,34 +120,74 @@ func loginEvent(identity, ip, host string, at time.Time) alertEvent {
 	}
 }
 
+// drillEvent is the alert of a drill: a test, no one signed in.
+func drillEvent(identity, host string, at time.Time) alertEvent {
+	ts := at.UTC().Format(time.RFC3339)
+	return alertEvent{
+		Event:     eventDrill,
+		Timestamp: ts,
+		Severity:  "info",
+		Message: fmt.Sprintf("DRILL: this is a test of the break-glass alerts for %s, run from %s at %s. Nobody signed in; no action is needed.",
+			identity, host, ts),
+		Email: identity,
+		Host:  host,
+	}
+}
+
+// mailWording is what an alert email of one event says besides its fields.
+type mailWording struct {
+	subject string // with %[1]s the host and %[2]s the client IP
+	heading string
+	advice  string
+}
+
+var mailWordings = map[string]mailWording{
+	eventLogin: {
+		subject: "[break-glass] Emergency login used on %[1]s from %[2]s",
+		heading: "Someone used the break-glass emergency login.",
+		advice: "If this was not a planned drill or a known incident, treat it as a security\n" +
+			"incident: find out who used it, and rotate the break-glass password.",
+	},
+	eventDrill: {
+		subject: "[break-glass DRILL] Test alert from %[1]s: nobody signed in",
+		heading: "DRILL: this is a test of the break-glass alerts. Nobody signed in.",
+		advice:  "Nothing to do: this mail shows that break-glass alerts reach you.",
+	},
+}
+
 // alertMail is the email an alert recipient gets.
 func alertMail(to string, ev alertEvent) mailMessage {
-	text := fmt.Sprintf(`Someone used the break-glass emergency login.
-
-Identity:  %s
-Client IP: %s
-Site:      %s
-Time:      %s
-
-If this was not a planned drill or a known incident, treat it as a security
-incident: find out who used it, and rotate the break-glass password.
-`, ev.Email, ev.IP, ev.Host, ev.Timestamp)
+	wd, ok := mailWordings[ev.Event]
+	if !ok {
+		wd = mailWordings[eventLogin]
+	}
+	rows := [][2]string{{"Identity", ev.Email}}
+	if ev.IP != "" {
+		rows = append(rows, [2]string{"Client IP", ev.IP})
+	}
+	rows = append(rows, [2]string{"Site", ev.Host}, [2]string{"Time", ev.Timestamp})
+	var text, table strings.Builder
+	text.WriteString(wd.heading + "\n\n")
 	esc := html.EscapeString
+	for _, r := range rows {
+		fmt.Fprintf(&text, "%-10s %s\n", r[0]+":", r[1])
+		fmt.Fprintf(&table, "<tr><th align=\"left\">%s</th><td>%s</td></tr>\n", esc(r[0]), esc(r[1]))
+	}
+	text.WriteString("\n" + wd.advice + "\n")
+	color := "#b00020"
+	if ev.Severity == "info" {
+		color = "#1a5fb4"
+	}
 	htmlBody := fmt.Sprintf(`<!doctype html><html><body style="font-family:sans-serif">
-<h2 style="color:#b00020">Break-glass emergency login used</h2>
+<h2 style="color:%s">%s</h2>
 <table cellpadding="4">
-<tr><th align="left">Identity</th><td>%s</td></tr>
-<tr><th align="left">Client IP</th><td>%s</td></tr>
-<tr><th align="left">Site</th><td>%s</td></tr>
-<tr><th align="left">Time</th><td>%s</td></tr>
-</table>
-<p>If this was not a planned drill or a known incident, treat it as a security incident:
-find out who used it, and rotate the break-glass password.</p>
-</body></html>`, esc(ev.Email), esc(ev.IP), esc(ev.Host), esc(ev.Timestamp))
+%s</table>
+<p>%s</p>
+</body></html>`, color, esc(wd.heading), table.String(), esc(strings.ReplaceAll(wd.advice, "\n", " ")))
 	return mailMessage{
 		to:      to,
-		subject: fmt.Sprintf("[break-glass] Emergency login used on %s from %s", ev.Host, ev.IP),
-		text:    text,
+		subject: fmt.Sprintf(wd.subject, ev.Host, ev.IP),
+		text:    text.String(),
 		html:    htmlBody,
 	}
 }
@@ -151,15 +198,21 @@ var webhookClient = &http.Client{
 	CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
 }
 
-// postWebhook sends ev as JSON to target; any answer but 2xx is an error.
-func postWebhook(ctx context.Context, target string, ev alertEvent) error {
+// webhook is one alert webhook, resolved at load.
+type webhook struct {
+	url  string
+	host string // for logs: the URL itself may hold a token
+}
+
+// post sends ev as JSON; any answer but 2xx is an error.
+func (wh *webhook) post(ctx context.Context, ev alertEvent) error {
 	body, err := json.Marshal(ev)
 	if err != nil {
 		return err
 	}
 	ctx, cancel := context.WithTimeout(ctx, webhookTimeout)
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, target, bytes.NewReader(body))
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, wh.url, bytes.NewReader(body))
 	if err != nil {
 		return err
 	}
@@ -188,17 +241,40 @@ func (e *webhookStatusError) Error() string {
 	return fmt.Sprintf("webhook answered %d %s", e.status, http.StatusText(e.status))
 }
 
-// sendAlerts queues the alerts of a successful login: one email per
-// recipient, each on its own so one failure never stops the others, and the
-// webhook. Nothing here waits.
-func (h *Handler) sendAlerts(ev alertEvent, log *zap.Logger) {
+// alertChannel is one place an alert goes: an email recipient or a webhook.
+type alertChannel struct {
+	kind   string // the metric's channel label: alert_email or webhook
+	target string // the recipient, or the webhook's host
+	send   func(ctx context.Context, ev alertEvent) error
+}
+
+// alertChannels lists where this handler's alerts go: one email per
+// recipient, each on its own so one failure never stops the others, and each
+// webhook.
+func (h *Handler) alertChannels() []alertChannel {
+	var out []alertChannel
 	for _, to := range h.alertEmails {
-		h.deliver("alert_email", log.With(zap.String("recipient", to)),
-			func(ctx context.Context) error { return h.mailer.send(ctx, alertMail(to, ev)) })
+		out = append(out, alertChannel{kind: "alert_email", target: to,
+			send: func(ctx context.Context, ev alertEvent) error { return h.mailer.send(ctx, alertMail(to, ev)) }})
 	}
-	if h.webhookURL != "" {
-		h.deliver("webhook", log.With(zap.String("webhook_host", h.webhookHost)),
-			func(ctx context.Context) error { return postWebhook(ctx, h.webhookURL, ev) })
+	for _, wh := range h.webhooks {
+		out = append(out, alertChannel{kind: "webhook", target: wh.host, send: wh.post})
+	}
+	return out
+}
+
+// logField names a channel's target in a log line.
+func (c alertChannel) logField() zap.Field {
+	if c.kind == "webhook" {
+		return zap.String("webhook_host", c.target)
+	}
+	return zap.String("recipient", c.target)
+}
+
+// sendAlerts queues an event's alerts on every channel. Nothing here waits.
+func (h *Handler) sendAlerts(ev alertEvent, log *zap.Logger) {
+	for _, c := range h.alertChannels() {
+		h.deliver(c.kind, log.With(c.logField()), func(ctx context.Context) error { return c.send(ctx, ev) })
 	}
 }
 

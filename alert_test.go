@@ -110,7 +110,7 @@ func TestWebhookGetsTheLoginEventAsJSON(t *testing.T) {
 	defer hook.Close()
 	st := newTestState(t)
 	log, logs := observedLogger()
-	h := &Handler{state: st, webhookURL: hook.URL + "/hook"}
+	h := &Handler{state: st, webhooks: []*webhook{{url: hook.URL + "/hook", host: "hook"}}}
 	at := time.Date(2026, 11, 25, 12, 0, 0, 0, time.FixedZone("X", 3600))
 	h.sendAlerts(loginEvent("ops@example.com", "192.0.2.10", "admin.example.com", at), log)
 	st.deliveries.close(time.Minute)
@@ -169,7 +169,7 @@ func TestWebhookFailuresAreLoggedAtError(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			st := newTestState(t)
 			log, logs := observedLogger()
-			h := &Handler{state: st, webhookURL: tc.url + "/hook/SECRET-TOKEN"}
+			h := &Handler{state: st, webhooks: []*webhook{{url: tc.url + "/hook/SECRET-TOKEN", host: "hook"}}}
 			h.sendAlerts(loginEvent("ops@example.com", "192.0.2.10", "h", time.Now()), log)
 			st.deliveries.close(time.Minute)
 			e := logs.FilterMessage("break-glass delivery failed").All()
@@ -228,7 +228,7 @@ func TestStoppingCancelsSlowDeliveriesAndLeavesNoGoroutine(t *testing.T) {
 	st := d.(*state)
 	m := plainMailer(srv.Addr)
 	m.timeout = time.Minute
-	h := &Handler{state: st, mailer: m, alertEmails: []string{"a@example.com", "b@example.com"}, webhookURL: silent.URL}
+	h := &Handler{state: st, mailer: m, alertEmails: []string{"a@example.com", "b@example.com"}, webhooks: []*webhook{{url: silent.URL, host: "silent"}}}
 	for range 5 {
 		h.sendAlerts(loginEvent("ops@example.com", "192.0.2.10", "h", time.Now()), zap.NewNop())
 	}

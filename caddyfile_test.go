@@ -5,7 +5,6 @@ package breakglass
 import (
 	"bufio"
 	"bytes"
-	"context"
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
@@ -595,8 +594,10 @@ func TestProvisionAppJSONZeroMeansTheDefaults(t *testing.T) {
 			if err := json.Unmarshal([]byte(tc.raw), &app); err != nil {
 				t.Fatal(err)
 			}
-			ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
-			defer cancel()
+			ctx, err := caddy.ProvisionContext(nil) // a config's context, with its storage
+			if err != nil {
+				t.Fatal(err)
+			}
 			if err := app.Provision(ctx); err != nil {
 				t.Fatal(err)
 			}

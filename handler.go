@@ -94,8 +94,7 @@ type Handler struct {
 	fakeHash    []byte
 	allow       []netip.Prefix
 	alertEmails []string
-	webhookURL  string // resolved AlertWebhook
-	webhookHost string // for logs: the URL itself may hold a token
+	webhooks    []*webhook
 	mailer      *mailer
 
 	// compare checks a password against a bcrypt hash; tests replace it to
@@ -195,8 +194,7 @@ func (h *Handler) setup(app *App, logger *zap.Logger) error {
 		if err != nil || (pu.Scheme != "http" && pu.Scheme != "https") || pu.Host == "" {
 			return fmt.Errorf("alert_webhook: must be an absolute http or https URL")
 		}
-		h.webhookURL = u
-		h.webhookHost = pu.Host
+		h.webhooks = append(h.webhooks, &webhook{url: u, host: pu.Host})
 	}
 
 	switch {

@@ -43,10 +43,10 @@ var (
 		Namespace: "caddy", Subsystem: "break_glass", Name: "last_success_timestamp_seconds",
 		Help: "When the last break-glass sign-in succeeded (Unix seconds); 0 if none since the process started.",
 	})
-	metricLastDrill = prometheus.NewGauge(prometheus.GaugeOpts{
+	metricLastDrill = prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Namespace: "caddy", Subsystem: "break_glass", Name: "last_drill_timestamp_seconds",
-		Help: "When the last break-glass drill ran (Unix seconds); 0 if none is known.",
-	})
+		Help: "When the last break-glass drill in which every channel delivered ran (Unix seconds), as recorded in the config's storage; 0 if none.",
+	}, lastDrillSeconds)
 	allMetrics = []prometheus.Collector{metricAttempts, metricLockouts, metricDeliveries, metricSessions, metricLastSuccess, metricLastDrill}
 )
 

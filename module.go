@@ -82,6 +82,7 @@ type App struct {
 	// a change takes effect at the next restart.
 	RefreshInterval caddy.Duration `json:"refresh_interval,omitempty"`
 
+	storage   certmagic.Storage // the config's storage, where drills are recorded
 	hashSlots chan struct{}
 	handlers  *handlerRegistry // provisioned with this app, for the admin API
 	stateKey  string
@@ -101,6 +102,7 @@ func (App) CaddyModule() caddy.ModuleInfo {
 // Provision sets defaults, resolves the SMTP settings and attaches the shared
 // state.
 func (a *App) Provision(ctx caddy.Context) error {
+	a.storage = ctx.Storage()
 	var st certmagic.Storage
 	if a.State == "storage" {
 		st = ctx.Storage()
@@ -319,7 +321,7 @@ func (s *state) endSessions(scope string) (int, error) {
 	if s.storage != nil {
 		ctx, cancel := opCtx()
 		defer cancel()
-		return n, s.storage.Store(ctx, epochsDir+"/"+scope, []byte(t.UTC().Format(time.RFC3339)))
+		return n, s.storage.Store(ctx, epochsDir+"/"+scope, []byte(t.UTC().Format(issuedLayout)))
 	}
 	return n, nil
 }

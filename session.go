@@ -84,8 +84,14 @@ func newSessionID() (string, error) {
 	return hex.EncodeToString(b[:]), nil
 }
 
+// issuedLayout writes a session's issue time, and a revoke-all moment, as
+// RFC 3339 in UTC with milliseconds always written: fixed width, so that
+// comparing two as text compares the times, and fine enough that a sign-in
+// just after a revoke is not taken for one before it.
+const issuedLayout = "2006-01-02T15:04:05.000Z07:00"
+
 // The cookie value is "payload.signature": the payload in clear,
-// "v1|id|issued|expires|client|scope" (issued as RFC 3339, expires as Unix
+// "v1|id|issued|expires|client|scope" (issued in issuedLayout, expires as Unix
 // seconds), and the base64url HMAC-SHA256 of it. The payload holds nothing
 // secret, and being readable in place lets a request be checked without
 // copying or allocating: the fields are substrings of the header.
@@ -93,7 +99,7 @@ func (s session) payload() string {
 	return strings.Join([]string{
 		sessionFormat,
 		s.ID,
-		s.Issued.UTC().Format(time.RFC3339),
+		s.Issued.UTC().Format(issuedLayout),
 		strconv.FormatInt(s.Expires.Unix(), 10),
 		s.Client.String(),
 		s.Scope,
@@ -264,7 +270,7 @@ func (st *sessions) active(scope ...string) int {
 // sessions issued here it ended.
 func (st *sessions) endAll(scope string, at time.Time) int {
 	n := st.active(scope)
-	st.setNotBefore(scope, at.UTC().Format(time.RFC3339))
+	st.setNotBefore(scope, at.UTC().Format(issuedLayout))
 	st.mu.Lock()
 	for id, is := range st.issued {
 		if is.scope == scope {

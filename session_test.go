@@ -117,3 +117,22 @@ func TestSessionMalformedValues(t *testing.T) {
 		}
 	}
 }
+
+func TestSessionRevokeAllEndsSessionsIssuedUpToItOnly(t *testing.T) {
+	clk := useTestClock(t)
+	st := newSessions([]byte("k"))
+	_, before := newTestSession(t, st, clientA)
+	clk.Advance(300 * time.Millisecond)
+	st.endAll("ops@example.com", now())
+	_, at := newTestSession(t, st, clientA)
+	clk.Advance(time.Millisecond) // within the same second as the revoke
+	_, after := newTestSession(t, st, clientA)
+	for name, v := range map[string]string{"before": before, "at": at} {
+		if _, err := st.verify(v, clientA, "ops@example.com"); !errors.Is(err, errSessionRevoked) {
+			t.Fatalf("session issued %s the revoke: err = %v, want errSessionRevoked", name, err)
+		}
+	}
+	if _, err := st.verify(after, clientA, "ops@example.com"); err != nil {
+		t.Fatalf("session issued 1ms after the revoke: %v", err)
+	}
+}
