@@ -4,15 +4,11 @@
 package breakglass
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"html"
-	"io"
 	"net/http"
-	"net/url"
 	"strings"
 	"sync"
 	"time"
@@ -91,9 +87,28 @@ func (d *dispatcher) close(grace time.Duration) {
 
 // Alert events: the `event` of the webhook payload.
 const (
-	eventLogin = "break_glass_login"
-	eventDrill = "break_glass_drill"
+	eventLogin      = "break_glass_login"
+	eventCodeIssued = "break_glass_code_issued"
+	eventLockout    = "break_glass_lockout"
+	eventSpent      = "break_glass_credential_spent"
+	eventDrill      = "break_glass_drill"
 )
+
+// alertOnEvents maps the alert_on names to their events; defaultAlertOn is
+// what alerts when alert_on is not set.
+var (
+	alertOnEvents  = map[string]string{"login": eventLogin, "code_issued": eventCodeIssued, "lockout": eventLockout}
+	defaultAlertOn = []string{"login", "lockout"}
+)
+
+// eventSeverity is the severity of each event.
+var eventSeverity = map[string]string{
+	eventLogin:      "critical",
+	eventCodeIssued: "warning",
+	eventLockout:    "warning",
+	eventSpent:      "critical",
+	eventDrill:      "info",
+}
 
 // alertEvent is the webhook payload, and what the alert email says.
 type alertEvent struct {
@@ -104,20 +119,52 @@ type alertEvent struct {
 	Message   string `json:"message"`
 	Email     string `json:"email"`
 	Host      string `json:"host"`
+	// Reason is what the operator typed in the login form's reason field.
+	Reason string `json:"reason,omitempty"`
+	// AuditHead is the SHA-256 of the audit log's last line once this
+	// event was written to it (with audit_log).
+	AuditHead string `json:"audit_head,omitempty"`
+}
+
+// newEvent makes the alert of one event of a sign-in.
+func newEvent(event, identity, ip, host, reason string, at time.Time) alertEvent {
+	ts := at.UTC().Format(time.RFC3339)
+	var msg string
+	switch event {
+	case eventLogin:
+		msg = fmt.Sprintf("Break-glass login succeeded for %s from %s on %s at %s", identity, ip, host, ts)
+	case eventCodeIssued:
+		msg = fmt.Sprintf("Break-glass password accepted for %s from %s on %s at %s: a one-time code is pending", identity, ip, host, ts)
+	case eventLockout:
+		msg = fmt.Sprintf("Break-glass client %s locked out after too many failed attempts on %s at %s", ip, host, ts)
+	case eventSpent:
+		msg = fmt.Sprintf("The break-glass credential of %s is spent (max_uses reached) after a login from %s on %s at %s: set a new hash", identity, ip, host, ts)
+	}
+	if reason != "" {
+		msg += ". Reason: " + reason
+	}
+	return alertEvent{Event: event, IP: ip, Timestamp: ts, Severity: eventSeverity[event], Message: msg,
+		Email: identity, Host: host, Reason: reason}
 }
 
 func loginEvent(identity, ip, host string, at time.Time) alertEvent {
-	ts := at.UTC().Format(time.RFC3339)
-	return alertEvent{
-		Event:     eventLogin,
-		IP:        ip,
-		Timestamp: ts,
-		Severity:  "critical",
-		Message: fmt.Sprintf("Break-glass login succeeded for %s from %s on %s at %s",
-			identity, ip, host, ts),
-		Email: identity,
-		Host:  host,
+	return newEvent(eventLogin, identity, ip, host, "", at)
+}
+
+// text is the event as one line of chat (the slack and discord formats).
+func (ev alertEvent) text() string {
+	prefix := ":rotating_light: "
+	if ev.Severity != "critical" {
+		prefix = ":warning: "
 	}
+	if ev.Severity == "info" {
+		prefix = ":information_source: "
+	}
+	t := prefix + "[break-glass] " + ev.Message
+	if ev.AuditHead != "" {
+		t += " (audit head " + ev.AuditHead + ")"
+	}
+	return t
 }
 
 // drillEvent is the alert of a drill: a test, no one signed in.
@@ -148,6 +195,22 @@ var mailWordings = map[string]mailWording{
 		advice: "If this was not a planned drill or a known incident, treat it as a security\n" +
 			"incident: find out who used it, and rotate the break-glass password.",
 	},
+	eventCodeIssued: {
+		subject: "[break-glass] Password accepted on %[1]s from %[2]s: a code is pending",
+		heading: "Someone gave the right break-glass password: a one-time code is pending.",
+		advice: "If this is not a known incident, someone knows the break-glass password: rotate it\n" +
+			"now (the pending code stops working with the old hash).",
+	},
+	eventLockout: {
+		subject: "[break-glass] Client %[2]s locked out on %[1]s",
+		heading: "A client was locked out of the break-glass login after too many failed attempts.",
+		advice:  "If nobody on the team was trying to sign in, someone is guessing: find out who.",
+	},
+	eventSpent: {
+		subject: "[break-glass] Credential spent on %[1]s after a login from %[2]s",
+		heading: "The break-glass credential reached its max_uses and no longer works.",
+		advice:  "Set a new break-glass password (a new hash) so that the door can be used again.",
+	},
 	eventDrill: {
 		subject: "[break-glass DRILL] Test alert from %[1]s: nobody signed in",
 		heading: "DRILL: this is a test of the break-glass alerts. Nobody signed in.",
@@ -166,11 +229,17 @@ func alertMail(to string, ev alertEvent) mailMessage {
 		rows = append(rows, [2]string{"Client IP", ev.IP})
 	}
 	rows = append(rows, [2]string{"Site", ev.Host}, [2]string{"Time", ev.Timestamp})
+	if ev.Reason != "" {
+		rows = append(rows, [2]string{"Reason", ev.Reason})
+	}
+	if ev.AuditHead != "" {
+		rows = append(rows, [2]string{"Audit head", ev.AuditHead})
+	}
 	var text, table strings.Builder
 	text.WriteString(wd.heading + "\n\n")
 	esc := html.EscapeString
 	for _, r := range rows {
-		fmt.Fprintf(&text, "%-10s %s\n", r[0]+":", r[1])
+		fmt.Fprintf(&text, "%-11s %s\n", r[0]+":", r[1])
 		fmt.Fprintf(&table, "<tr><th align=\"left\">%s</th><td>%s</td></tr>\n", esc(r[0]), esc(r[1]))
 	}
 	text.WriteString("\n" + wd.advice + "\n")
@@ -196,43 +265,6 @@ func alertMail(to string, ev alertEvent) mailMessage {
 // delivery, not a reason to send the alert somewhere else.
 var webhookClient = &http.Client{
 	CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
-}
-
-// webhook is one alert webhook, resolved at load.
-type webhook struct {
-	url  string
-	host string // for logs: the URL itself may hold a token
-}
-
-// post sends ev as JSON; any answer but 2xx is an error.
-func (wh *webhook) post(ctx context.Context, ev alertEvent) error {
-	body, err := json.Marshal(ev)
-	if err != nil {
-		return err
-	}
-	ctx, cancel := context.WithTimeout(ctx, webhookTimeout)
-	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, wh.url, bytes.NewReader(body))
-	if err != nil {
-		return err
-	}
-	req.Header.Set("Content-Type", "application/json")
-	req.Header.Set("User-Agent", "caddy-break-glass")
-	resp, err := webhookClient.Do(req)
-	if err != nil {
-		// Drop the URL from the error: it may hold a token (Slack, Discord).
-		var ue *url.Error
-		if errors.As(err, &ue) {
-			return fmt.Errorf("%s: %w", ue.Op, ue.Err)
-		}
-		return err
-	}
-	defer resp.Body.Close()
-	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
-	if resp.StatusCode < 200 || resp.StatusCode > 299 {
-		return &webhookStatusError{status: resp.StatusCode}
-	}
-	return nil
 }
 
 type webhookStatusError struct{ status int }
@@ -281,10 +313,19 @@ func (h *Handler) sendAlerts(ev alertEvent, log *zap.Logger) {
 // deliver runs one delivery in the background and logs its outcome: INFO when
 // delivered, ERROR when it failed or could not even start.
 func (h *Handler) deliver(channel string, log *zap.Logger, fn func(ctx context.Context) error) {
+	h.deliverThen(channel, log, fn, nil)
+}
+
+// errDropped is the outcome of a delivery that could not start.
+var errDropped = errors.New("dropped: too many deliveries in flight, or the app is stopping")
+
+// deliverThen is deliver, calling done (if not nil) with the outcome.
+func (h *Handler) deliverThen(channel string, log *zap.Logger, fn func(ctx context.Context) error, done func(error)) {
 	log = log.With(zap.String("channel", channel))
 	ok := h.state.deliveries.run(func(ctx context.Context) {
 		start := now()
-		if err := fn(ctx); err != nil {
+		err := fn(ctx)
+		if err != nil {
 			var se *webhookStatusError
 			fields := []zap.Field{zap.Error(err), zap.Duration("duration", now().Sub(start))}
 			if errors.As(err, &se) {
@@ -292,13 +333,44 @@ func (h *Handler) deliver(channel string, log *zap.Logger, fn func(ctx context.C
 			}
 			metricDeliveries.WithLabelValues(channel, "error").Inc()
 			log.Error("break-glass delivery failed", fields...)
-			return
+		} else {
+			metricDeliveries.WithLabelValues(channel, "ok").Inc()
+			log.Info("break-glass delivery succeeded", zap.Duration("duration", now().Sub(start)))
 		}
-		metricDeliveries.WithLabelValues(channel, "ok").Inc()
-		log.Info("break-glass delivery succeeded", zap.Duration("duration", now().Sub(start)))
+		if done != nil {
+			done(err)
+		}
 	})
 	if !ok {
 		metricDeliveries.WithLabelValues(channel, "dropped").Inc()
 		log.Error("break-glass delivery dropped: too many deliveries in flight, or the app is stopping")
+		if done != nil {
+			done(errDropped)
+		}
 	}
+}
+
+// confirmAlerts sends ev on every channel and waits, up to
+// requireAlertWait, until one confirms delivery. The other deliveries go on
+// in the background whatever the answer.
+func (h *Handler) confirmAlerts(ev alertEvent, log *zap.Logger) bool {
+	chans := h.alertChannels()
+	results := make(chan error, len(chans))
+	for _, c := range chans {
+		h.deliverThen(c.kind, log.With(c.logField()), func(ctx context.Context) error { return c.send(ctx, ev) },
+			func(err error) { results <- err })
+	}
+	t := time.NewTimer(requireAlertWait)
+	defer t.Stop()
+	for range chans {
+		select {
+		case err := <-results:
+			if err == nil {
+				return true
+			}
+		case <-t.C:
+			return false
+		}
+	}
+	return false
 }

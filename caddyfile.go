@@ -32,7 +32,17 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		hash <bcrypt hash>
 //		allowed_ips <ip|cidr...>
 //		alert_emails [<address...>]
-//		alert_webhook <url>
+//		alert_webhook <url> {
+//			format generic|slack|discord
+//			header <name> <value>
+//			secret <value>
+//		}
+//		alert_on login|code_issued|lockout...
+//		require_reason
+//		require_alert
+//		totp_secret <base32>
+//		audit_log <path>
+//		max_uses <n>
 //		smtp <host:port> { ... }
 //		dev_log_code
 //	}
@@ -67,7 +77,42 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			}
 			h.AlertEmails = &list
 		case "alert_webhook":
-			if err := oneArg(d, &h.AlertWebhook); err != nil {
+			var wh WebhookConfig
+			if err := wh.unmarshalCaddyfile(d); err != nil {
+				return err
+			}
+			h.AlertWebhooks = append(h.AlertWebhooks, wh)
+		case "alert_on":
+			events := d.RemainingArgs()
+			if len(events) == 0 {
+				return d.Errf("alert_on: needs at least one of login, code_issued, lockout")
+			}
+			for _, e := range events {
+				if _, ok := alertOnEvents[e]; !ok {
+					return d.Errf("alert_on: %q: must be login, code_issued or lockout", e)
+				}
+			}
+			h.AlertOn = append(h.AlertOn, events...)
+		case "require_reason", "require_alert":
+			name := d.Val()
+			if d.NextArg() {
+				return d.Errf("%s: takes no argument", name)
+			}
+			if name == "require_reason" {
+				h.RequireReason = true
+			} else {
+				h.RequireAlert = true
+			}
+		case "totp_secret":
+			if err := oneArg(d, &h.TOTPSecret); err != nil {
+				return err
+			}
+		case "audit_log":
+			if err := oneArg(d, &h.AuditLog); err != nil {
+				return err
+			}
+		case "max_uses":
+			if err := countArg(d, &h.MaxUses); err != nil {
 				return err
 			}
 		case "smtp":

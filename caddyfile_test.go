@@ -64,6 +64,19 @@ func TestCaddyfileHandlerParsesEverySubdirective(t *testing.T) {
 	allowed_ips ::1
 	alert_emails security@example.com soc@example.com
 	alert_webhook https://hooks.example.com/break-glass
+	alert_webhook https://hooks.slack.com/services/T0/B0/X {
+		format slack
+		header Authorization "Bearer {env.HOOK_TOKEN}"
+		header X-Team ops
+		secret {env.HOOK_SECRET}
+	}
+	alert_on login code_issued
+	alert_on lockout
+	require_reason
+	require_alert
+	totp_secret {env.BREAK_GLASS_TOTP}
+	audit_log /var/log/caddy/break-glass-audit.jsonl
+	max_uses 1
 	smtp mail.example.com:465 {
 		username ops-mailer
 		password {env.SMTP_PASSWORD}
@@ -76,11 +89,21 @@ func TestCaddyfileHandlerParsesEverySubdirective(t *testing.T) {
 	dev_log_code
 }`)
 	want := Handler{
-		Email:        "ops@example.com",
-		Hash:         "$2a$04$abcdefghijklmnopqrstuv",
-		AllowedIPs:   []string{"10.0.0.0/8", "192.0.2.7", "::1"},
-		AlertEmails:  &[]string{"security@example.com", "soc@example.com"},
-		AlertWebhook: "https://hooks.example.com/break-glass",
+		Email:       "ops@example.com",
+		Hash:        "$2a$04$abcdefghijklmnopqrstuv",
+		AllowedIPs:  []string{"10.0.0.0/8", "192.0.2.7", "::1"},
+		AlertEmails: &[]string{"security@example.com", "soc@example.com"},
+		AlertWebhooks: []WebhookConfig{
+			{URL: "https://hooks.example.com/break-glass"},
+			{URL: "https://hooks.slack.com/services/T0/B0/X", Format: "slack", Secret: "{env.HOOK_SECRET}",
+				Headers: map[string]string{"Authorization": "Bearer {env.HOOK_TOKEN}", "X-Team": "ops"}},
+		},
+		AlertOn:       []string{"login", "code_issued", "lockout"},
+		RequireReason: true,
+		RequireAlert:  true,
+		TOTPSecret:    "{env.BREAK_GLASS_TOTP}",
+		AuditLog:      "/var/log/caddy/break-glass-audit.jsonl",
+		MaxUses:       1,
 		SMTP: &SMTPConfig{
 			Address:            "mail.example.com:465",
 			Username:           "ops-mailer",
@@ -159,6 +182,15 @@ func TestCaddyfileRejectsBadHandlerConfigWithItsLine(t *testing.T) {
 		{"allowed_ips without a value", "break_glass {\n\tallowed_ips\n}", 2, []string{"allowed_ips"}},
 		{"alert_webhook with two values", "break_glass {\n\talert_webhook https://a.example https://b.example\n}", 2, []string{"alert_webhook", "one value"}},
 		{"alert_webhook without a value", "break_glass {\n\talert_webhook\n}", 2, []string{"alert_webhook", "needs a value"}},
+		{"alert_webhook bad format", "break_glass {\n\talert_webhook https://a.example {\n\t\tformat teams\n\t}\n}", 3, []string{"format", `"teams"`}},
+		{"alert_webhook header without a value", "break_glass {\n\talert_webhook https://a.example {\n\t\theader Authorization\n\t}\n}", 3, []string{"header", "a name and a value"}},
+		{"alert_webhook unknown subdirective", "break_glass {\n\talert_webhook https://a.example {\n\t\tsigning_key x\n\t}\n}", 3, []string{"alert_webhook", `"signing_key"`}},
+		{"alert_on unknown event", "break_glass {\n\talert_on login logout\n}", 2, []string{"alert_on", `"logout"`}},
+		{"alert_on without a value", "break_glass {\n\talert_on\n}", 2, []string{"alert_on", "needs at least one"}},
+		{"require_reason with an argument", "break_glass {\n\trequire_reason yes\n}", 2, []string{"require_reason", "no argument"}},
+		{"require_alert with an argument", "break_glass {\n\trequire_alert yes\n}", 2, []string{"require_alert", "no argument"}},
+		{"max_uses zero", "break_glass {\n\tmax_uses 0\n}", 2, []string{"max_uses"}},
+		{"totp_secret without a value", "break_glass {\n\ttotp_secret\n}", 2, []string{"totp_secret", "needs a value"}},
 		{"dev_log_code with an argument", "break_glass {\n\tdev_log_code yes\n}", 2, []string{"dev_log_code", "no argument"}},
 		{"smtp without an address", "break_glass {\n\tsmtp {\n\t\tfrom a@example.com\n\t}\n}", 2, []string{"smtp", "address"}},
 		{"smtp with two addresses", "break_glass {\n\tsmtp a.example:25 b.example:25\n}", 2, []string{"smtp", "one address"}},
@@ -312,13 +344,13 @@ func TestCaddyfileIssueExampleAdaptsToTheAppAndHandler(t *testing.T) {
 	handlers := handlersInOrder(cfg)
 	bg := handlersNamed(handlers, "break_glass")
 	wantHandler := map[string]any{
-		"handler":       "break_glass",
-		"email":         "ops@example.com",
-		"hash":          "{env.BREAK_GLASS_HASH}",
-		"allowed_ips":   []any{"10.0.0.0/8", "192.0.2.7", "::1"},
-		"alert_emails":  []any{"security@example.com", "soc@example.com"},
-		"alert_webhook": "https://hooks.example.com/break-glass",
-		"dev_log_code":  true,
+		"handler":        "break_glass",
+		"email":          "ops@example.com",
+		"hash":           "{env.BREAK_GLASS_HASH}",
+		"allowed_ips":    []any{"10.0.0.0/8", "192.0.2.7", "::1"},
+		"alert_emails":   []any{"security@example.com", "soc@example.com"},
+		"alert_webhooks": []any{map[string]any{"url": "https://hooks.example.com/break-glass"}},
+		"dev_log_code":   true,
 	}
 	if len(bg) != 1 || !reflect.DeepEqual(bg[0], wantHandler) {
 		t.Errorf("break_glass handlers:\n got %s\nwant [%s]", jsonText(t, bg), jsonText(t, wantHandler))
@@ -484,6 +516,30 @@ func TestProvisionRejectsBadConfigNamingTheField(t *testing.T) {
 		{name: "webhook relative", handler: func(h map[string]any) { h["alert_webhook"] = "/hooks/break-glass" }, want: []string{"alert_webhook: must be an absolute http or https URL"}},
 		{name: "webhook without scheme", handler: func(h map[string]any) { h["alert_webhook"] = "hooks.example.com/break-glass" }, want: []string{"alert_webhook: must be an absolute http or https URL"}},
 		{name: "webhook without host", handler: func(h map[string]any) { h["alert_webhook"] = "https:///x" }, want: []string{"alert_webhook: must be an absolute http or https URL"}},
+		{name: "webhook format unknown", handler: func(h map[string]any) {
+			h["alert_webhooks"] = []any{map[string]any{"url": "https://hooks.example.com/x", "format": "teams"}}
+		}, want: []string{"alert_webhook: format \"teams\""}},
+		{name: "webhook header name", handler: func(h map[string]any) {
+			h["alert_webhooks"] = []any{map[string]any{"url": "https://hooks.example.com/x", "headers": map[string]any{"Bad Name": "v"}}}
+		}, want: []string{"header \"Bad Name\": not a valid header name"}},
+		{name: "webhook header set by the plugin", handler: func(h map[string]any) {
+			h["alert_webhooks"] = []any{map[string]any{"url": "https://hooks.example.com/x", "headers": map[string]any{"x-break-glass-signature": "forged"}}}
+		}, want: []string{"set by break_glass itself"}},
+		{name: "webhook header with a line break", handler: func(h map[string]any) {
+			h["alert_webhooks"] = []any{map[string]any{"url": "https://hooks.example.com/x", "headers": map[string]any{"Authorization": "Bearer x\r\nX-Evil: 1"}}}
+		}, want: []string{"line break"}, notWant: []string{"Bearer"}},
+		{name: "webhook secret from an unset env var", handler: func(h map[string]any) {
+			h["alert_webhooks"] = []any{map[string]any{"url": "https://hooks.example.com/x", "secret": "{env.BREAK_GLASS_TEST_UNSET_SECRET}"}}
+		}, want: []string{"secret", "BREAK_GLASS_TEST_UNSET_SECRET"}},
+		{name: "alert_on unknown event", handler: func(h map[string]any) { h["alert_on"] = []string{"login", "logout"} }, want: []string{`alert_on: "logout"`}},
+		{name: "require_alert without a channel", handler: func(h map[string]any) { h["require_alert"] = true }, want: []string{"require_alert: needs an alert channel"}},
+		{name: "require_alert without login alerts", handler: func(h map[string]any) {
+			h["require_alert"], h["alert_on"], h["alert_webhook"] = true, []string{"lockout"}, "https://hooks.example.com/x"
+		}, want: []string{"require_alert", "login in alert_on"}},
+		{name: "totp_secret not base32", handler: func(h map[string]any) { h["totp_secret"] = "not-base32!s3cret" }, want: []string{"totp_secret: not a base32 secret"}, notWant: []string{"s3cret"}},
+		{name: "totp_secret too short", handler: func(h map[string]any) { h["totp_secret"] = "JBSWY3DP" }, want: []string{"totp_secret: 5 bytes is too short"}},
+		{name: "max_uses negative", handler: func(h map[string]any) { h["max_uses"] = -1 }, want: []string{"max_uses: must be at least 1"}},
+		{name: "audit_log in a missing folder", handler: func(h map[string]any) { h["audit_log"] = "/nonexistent-folder/audit.jsonl" }, want: []string{"audit_log: ", "/nonexistent-folder/audit.jsonl"}},
 		{name: "alert email does not parse", handler: func(h map[string]any) { h["alert_emails"] = []string{"soc@example.com", "not an address"} }, want: []string{`alert_emails: "not an address"`}},
 		{name: "smtp from does not parse", handler: func(h map[string]any) { h["smtp"].(map[string]any)["from"] = "Break Glass <nowhere" }, want: []string{`smtp: from "Break Glass <nowhere"`}},
 		{name: "smtp from missing", handler: func(h map[string]any) { delete(h["smtp"].(map[string]any), "from") }, want: []string{"smtp: from: required"}},

@@ -22,6 +22,7 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
@@ -67,10 +68,47 @@ type Handler struct {
 	// is warned about at load.
 	AlertEmails *[]string `json:"alert_emails,omitempty"`
 
-	// A URL (http or https) that gets a JSON POST after each successful
-	// login: event, ip, timestamp, severity, message. Placeholders are
-	// resolved at load.
+	// A URL (http or https) that gets a JSON POST for each alert: event,
+	// ip, timestamp, severity, message. Placeholders are resolved at load.
+	// The same as one generic entry of alert_webhooks.
 	AlertWebhook string `json:"alert_webhook,omitempty"`
+
+	// Alert webhooks, each with its payload format, headers and signing
+	// secret.
+	AlertWebhooks []WebhookConfig `json:"alert_webhooks,omitempty"`
+
+	// Which events alert every channel: "login" (a session was issued),
+	// "code_issued" (the right password was given: a code is pending) and
+	// "lockout" (a client was locked out; once per lockout). Default:
+	// login and lockout.
+	AlertOn []string `json:"alert_on,omitempty"`
+
+	// Make the login form's "reason / incident" field mandatory. It is
+	// always offered; the reason goes into the success log line, every alert
+	// of that login and the audit log.
+	RequireReason bool `json:"require_reason,omitempty"`
+
+	// Issue the session only once at least one alert channel confirmed the
+	// login alert (SMTP accepted the mail, or a webhook answered 2xx)
+	// within 10 s; otherwise the login is refused. Default: alerts never
+	// hold up a login.
+	RequireAlert bool `json:"require_alert,omitempty"`
+
+	// A base32 TOTP secret (RFC 6238: SHA-1, 6 digits, 30 s), e.g.
+	// {env.BREAK_GLASS_TOTP}: the code page then also accepts the current
+	// authenticator code, each time step once, so that access still works
+	// when mail is down. Make one with `caddy break-glass totp`.
+	TOTPSecret string `json:"totp_secret,omitempty"`
+
+	// A file that gets one JSON line per event (code issued, login, lockout,
+	// logout, admin unlock and revoke, and every request made under a
+	// break-glass session), each carrying the SHA-256 of the line before.
+	// Check it with `caddy break-glass verify-audit <path>`.
+	AuditLog string `json:"audit_log,omitempty"`
+
+	// After this many successful logins with the configured hash, the hash
+	// stops working until it is changed. Default: 0, unlimited.
+	MaxUses int `json:"max_uses,omitempty"`
 
 	// The mail transport of this handler; replaces the app's smtp.
 	SMTP *SMTPConfig `json:"smtp,omitempty"`
@@ -95,6 +133,10 @@ type Handler struct {
 	allow       []netip.Prefix
 	alertEmails []string
 	webhooks    []*webhook
+	alertOn     map[string]bool
+	totpKey     []byte
+	auditLog    *auditLog
+	auditPath   string
 	mailer      *mailer
 
 	// compare checks a password against a bcrypt hash; tests replace it to
@@ -185,16 +227,51 @@ func (h *Handler) setup(app *App, logger *zap.Logger) error {
 			h.alertEmails = append(h.alertEmails, addr)
 		}
 	}
+	hooks := h.AlertWebhooks
 	if h.AlertWebhook != "" {
-		u, err := resolve(repl, h.AlertWebhook)
+		hooks = append([]WebhookConfig{{URL: h.AlertWebhook}}, hooks...)
+	}
+	for _, c := range hooks {
+		wh, err := c.provision(repl, "alert_webhook")
 		if err != nil {
-			return fmt.Errorf("alert_webhook: %v", err)
+			return err
 		}
-		pu, err := url.Parse(u)
-		if err != nil || (pu.Scheme != "http" && pu.Scheme != "https") || pu.Host == "" {
-			return fmt.Errorf("alert_webhook: must be an absolute http or https URL")
+		h.webhooks = append(h.webhooks, wh)
+	}
+	h.alertOn = map[string]bool{}
+	on := h.AlertOn
+	if len(on) == 0 {
+		on = defaultAlertOn
+	}
+	for _, e := range on {
+		if _, ok := alertOnEvents[e]; !ok {
+			return fmt.Errorf("alert_on: %q: must be login, code_issued or lockout", e)
 		}
-		h.webhooks = append(h.webhooks, &webhook{url: u, host: pu.Host})
+		h.alertOn[e] = true
+	}
+	if h.RequireAlert && (len(h.alertEmails)+len(h.webhooks) == 0 || !h.alertOn["login"]) {
+		return errors.New("require_alert: needs an alert channel (alert_emails or alert_webhook) and login in alert_on")
+	}
+	if h.TOTPSecret != "" {
+		sec, err := resolve(repl, h.TOTPSecret)
+		if err != nil {
+			return fmt.Errorf("totp_secret: %v", err)
+		}
+		if h.totpKey, err = decodeTOTPSecret(sec); err != nil {
+			return err
+		}
+	}
+	if h.MaxUses < 0 {
+		return fmt.Errorf("max_uses: must be at least 1, got %d", h.MaxUses)
+	}
+	if h.AuditLog != "" {
+		p, err := resolve(repl, h.AuditLog)
+		if err != nil {
+			return fmt.Errorf("audit_log: %v", err)
+		}
+		if h.auditLog, h.auditPath, err = openAuditLog(p); err != nil {
+			return fmt.Errorf("audit_log: %v", err)
+		}
 	}
 
 	switch {
@@ -295,6 +372,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 			repl.Set("http.auth.user.break_glass", "true")
 			repl.Set("http.auth.user.authenticated_at", issued)
 			stripOwnCookies(r.Header)
+			if h.auditLog != nil {
+				return h.serveAudited(w, r, client.String(), next)
+			}
 			return next.ServeHTTP(w, r)
 		}
 		h.logger.Debug("break-glass session cookie rejected", zap.String("client_ip", client.String()), zap.String("reason", err.Error()))
@@ -321,6 +401,11 @@ func (h *Handler) serveLogin(w http.ResponseWriter, r *http.Request, client neti
 		flow := flowFrom(r)
 		if exp, ok := h.state.codes.pending(h.scope, flow, client); ok {
 			return h.renderCode(w, r, client, flow, exp, "", http.StatusOK)
+		}
+		if spent, err := h.spent(); err != nil {
+			return h.unavailable(w, r, client, log, err)
+		} else if spent {
+			return h.renderSpent(w, r, client)
 		}
 		log.Debug("break-glass login page served")
 		p := h.page(r, client, "login", "Break-glass sign-in")
@@ -384,6 +469,18 @@ func (h *Handler) stepPassword(w http.ResponseWriter, r *http.Request, client ne
 	if tooLong {
 		password = password[:bcryptMaxPassword]
 	}
+	// The reason is checked before anything costs: it is not an attempt.
+	reason := cleanReason(r.PostForm.Get("reason"))
+	if msg := h.reasonProblem(reason); msg != "" {
+		p := h.page(r, client, "login", "Break-glass sign-in")
+		p.Email, p.Reason, p.Error = email, reason, msg
+		return h.renderLogin(w, r, p, http.StatusBadRequest)
+	}
+	if spent, err := h.spent(); err != nil {
+		return h.unavailable(w, r, client, log, err)
+	} else if spent {
+		return h.renderSpent(w, r, client)
+	}
 	// Claim the attempt before hashing, so that attempts sent in parallel
 	// cannot add up to more than max_attempts; then wait for a hashing slot.
 	if !h.claim(w, r, client, log) {
@@ -411,7 +508,7 @@ func (h *Handler) stepPassword(w http.ResponseWriter, r *http.Request, client ne
 	if failed {
 		return h.failed(w, r, client, log, "bad_credentials", remaining, lockedUntil, func(p *page, remaining int) int {
 			p.Kind, p.Title = "login", "Break-glass sign-in"
-			p.Email = email
+			p.Email, p.Reason = email, reason
 			p.Error = fmt.Sprintf("Wrong email or password. %s left before this address is locked out.", plural(remaining, "attempt"))
 			return http.StatusUnauthorized
 		})
@@ -425,12 +522,18 @@ func (h *Handler) stepPassword(w http.ResponseWriter, r *http.Request, client ne
 	if err != nil {
 		return caddyhttp.Error(http.StatusInternalServerError, err)
 	}
-	exp, err := h.state.codes.put(h.scope, code, flow, client, time.Duration(h.app.CodeTTL))
+	exp, err := h.state.codes.put(h.scope, code, flow, client, time.Duration(h.app.CodeTTL), reason)
 	if err != nil {
 		return h.unavailable(w, r, client, log, err)
 	}
 	metricAttempts.WithLabelValues(resultCodeSent).Inc()
-	log.Info("break-glass password accepted: code issued", zap.String("email", h.email), zap.Time("code_expires", exp))
+	log.Info("break-glass password accepted: code issued", zap.String("email", h.email), zap.Time("code_expires", exp), zap.String("reason", reason))
+	head := h.audit(auditRecord{Event: auditCodeIssued, Client: client.String(), Reason: reason})
+	if h.alertOn["code_issued"] {
+		ev := newEvent(eventCodeIssued, h.email, client.String(), siteName(r), reason, now())
+		ev.AuditHead = head
+		h.sendAlerts(ev, log)
+	}
 	if h.DevLogCode {
 		log.Warn("break-glass code (dev_log_code)", zap.String("email", h.email), zap.String("code", code), zap.Time("code_expires", exp))
 	}
@@ -453,7 +556,7 @@ func (h *Handler) stepCode(w http.ResponseWriter, r *http.Request, client netip.
 	}
 	settled := false
 	defer h.settleOnPanic(client, &settled)
-	res, verr := h.state.codes.verify(h.scope, flow, client, code)
+	res, reason, verr := h.state.codes.verify(h.scope, flow, client, code, h.totpCheck())
 	settled = true
 	remaining, lockedUntil, err := h.settle(client, verr == nil && res != codeOK)
 	if verr != nil || err != nil {
@@ -461,7 +564,7 @@ func (h *Handler) stepCode(w http.ResponseWriter, r *http.Request, client netip.
 	}
 	switch res {
 	case codeOK:
-		return h.succeed(w, r, client, log)
+		return h.succeed(w, r, client, log, reason)
 	case codeWrong:
 		return h.failed(w, r, client, log, "wrong_code", remaining, lockedUntil, func(p *page, remaining int) int {
 			exp, _ := h.state.codes.pending(h.scope, flow, client)
@@ -552,8 +655,16 @@ func (h *Handler) failed(w http.ResponseWriter, r *http.Request, client netip.Ad
 		log.Warn("break-glass wrong code", zap.String("reason", reason), zap.Int("attempts_remaining", remaining))
 	}
 	if !lockedUntil.IsZero() {
+		// Only the failure that locked the client out gets here: the alert
+		// goes once per lockout.
 		metricLockouts.Inc()
 		log.Warn("break-glass client locked out", zap.Time("locked_until", lockedUntil), zap.Int("max_attempts", h.app.MaxAttempts))
+		head := h.audit(auditRecord{Event: auditLockout, Client: client.String(), Detail: "until " + lockedUntil.UTC().Format(time.RFC3339)})
+		if h.alertOn["lockout"] {
+			ev := newEvent(eventLockout, h.email, client.String(), siteName(r), "", now())
+			ev.AuditHead = head
+			h.sendAlerts(ev, log)
+		}
 		return h.renderLocked(w, r, client, lockedUntil)
 	}
 	p := h.page(r, client, "", "")
@@ -565,12 +676,46 @@ func (h *Handler) failed(w http.ResponseWriter, r *http.Request, client netip.Ad
 	return render(w, r, status, p)
 }
 
+// requireAlertWait bounds how long a login with require_alert waits for an
+// alert channel to confirm.
+var requireAlertWait = 10 * time.Second
+
 // succeed starts a session after the right code.
-func (h *Handler) succeed(w http.ResponseWriter, r *http.Request, client netip.Addr, log *zap.Logger) error {
+func (h *Handler) succeed(w http.ResponseWriter, r *http.Request, client netip.Addr, log *zap.Logger, reason string) error {
 	if h.state.sessions.full() {
 		log.Error("break-glass session refused: too many revoked sessions are remembered; they expire with their sessions")
 		return render(w, r, http.StatusServiceUnavailable, h.message(r, client, "Try again later",
 			"No new session can be started right now. Try again later, or ask your security team."))
+	}
+	uses := 0
+	if h.MaxUses > 0 {
+		n, ok, err := h.state.uses.claim(h.scope, h.MaxUses)
+		if err != nil {
+			return h.unavailable(w, r, client, log, err)
+		}
+		if !ok {
+			h.audit(auditRecord{Event: auditRefused, Client: client.String(), Reason: reason, Detail: "credential spent"})
+			return h.renderSpent(w, r, client)
+		}
+		uses = n
+	}
+	t := now()
+	ev := newEvent(eventLogin, h.email, client.String(), siteName(r), reason, t)
+	if h.RequireAlert {
+		ev.AuditHead = h.auditHead()
+		if !h.confirmAlerts(ev, log) {
+			if uses > 0 {
+				if err := h.state.uses.release(h.scope); err != nil {
+					log.Error("break-glass: giving back the use of a refused login", zap.Error(err))
+				}
+			}
+			h.audit(auditRecord{Event: auditRefused, Client: client.String(), Reason: reason, Detail: "no alert channel confirmed delivery"})
+			log.Error("break-glass login refused: require_alert is set and no alert channel confirmed delivery",
+				zap.String("email", h.email), zap.Duration("waited_up_to", requireAlertWait))
+			h.clearFlowCookie(w, r)
+			return render(w, r, http.StatusServiceUnavailable, h.message(r, client, "Access refused: nobody could be told",
+				"Your password and code were right, but this break-glass login must alert the security team first, and no alert channel (email or webhook) confirmed delivery. No session was started. Try again in a moment, or reach your security team another way."))
+		}
 	}
 	if err := h.state.limiter.reset(limiterKey(client)); err != nil {
 		log.Error("break-glass: could not clear the client's failures after its sign-in", zap.Error(err))
@@ -579,7 +724,6 @@ func (h *Handler) succeed(w http.ResponseWriter, r *http.Request, client netip.A
 	if err != nil {
 		return caddyhttp.Error(http.StatusInternalServerError, err)
 	}
-	t := now()
 	ttl := time.Duration(h.app.SessionTTL)
 	s := session{ID: id, Issued: t, Expires: t.Add(ttl), Client: client, Scope: h.scope}
 	http.SetCookie(w, &http.Cookie{
@@ -590,10 +734,70 @@ func (h *Handler) succeed(w http.ResponseWriter, r *http.Request, client netip.A
 	h.state.sessions.track(s)
 	metricAttempts.WithLabelValues(resultSuccess).Inc()
 	metricLastSuccess.Set(float64(t.Unix()))
-	log.Warn("break-glass login succeeded", zap.String("email", h.email), zap.Time("session_expires", s.Expires))
-	h.sendAlerts(loginEvent(h.email, client.String(), siteName(r), t), log)
+	head := h.audit(auditRecord{Event: auditLogin, Client: client.String(), Reason: reason, Detail: "session until " + s.Expires.UTC().Format(time.RFC3339)})
+	log.Warn("break-glass login succeeded", zap.String("email", h.email), zap.String("reason", reason), zap.Time("session_expires", s.Expires))
+	if !h.RequireAlert && h.alertOn["login"] {
+		ev.AuditHead = head
+		h.sendAlerts(ev, log)
+	}
+	if h.MaxUses > 0 && uses >= h.MaxUses {
+		log.Warn("break-glass credential spent: max_uses reached; set a new hash", zap.String("email", h.email), zap.Int("max_uses", h.MaxUses))
+		spent := newEvent(eventSpent, h.email, client.String(), siteName(r), reason, t)
+		spent.AuditHead = h.audit(auditRecord{Event: auditSpent, Client: client.String(), Detail: fmt.Sprintf("after %d uses", uses)})
+		h.sendAlerts(spent, log)
+	}
 	http.Redirect(w, r, selfURL(r), http.StatusSeeOther)
 	return nil
+}
+
+// spent reports whether the credential has had its max_uses logins.
+func (h *Handler) spent() (bool, error) {
+	if h.MaxUses == 0 {
+		return false, nil
+	}
+	n, err := h.state.uses.count(h.scope)
+	return n >= h.MaxUses, err
+}
+
+func (h *Handler) renderSpent(w http.ResponseWriter, r *http.Request, client netip.Addr) error {
+	p := h.page(r, client, "message", "Credential spent")
+	p.Error = fmt.Sprintf("This break-glass credential has been used %s, as many times as it may (max_uses). It no longer works: ask your security team to set a new break-glass password.", plural(h.MaxUses, "time"))
+	return render(w, r, http.StatusForbidden, p)
+}
+
+// auditHead is the audit log's chain head ("" without an audit log).
+func (h *Handler) auditHead() string {
+	if h.auditLog == nil {
+		return ""
+	}
+	return h.auditLog.currentHead()
+}
+
+// maxReason is the longest reason the login form takes, in characters.
+const maxReason = 200
+
+// cleanReason trims the reason and turns control characters (line breaks,
+// tabs, escapes) into spaces, so it stays one line in logs and mails.
+func cleanReason(s string) string {
+	return strings.TrimSpace(strings.Map(func(r rune) rune {
+		if r < 0x20 || r == 0x7f || (r >= 0x80 && r < 0xa0) || r == 0x2028 || r == 0x2029 {
+			return ' '
+		}
+		return r
+	}, s))
+}
+
+// reasonProblem says what is wrong with a reason, or "".
+func (h *Handler) reasonProblem(reason string) string {
+	switch {
+	case !utf8.ValidString(reason):
+		return "The reason is not valid text."
+	case utf8.RuneCountInString(reason) > maxReason:
+		return fmt.Sprintf("The reason is too long: at most %d characters.", maxReason)
+	case h.RequireReason && reason == "":
+		return "Give the reason for this emergency login (the incident, or why normal access is not enough)."
+	}
+	return ""
 }
 
 // logout revokes the session server-side, so a replayed cookie stops working.
@@ -605,9 +809,19 @@ func (h *Handler) logout(w http.ResponseWriter, r *http.Request, client netip.Ad
 	http.SetCookie(w, &http.Cookie{Name: sessionCookie, Value: "", Path: "/", MaxAge: -1,
 		HttpOnly: true, Secure: r.TLS != nil, SameSite: http.SameSiteStrictMode})
 	h.logger.Info("break-glass logout", zap.String("client_ip", client.String()), zap.String("email", h.email))
+	h.audit(auditRecord{Event: auditLogout, Client: client.String()})
 	p := h.page(r, client, "login", "Break-glass sign-in")
 	p.Notice = "You are signed out."
 	return h.renderLogin(w, r, p, http.StatusOK)
+}
+
+// Cleanup lets go of the audit log.
+func (h *Handler) Cleanup() error {
+	if h.auditLog == nil {
+		return nil
+	}
+	h.auditLog = nil
+	return closeAuditLog(h.auditPath)
 }
 
 // page fills what every page shows.
@@ -634,12 +848,14 @@ func (h *Handler) renderLogin(w http.ResponseWriter, r *http.Request, p page, st
 	}
 	p.Kind = "login"
 	p.CSRF = h.csrfToken(flow)
+	p.ReasonRequired = h.RequireReason
 	return render(w, r, status, p)
 }
 
 func (h *Handler) renderCode(w http.ResponseWriter, r *http.Request, client netip.Addr, flow string, exp time.Time, errMsg string, status int) error {
 	p := h.page(r, client, "code", "Enter your code")
 	p.CSRF = h.csrfToken(flow)
+	p.TOTP = h.totpKey != nil
 	p.Expires = formatTime(exp)
 	p.Error = errMsg
 	return render(w, r, status, p)

@@ -75,6 +75,40 @@ func (w *webhookReceiver) wait(t *testing.T) map[string]any {
 	return w.events[len(w.events)-1]
 }
 
+// waitEvent waits for an event named event and returns the first one.
+func (w *webhookReceiver) waitEvent(t *testing.T, event string) map[string]any {
+	t.Helper()
+	deadline := time.After(15 * time.Second)
+	for {
+		w.mu.Lock()
+		for _, ev := range w.events {
+			if ev["event"] == event {
+				w.mu.Unlock()
+				return ev
+			}
+		}
+		w.mu.Unlock()
+		select {
+		case <-w.got:
+		case <-deadline:
+			t.Fatalf("the webhook got no %s event", event)
+		}
+	}
+}
+
+// count returns how many events named event arrived.
+func (w *webhookReceiver) count(event string) int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	n := 0
+	for _, ev := range w.events {
+		if ev["event"] == event {
+			n++
+		}
+	}
+	return n
+}
+
 type upstreamServer struct {
 	*httptest.Server
 	mu   sync.Mutex
@@ -334,12 +368,7 @@ func (c *client) signIn() receivedMail {
 	if codePage.status != http.StatusOK || !strings.Contains(codePage.body, `name="code"`) {
 		t.Fatalf("no code page: %d\n%s", codePage.status, codePage.body)
 	}
-	var mail receivedMail
-	for _, m := range c.w.smtp.waitMails(t, before+1)[before:] {
-		if len(m.To) == 1 && m.To[0] == "ops@example.com" {
-			mail = m
-		}
-	}
+	mail := c.w.smtp.waitMail(t, before, "ops@example.com", "one-time code")
 	code := codeRE.FindStringSubmatch(mail.Text)
 	if code == nil {
 		t.Fatalf("no code in the mail: %+v", mail)
@@ -410,8 +439,12 @@ func TestIntegrationFullFlow(t *testing.T) {
 				t.Fatalf("authenticated_at %q: %v", hdr.Get("X-Break-Glass-Since"), err)
 			}
 
-			// Alerts: the webhook and one mail per recipient.
-			ev := w.hook.wait(t)
+			// Alerts: the webhook and one mail per recipient; the lockout of
+			// 127.0.0.3 above alerted too (alert_on's default).
+			if ev := w.hook.waitEvent(t, "break_glass_lockout"); ev["ip"] != "127.0.0.3" || ev["severity"] != "warning" {
+				t.Fatalf("lockout event: %v", ev)
+			}
+			ev := w.hook.waitEvent(t, "break_glass_login")
 			if ev["event"] != "break_glass_login" || ev["ip"] != "127.0.0.2" || ev["severity"] != "critical" || ev["message"] == "" {
 				t.Fatalf("webhook event: %v", ev)
 			}

@@ -251,6 +251,8 @@ type state struct {
 	codes      codeBackend
 	sessions   *sessions
 	deliveries *dispatcher
+	totp       totpReplay
+	uses       usesBackend
 
 	stopSweep context.CancelFunc
 	loops     sync.WaitGroup
@@ -269,6 +271,8 @@ func newState() (caddy.Destructor, error) {
 	s := baseState(root)
 	s.limiter = newLimiter()
 	s.codes = newCodeStore(subkey(root, "code"))
+	s.totp = &memoryTOTPReplay{last: map[string]int64{}}
+	s.uses = &memoryUses{m: map[string]int{}}
 	s.start()
 	return s, nil
 }
@@ -283,6 +287,8 @@ func newStorageState(st certmagic.Storage, log *zap.Logger, refresh time.Duratio
 	s := baseState(root)
 	s.limiter = &storageLimiter{st: st}
 	s.codes = &storageCodes{st: st, key: subkey(root, "code")}
+	s.totp = storageTOTPReplay{st: st}
+	s.uses = storageUses{st: st}
 	s.storage, s.log, s.refresh = st, log, refresh
 	if err := refreshRevocations(context.Background(), st, s.sessions); err != nil {
 		log.Error("break-glass: loading revocations from storage", zap.Error(err))

@@ -4,6 +4,7 @@
 package breakglass
 
 import (
+	"context"
 	"crypto/hmac"
 	"crypto/rand"
 	"crypto/sha256"
@@ -38,6 +39,7 @@ func newCode() (string, error) {
 // its HMAC under the state's key.
 type pendingCode struct {
 	mac     [sha256.Size]byte
+	reason  string     // what the operator gave as the reason at step 1
 	flow    string     // the step-1 cookie of the login that asked for it
 	client  netip.Addr // the client that asked for it
 	expires time.Time
@@ -57,13 +59,21 @@ const (
 // codeBackend is where pending codes are kept: in this process (codeStore)
 // or in Caddy's storage (storageCodes). Errors come only from storage.
 type codeBackend interface {
-	put(scope, code, flow string, client netip.Addr, ttl time.Duration) (time.Time, error)
+	put(scope, code, flow string, client netip.Addr, ttl time.Duration, reason string) (time.Time, error)
 	pending(scope, flow string, client netip.Addr) (time.Time, bool)
-	verify(scope, flow string, client netip.Addr, code string) (codeResult, error)
+	// verify checks code; when it is not the pending code, alt (if not
+	// nil) may accept it instead (a TOTP code), under the same lock. On
+	// codeOK it returns the reason given at step 1.
+	verify(scope, flow string, client netip.Addr, code string, alt altCheck) (codeResult, string, error)
 	cancel(scope, flow string) error
 	pendingFor(scope string) (time.Time, bool)
 	sweep() int
 }
+
+// altCheck accepts a code other than the pending one (a TOTP code). It runs
+// under the credential's code lock, so what it records is atomic with the
+// check.
+type altCheck func(ctx context.Context, code string) (bool, error)
 
 // codeStore holds at most one pending code per credential (a handler's
 // scope: its email and hash): a new login replaces the previous code.
@@ -90,9 +100,9 @@ func codeMAC(key []byte, scope, code string) [sha256.Size]byte {
 }
 
 // put makes code the pending code of identity, replacing any other.
-func (s *codeStore) put(identity, code, flow string, client netip.Addr, ttl time.Duration) (time.Time, error) {
+func (s *codeStore) put(identity, code, flow string, client netip.Addr, ttl time.Duration, reason string) (time.Time, error) {
 	exp := now().Add(ttl)
-	p := &pendingCode{mac: codeMAC(s.key, identity, code), flow: flow, client: client, expires: exp}
+	p := &pendingCode{mac: codeMAC(s.key, identity, code), flow: flow, client: client, expires: exp, reason: reason}
 	s.mu.Lock()
 	s.m[identity] = p
 	s.mu.Unlock()
@@ -121,32 +131,42 @@ func (p *pendingCode) bound(flow string, client netip.Addr, t time.Time) bool {
 // verify checks code against the pending code of identity. A right code is
 // consumed (single use); a wrong one counts against the pending code, which is
 // voided at the third. The comparison is constant-time.
-func (s *codeStore) verify(identity, flow string, client netip.Addr, code string) (codeResult, error) {
+func (s *codeStore) verify(identity, flow string, client netip.Addr, code string, alt altCheck) (codeResult, string, error) {
 	t := now()
 	mac := codeMAC(s.key, identity, code)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	p, ok := s.m[identity]
 	if !ok {
-		return codeNotFound, nil
+		return codeNotFound, "", nil
 	}
 	if !t.Before(p.expires) {
 		delete(s.m, identity)
-		return codeNotFound, nil
+		return codeNotFound, "", nil
 	}
 	if !p.bound(flow, client, t) {
-		return codeNotFound, nil
+		return codeNotFound, "", nil
 	}
 	if hmac.Equal(mac[:], p.mac[:]) {
 		delete(s.m, identity)
-		return codeOK, nil
+		return codeOK, p.reason, nil
+	}
+	if alt != nil {
+		ok, err := alt(context.Background(), code)
+		if err != nil {
+			return codeNotFound, "", err
+		}
+		if ok {
+			delete(s.m, identity)
+			return codeOK, p.reason, nil
+		}
 	}
 	p.wrong++
 	if p.wrong >= maxWrongCodes {
 		delete(s.m, identity)
-		return codeVoided, nil
+		return codeVoided, "", nil
 	}
-	return codeWrong, nil
+	return codeWrong, "", nil
 }
 
 // pendingFor reports whether a code is pending for the credential, whoever

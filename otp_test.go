@@ -63,11 +63,11 @@ const flowA, flowB = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa", "bbbbbbbbbbbbbbbbbbbbbb
 func TestCodeWorksOnce(t *testing.T) {
 	useTestClock(t)
 	s := newCodeStore([]byte("k"))
-	s.put("ops@example.com", "123456", flowA, clientA, time.Minute)
-	if r, _ := s.verify("ops@example.com", flowA, clientA, "123456"); r != codeOK {
+	s.put("ops@example.com", "123456", flowA, clientA, time.Minute, "")
+	if r, _, _ := s.verify("ops@example.com", flowA, clientA, "123456", nil); r != codeOK {
 		t.Fatalf("right code: %v, want codeOK", r)
 	}
-	if r, _ := s.verify("ops@example.com", flowA, clientA, "123456"); r != codeNotFound {
+	if r, _, _ := s.verify("ops@example.com", flowA, clientA, "123456", nil); r != codeNotFound {
 		t.Fatalf("second use: %v, want codeNotFound", r)
 	}
 }
@@ -75,12 +75,12 @@ func TestCodeWorksOnce(t *testing.T) {
 func TestCodeExpires(t *testing.T) {
 	clk := useTestClock(t)
 	s := newCodeStore([]byte("k"))
-	s.put("ops@example.com", "123456", flowA, clientA, 10*time.Minute)
+	s.put("ops@example.com", "123456", flowA, clientA, 10*time.Minute, "")
 	clk.Advance(10 * time.Minute)
 	if _, ok := s.pending("ops@example.com", flowA, clientA); ok {
 		t.Fatal("code still pending at its expiry")
 	}
-	if r, _ := s.verify("ops@example.com", flowA, clientA, "123456"); r != codeNotFound {
+	if r, _, _ := s.verify("ops@example.com", flowA, clientA, "123456", nil); r != codeNotFound {
 		t.Fatalf("expired code: %v, want codeNotFound", r)
 	}
 }
@@ -88,17 +88,17 @@ func TestCodeExpires(t *testing.T) {
 func TestCodeIsBoundToItsLoginAndClient(t *testing.T) {
 	useTestClock(t)
 	s := newCodeStore([]byte("k"))
-	s.put("ops@example.com", "123456", flowA, clientA, time.Minute)
-	if r, _ := s.verify("ops@example.com", flowB, clientA, "123456"); r != codeNotFound {
+	s.put("ops@example.com", "123456", flowA, clientA, time.Minute, "")
+	if r, _, _ := s.verify("ops@example.com", flowB, clientA, "123456", nil); r != codeNotFound {
 		t.Fatalf("another step-1 cookie: %v, want codeNotFound", r)
 	}
-	if r, _ := s.verify("ops@example.com", flowA, clientB, "123456"); r != codeNotFound {
+	if r, _, _ := s.verify("ops@example.com", flowA, clientB, "123456", nil); r != codeNotFound {
 		t.Fatalf("another client: %v, want codeNotFound", r)
 	}
-	if r, _ := s.verify("other@example.com", flowA, clientA, "123456"); r != codeNotFound {
+	if r, _, _ := s.verify("other@example.com", flowA, clientA, "123456", nil); r != codeNotFound {
 		t.Fatalf("another identity: %v, want codeNotFound", r)
 	}
-	if r, _ := s.verify("ops@example.com", flowA, clientA, "123456"); r != codeOK {
+	if r, _, _ := s.verify("ops@example.com", flowA, clientA, "123456", nil); r != codeOK {
 		t.Fatalf("the attempts from elsewhere spent the code: %v", r)
 	}
 }
@@ -106,12 +106,12 @@ func TestCodeIsBoundToItsLoginAndClient(t *testing.T) {
 func TestNewLoginReplacesPendingCode(t *testing.T) {
 	useTestClock(t)
 	s := newCodeStore([]byte("k"))
-	s.put("ops@example.com", "111111", flowA, clientA, time.Minute)
-	s.put("ops@example.com", "222222", flowB, clientA, time.Minute)
-	if r, _ := s.verify("ops@example.com", flowA, clientA, "111111"); r != codeNotFound {
+	s.put("ops@example.com", "111111", flowA, clientA, time.Minute, "")
+	s.put("ops@example.com", "222222", flowB, clientA, time.Minute, "")
+	if r, _, _ := s.verify("ops@example.com", flowA, clientA, "111111", nil); r != codeNotFound {
 		t.Fatalf("the replaced code: %v, want codeNotFound", r)
 	}
-	if r, _ := s.verify("ops@example.com", flowB, clientA, "222222"); r != codeOK {
+	if r, _, _ := s.verify("ops@example.com", flowB, clientA, "222222", nil); r != codeOK {
 		t.Fatalf("the newer code: %v, want codeOK", r)
 	}
 }
@@ -119,20 +119,20 @@ func TestNewLoginReplacesPendingCode(t *testing.T) {
 func TestThreeWrongCodesVoidThePendingCode(t *testing.T) {
 	useTestClock(t)
 	s := newCodeStore([]byte("k"))
-	s.put("ops@example.com", "123456", flowA, clientA, time.Minute)
+	s.put("ops@example.com", "123456", flowA, clientA, time.Minute, "")
 	for i, want := range []codeResult{codeWrong, codeWrong, codeVoided} {
-		if r, _ := s.verify("ops@example.com", flowA, clientA, "000000"); r != want {
+		if r, _, _ := s.verify("ops@example.com", flowA, clientA, "000000", nil); r != want {
 			t.Fatalf("wrong code %d: %v, want %v", i+1, r, want)
 		}
 	}
-	if r, _ := s.verify("ops@example.com", flowA, clientA, "123456"); r != codeNotFound {
+	if r, _, _ := s.verify("ops@example.com", flowA, clientA, "123456", nil); r != codeNotFound {
 		t.Fatalf("right code after 3 wrong ones: %v, want codeNotFound", r)
 	}
 }
 
 func TestCodeStoreKeepsNoCode(t *testing.T) {
 	s := newCodeStore([]byte("k"))
-	s.put("ops@example.com", "987654", flowA, clientA, time.Minute)
+	s.put("ops@example.com", "987654", flowA, clientA, time.Minute, "")
 	p := s.m["ops@example.com"]
 	if strings.Contains(string(p.mac[:]), "987654") {
 		t.Fatal("the code is stored in clear")
@@ -142,7 +142,7 @@ func TestCodeStoreKeepsNoCode(t *testing.T) {
 func TestCancelDropsOnlyThatFlowsCode(t *testing.T) {
 	useTestClock(t)
 	s := newCodeStore([]byte("k"))
-	s.put("ops@example.com", "123456", flowA, clientA, time.Minute)
+	s.put("ops@example.com", "123456", flowA, clientA, time.Minute, "")
 	s.cancel("ops@example.com", flowB)
 	if _, ok := s.pending("ops@example.com", flowA, clientA); !ok {
 		t.Fatal("another flow cancelled the code")

@@ -41,13 +41,18 @@ func cssHash() string {
 
 // page is what one page shows.
 type page struct {
-	Kind    string // login, code, locked, forbidden, message
-	Title   string
-	Notice  string
-	Error   string
-	Action  string // where forms post: the URL that was asked for
-	CSRF    string
-	Email   string
+	Kind   string // login, code, locked, forbidden, message
+	Title  string
+	Notice string
+	Error  string
+	Action string // where forms post: the URL that was asked for
+	CSRF   string
+	Email  string
+	Reason string
+	// ReasonRequired marks the reason field required (require_reason).
+	ReasonRequired bool
+	// TOTP says the code page also takes an authenticator code.
+	TOTP    bool
 	Expires string
 	Until   string
 	Client  string

@@ -291,6 +291,7 @@ type codeRecord struct {
 	Client  string `json:"client"`
 	Expires int64  `json:"expires"` // Unix nanoseconds
 	Wrong   int    `json:"wrong"`
+	Reason  string `json:"reason,omitempty"`
 }
 
 func codePath(scope string) string { return codesDir + "/" + scope }
@@ -325,10 +326,10 @@ func (s *storageCodes) locked(scope string, fn func(ctx context.Context) error) 
 	return fn(ctx)
 }
 
-func (s *storageCodes) put(scope, code, flow string, client netip.Addr, ttl time.Duration) (time.Time, error) {
+func (s *storageCodes) put(scope, code, flow string, client netip.Addr, ttl time.Duration, reason string) (time.Time, error) {
 	exp := now().Add(ttl)
 	mac := codeMAC(s.key, scope, code)
-	b, _ := json.Marshal(codeRecord{MAC: hex.EncodeToString(mac[:]), Flow: flow, Client: client.String(), Expires: exp.UnixNano()})
+	b, _ := json.Marshal(codeRecord{MAC: hex.EncodeToString(mac[:]), Flow: flow, Client: client.String(), Expires: exp.UnixNano(), Reason: reason})
 	return exp, s.locked(scope, func(ctx context.Context) error { return s.st.Store(ctx, codePath(scope), b) })
 }
 
@@ -342,9 +343,9 @@ func (s *storageCodes) pending(scope, flow string, client netip.Addr) (time.Time
 	return time.Unix(0, rec.Expires), true
 }
 
-func (s *storageCodes) verify(scope, flow string, client netip.Addr, code string) (codeResult, error) {
+func (s *storageCodes) verify(scope, flow string, client netip.Addr, code string, alt altCheck) (codeResult, string, error) {
 	mac := codeMAC(s.key, scope, code)
-	res := codeNotFound
+	res, reason := codeNotFound, ""
 	err := s.locked(scope, func(ctx context.Context) error {
 		rec, err := s.load(ctx, scope)
 		if err != nil || rec == nil {
@@ -358,8 +359,14 @@ func (s *storageCodes) verify(scope, flow string, client netip.Addr, code string
 			return nil
 		}
 		want, _ := hex.DecodeString(rec.MAC)
-		if hmac.Equal(mac[:], want) {
-			res = codeOK
+		ok := hmac.Equal(mac[:], want)
+		if !ok && alt != nil {
+			if ok, err = alt(ctx, code); err != nil {
+				return err
+			}
+		}
+		if ok {
+			res, reason = codeOK, rec.Reason
 			return s.st.Delete(ctx, codePath(scope))
 		}
 		rec.Wrong++
@@ -372,9 +379,9 @@ func (s *storageCodes) verify(scope, flow string, client netip.Addr, code string
 		return s.st.Store(ctx, codePath(scope), b)
 	})
 	if err != nil {
-		return codeNotFound, err
+		return codeNotFound, "", err
 	}
-	return res, nil
+	return res, reason, nil
 }
 
 func (s *storageCodes) cancel(scope, flow string) error {

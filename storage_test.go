@@ -54,16 +54,16 @@ func TestStorageStatesOnOneFolderShareLockoutsCodesKeysAndLogouts(t *testing.T) 
 	}
 
 	// A code issued on a works on b, once.
-	if _, err := a.codes.put("scope", "123456", flowA, clientA, time.Minute); err != nil {
+	if _, err := a.codes.put("scope", "123456", flowA, clientA, time.Minute, ""); err != nil {
 		t.Fatal(err)
 	}
 	if _, ok := b.codes.pending("scope", flowA, clientA); !ok {
 		t.Fatal("b does not see the code pending on a")
 	}
-	if res, err := b.codes.verify("scope", flowA, clientA, "123456"); err != nil || res != codeOK {
+	if res, _, err := b.codes.verify("scope", flowA, clientA, "123456", nil); err != nil || res != codeOK {
 		t.Fatalf("the code on b: %v %v", res, err)
 	}
-	if res, _ := a.codes.verify("scope", flowA, clientA, "123456"); res != codeNotFound {
+	if res, _, _ := a.codes.verify("scope", flowA, clientA, "123456", nil); res != codeNotFound {
 		t.Fatalf("the code worked twice: %v", res)
 	}
 
@@ -143,7 +143,7 @@ func TestStorageRaceLosesNoFailureAndUsesNoCodeTwice(t *testing.T) {
 	}
 
 	// The right code, sent to both instances at once, signs in once.
-	if _, err := insts[0].codes.put("scope", "424242", flowA, clientA, time.Minute); err != nil {
+	if _, err := insts[0].codes.put("scope", "424242", flowA, clientA, time.Minute, ""); err != nil {
 		t.Fatal(err)
 	}
 	var ok atomic.Int32
@@ -152,7 +152,7 @@ func TestStorageRaceLosesNoFailureAndUsesNoCodeTwice(t *testing.T) {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				if res, err := s.codes.verify("scope", flowA, clientA, "424242"); err == nil && res == codeOK {
+				if res, _, err := s.codes.verify("scope", flowA, clientA, "424242", nil); err == nil && res == codeOK {
 					ok.Add(1)
 				}
 			}()
@@ -168,7 +168,7 @@ func TestStorageKeepsNoCode(t *testing.T) {
 	dir := t.TempDir()
 	st := &certmagic.FileStorage{Path: dir}
 	s := newStorageTestState(t, st)
-	if _, err := s.codes.put("scope", "987654", flowA, clientA, time.Minute); err != nil {
+	if _, err := s.codes.put("scope", "987654", flowA, clientA, time.Minute, ""); err != nil {
 		t.Fatal(err)
 	}
 	b, err := st.Load(context.Background(), codePath("scope"))

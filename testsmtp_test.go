@@ -107,6 +107,25 @@ func (s *testSMTP) Mails() []receivedMail {
 	return append([]receivedMail(nil), s.mails...)
 }
 
+// waitMail waits for a mail, after the first skip ones, to `to` whose
+// subject holds subject, and returns it.
+func (s *testSMTP) waitMail(t *testing.T, skip int, to, subject string) receivedMail {
+	t.Helper()
+	deadline := time.After(15 * time.Second)
+	for {
+		for _, m := range s.Mails()[min(skip, len(s.Mails())):] {
+			if len(m.To) == 1 && m.To[0] == to && strings.Contains(m.Subject, subject) {
+				return m
+			}
+		}
+		select {
+		case <-s.arrived:
+		case <-deadline:
+			t.Fatalf("no mail to %s about %q", to, subject)
+		}
+	}
+}
+
 // waitMails waits until n mails have arrived and returns them.
 func (s *testSMTP) waitMails(t *testing.T, n int) []receivedMail {
 	t.Helper()
