@@ -189,6 +189,7 @@ func handleUnlock(w http.ResponseWriter, r *http.Request) error {
 		return apiError(http.StatusNotFound, "client %s has no failures on record", key)
 	}
 	a.logger.Warn("break-glass admin: client unlocked", zap.String("client", key.String()), zap.String("remote", r.RemoteAddr))
+	a.auditAll(nil, auditRecord{Event: auditUnlock, Client: key.String(), Detail: "from the admin API (" + r.RemoteAddr + ")"})
 	w.Header().Set("Content-Type", "application/json")
 	return json.NewEncoder(w).Encode(map[string]any{"unlocked": key.String()})
 }
@@ -206,15 +207,18 @@ func handleRevoke(w http.ResponseWriter, r *http.Request) error {
 	}
 	ended, matched := 0, 0
 	var errs []error
+	revoked := map[string]bool{}
 	for scope, h := range a.identities() {
 		if req.Email != "" && h.identity != normalizeEmail(req.Email) {
 			continue
 		}
 		matched++
+		revoked[scope] = true
 		n, err := a.state.endSessions(scope)
 		ended += n
 		errs = append(errs, err)
 	}
+	a.auditAll(revoked, auditRecord{Event: auditRevoke, Detail: fmt.Sprintf("sessions issued until now ended, from the admin API (%s)", r.RemoteAddr)})
 	if req.Email != "" && matched == 0 {
 		return apiError(http.StatusNotFound, "no break_glass handler has the email %q", req.Email)
 	}
@@ -224,6 +228,22 @@ func handleRevoke(w http.ResponseWriter, r *http.Request) error {
 	a.logger.Warn("break-glass admin: sessions revoked", zap.String("email", req.Email), zap.Int("sessions_ended", ended), zap.String("remote", r.RemoteAddr))
 	w.Header().Set("Content-Type", "application/json")
 	return json.NewEncoder(w).Encode(map[string]any{"revoked": ended})
+}
+
+// auditAll writes rec to the audit log of every handler (of the scopes
+// given, or all when scopes is nil), once per file.
+func (a *App) auditAll(scopes map[string]bool, rec auditRecord) {
+	a.handlers.mu.Lock()
+	handlers := append([]*Handler(nil), a.handlers.list...)
+	a.handlers.mu.Unlock()
+	done := map[*auditLog]bool{}
+	for _, h := range handlers {
+		if h.auditLog == nil || done[h.auditLog] || (scopes != nil && !scopes[h.scope]) {
+			continue
+		}
+		done[h.auditLog] = true
+		h.audit(rec)
+	}
 }
 
 // Interface guard.

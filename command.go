@@ -25,7 +25,7 @@ import (
 func init() {
 	caddycmd.RegisterCommand(caddycmd.Command{
 		Name:  "break-glass",
-		Usage: "drill|status|unlock|revoke",
+		Usage: "drill|status|unlock|revoke|totp|verify-audit",
 		Short: "Operate the break_glass emergency login: drill, status, unlock, revoke",
 		Long: `
 Commands to operate the break_glass handler.
@@ -39,11 +39,14 @@ Commands to operate the break_glass handler.
            the settings in force and the last drill of a running Caddy.
   unlock   Clears a client's failures (an IPv6 client: its /64).
   revoke   Ends every break-glass session, or those of one email.
+  totp     Makes a TOTP secret for totp_secret, and its otpauth:// URI.
+  verify-audit
+           Checks the hash chain of an audit_log file.
 
 status, unlock and revoke call the admin API: --address, or the admin
 address of --config, or the default (localhost:2019).`,
 		CobraFunc: func(cmd *cobra.Command) {
-			cmd.AddCommand(drillCommand(), statusCommand(), unlockCommand(), revokeCommand())
+			cmd.AddCommand(drillCommand(), statusCommand(), unlockCommand(), revokeCommand(), totpCommand(), verifyAuditCommand())
 		},
 	})
 }
@@ -307,4 +310,67 @@ func cmdRevoke(fl caddycmd.Flags, _ []string) (int, error) {
 	}
 	_, err := fmt.Fprintf(out, "Revoked %s issued until now (%d live here).\n", who, v.Revoked)
 	return 0, err
+}
+
+func totpCommand() *cobra.Command {
+	c := subcommand("totp [--email <email>] [--issuer <name>] [--json]",
+		"Make a TOTP secret for totp_secret, and its otpauth:// URI",
+		`
+Prints a new random TOTP secret (160 bits, base32) for the handler's
+totp_secret, and the otpauth:// URI to load it into an authenticator app
+(as text, or as a QR code made from it). Keep both as secret as the
+break-glass password: anyone with the secret and the password can sign in.`,
+		cobra.NoArgs, cmdTOTP)
+	c.Flags().String("email", "break-glass", "The account name the app shows (the break-glass email)")
+	c.Flags().String("issuer", "Caddy break-glass", "The issuer name the app shows")
+	return c
+}
+
+func cmdTOTP(fl caddycmd.Flags, _ []string) (int, error) {
+	secret, err := newTOTPSecret()
+	if err != nil {
+		return 1, err
+	}
+	uri := totpURI(secret, fl.String("issuer"), fl.String("email"))
+	if fl.Bool("json") {
+		return 0, json.NewEncoder(out).Encode(map[string]string{"secret": secret, "uri": uri})
+	}
+	_, err = fmt.Fprintf(out, "secret: %s\nuri:    %s\n\nPut the secret in the environment (e.g. BREAK_GLASS_TOTP) and use\n  totp_secret {env.BREAK_GLASS_TOTP}\nin the break_glass block.\n", secret, uri)
+	return 0, err
+}
+
+func verifyAuditCommand() *cobra.Command {
+	return subcommand("verify-audit <path> [--json]",
+		"Check the hash chain of an audit_log file",
+		`
+Reads an audit_log file and checks every line: its hash against its content,
+and its prev against the line before. Prints the number of lines and the
+chain head (compare it with the audit_head of the latest alert), or the
+first broken line, and then exits 1.`,
+		cobra.ExactArgs(1), cmdVerifyAudit)
+}
+
+func cmdVerifyAudit(fl caddycmd.Flags, args []string) (int, error) {
+	f, err := os.Open(args[0])
+	if err != nil {
+		return 1, err
+	}
+	defer f.Close()
+	n, head, verr := verifyAudit(f)
+	if fl.Bool("json") {
+		v := map[string]any{"ok": verr == nil, "lines": n, "head": head}
+		if verr != nil {
+			v["error"], v["head"] = verr.Error(), nil
+		}
+		if err := json.NewEncoder(out).Encode(v); err != nil {
+			return 1, err
+		}
+	}
+	if verr != nil {
+		return 1, fmt.Errorf("%s: %v", args[0], verr)
+	}
+	if !fl.Bool("json") {
+		fmt.Fprintf(out, "%s: OK, %d lines, chain head %s\n", args[0], n, head)
+	}
+	return 0, nil
 }

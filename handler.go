@@ -569,6 +569,7 @@ func (h *Handler) stepCode(w http.ResponseWriter, r *http.Request, client netip.
 		return h.failed(w, r, client, log, "wrong_code", remaining, lockedUntil, func(p *page, remaining int) int {
 			exp, _ := h.state.codes.pending(h.scope, flow, client)
 			p.Kind, p.Title, p.Expires = "code", "Enter your code", formatTime(exp)
+			p.TOTP = h.totpKey != nil
 			p.Error = fmt.Sprintf("Wrong code. %s left before this address is locked out.", plural(remaining, "attempt"))
 			return http.StatusUnauthorized
 		})
