@@ -131,10 +131,11 @@ func TestBrowserSignInCodeLogoutAndTheRefusalPages(t *testing.T) {
 	step("open the guarded URL", chromedp.Navigate(c.base+"/admin/dashboard?tab=users"), chromedp.WaitVisible(chromedp.CSS("#email")))
 	shoot(t, ctx, "login")
 
-	// Email and password, by keyboard.
-	step("type email and password",
+	// Email, password and a reason, by keyboard.
+	step("type email, password and reason",
 		chromedp.SendKeys(chromedp.CSS("#email"), "ops@example.com"),
-		chromedp.SendKeys(chromedp.CSS("#password"), testPassword+"\n"),
+		chromedp.SendKeys(chromedp.CSS("#password"), testPassword),
+		chromedp.SendKeys(chromedp.CSS("#reason"), "INC-1 browser test\n"),
 		chromedp.WaitVisible(chromedp.CSS("#code")))
 	shoot(t, ctx, "code")
 
@@ -155,6 +156,7 @@ func TestBrowserSignInCodeLogoutAndTheRefusalPages(t *testing.T) {
 		t.Errorf("upstream page: %q", txt)
 	}
 	shoot(t, ctx, "upstream")
+	c.waitLog(t, "break-glass login succeeded", map[string]string{"reason": "INC-1 browser test"})
 
 	// Logout, and the login page again.
 	step("log out", chromedp.Navigate(c.base+"/admin/?break_glass=logout"), chromedp.WaitVisible(chromedp.CSS("#password")))
