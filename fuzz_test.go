@@ -4,9 +4,11 @@
 package breakglass
 
 import (
+	"bytes"
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -64,7 +66,12 @@ func FuzzLoginForm(f *testing.F) {
 	f.Add("GET", "", "zz", "")
 	f.Add("POST", "break_glass_step=restart", "0123456789abcdef0123456789abcdef", "")
 	f.Add("POST", "%%%", "", "")
-	h := newTestHandler(f, &App{MaxAttempts: 1_000_000}, nil)
+	f.Add("POST", "break_glass_step=login&csrf_token=x&email=ops%40example.com&password=pw&reason=INC%0D%0A%3Cb%3E", "0123456789abcdef0123456789abcdef", "")
+	f.Add("POST", "break_glass_step=code&csrf_token=x&code=287082", "0123456789abcdef0123456789abcdef", "")
+	h := newTestHandler(f, &App{MaxAttempts: 1_000_000}, func(h *Handler) {
+		h.TOTPSecret = "GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ"
+		h.RequireReason = true
+	})
 	f.Fuzz(func(t *testing.T, method, body, flow, sess string) {
 		if !validMethod(method) {
 			return
@@ -137,5 +144,34 @@ func FuzzClientIP(f *testing.F) {
 			t.Fatalf("%q is not allowed by an allow-list of itself", s)
 		}
 		_, _ = parseAllowList([]string{s + "/64", s + "/8", s})
+	})
+}
+
+// FuzzVerifyAudit: any file content is checked without a panic, and a file
+// that passes is whole lines, each with its hash.
+func FuzzVerifyAudit(f *testing.F) {
+	dir := f.TempDir()
+	a, err := newAuditLog(dir + "/audit.jsonl")
+	if err != nil {
+		f.Fatal(err)
+	}
+	for _, ev := range []string{auditCodeIssued, auditLogin, auditRequest} {
+		if _, err := a.write(auditRecord{Event: ev, Email: "ops@example.com", Reason: "INC <1>"}); err != nil {
+			f.Fatal(err)
+		}
+	}
+	a.Destruct()
+	seed, _ := os.ReadFile(dir + "/audit.jsonl")
+	f.Add(seed)
+	f.Add([]byte("{}\n"))
+	f.Add([]byte(`{"prev":"","hash":"` + strings.Repeat("0", 64) + `"}` + "\n"))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		n, head, err := verifyAudit(bytes.NewReader(b))
+		if err != nil {
+			return
+		}
+		if n != bytes.Count(b, []byte{'\n'}) || (n > 0 && head != lineHash(b[bytes.LastIndexByte(b[:len(b)-1], '\n')+1:len(b)-1])) {
+			t.Fatalf("accepted %q: %d lines, head %s", b, n, head)
+		}
 	})
 }
