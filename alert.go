@@ -24,8 +24,49 @@ var webhookTimeout = 10 * time.Second
 var deliveryGrace = 5 * time.Second
 
 // maxInFlightDeliveries bounds the mails and webhooks running at once across
-// the app; a delivery beyond it is dropped and logged at ERROR.
-const maxInFlightDeliveries = 256
+// the app; a delivery beyond it is dropped and logged at ERROR. Lockout
+// alerts have their own, smaller bound.
+const (
+	maxInFlightDeliveries = 256
+	maxInFlightNotices    = 32
+)
+
+// Lockout alerts are limited across the app: at most lockoutAlertsPerWindow
+// per lockoutAlertWindow; the next one sent says how many were held back.
+const (
+	lockoutAlertsPerWindow = 5
+	lockoutAlertWindow     = time.Minute
+)
+
+// lockoutAlerts counts the lockout alerts of the current window.
+type lockoutAlerts struct {
+	mu        sync.Mutex
+	window    time.Time
+	sent      int
+	held      int
+	heldSince time.Time
+}
+
+// allow says whether a lockout alert may go now and, if so, how many were
+// held back before it (and since when).
+func (l *lockoutAlerts) allow(t time.Time) (ok bool, held int, since time.Time) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if t.Sub(l.window) >= lockoutAlertWindow {
+		l.window, l.sent = t, 0
+	}
+	if l.sent >= lockoutAlertsPerWindow {
+		if l.held == 0 {
+			l.heldSince = t
+		}
+		l.held++
+		return false, 0, time.Time{}
+	}
+	l.sent++
+	held, since = l.held, l.heldSince
+	l.held = 0
+	return true, held, since
+}
 
 // dispatcher runs deliveries in the background so that no response waits on
 // SMTP or a webhook. It bounds how many run at once and, on close, cancels
@@ -305,9 +346,28 @@ func (c alertChannel) logField() zap.Field {
 
 // sendAlerts queues an event's alerts on every channel. Nothing here waits.
 func (h *Handler) sendAlerts(ev alertEvent, log *zap.Logger) {
-	for _, c := range h.alertChannels() {
-		h.deliver(c.kind, log.With(c.logField()), func(ctx context.Context) error { return c.send(ctx, ev) })
+	d := h.state.deliveries
+	if ev.Event == eventLockout {
+		d = h.state.notices
 	}
+	for _, c := range h.alertChannels() {
+		h.deliverOn(d, c.kind, log.With(c.logField()), func(ctx context.Context) error { return c.send(ctx, ev) }, nil)
+	}
+}
+
+// alertLockout sends the alert of a lockout, unless too many went out in
+// this window; the next one sent counts those held back.
+func (h *Handler) alertLockout(ev alertEvent, log *zap.Logger) {
+	ok, held, since := h.state.lockouts.allow(now())
+	if !ok {
+		log.Warn("break-glass lockout alert held back: too many lockouts at once; the next lockout alert will count it",
+			zap.Int("per_minute", lockoutAlertsPerWindow))
+		return
+	}
+	if held > 0 {
+		ev.Message += fmt.Sprintf(". %s were not alerted one by one since %s", plural(held, "other lockout"), since.UTC().Format(time.RFC3339))
+	}
+	h.sendAlerts(ev, log)
 }
 
 // deliver runs one delivery in the background and logs its outcome: INFO when
@@ -321,8 +381,12 @@ var errDropped = errors.New("dropped: too many deliveries in flight, or the app 
 
 // deliverThen is deliver, calling done (if not nil) with the outcome.
 func (h *Handler) deliverThen(channel string, log *zap.Logger, fn func(ctx context.Context) error, done func(error)) {
+	h.deliverOn(h.state.deliveries, channel, log, fn, done)
+}
+
+func (h *Handler) deliverOn(d *dispatcher, channel string, log *zap.Logger, fn func(ctx context.Context) error, done func(error)) {
 	log = log.With(zap.String("channel", channel))
-	ok := h.state.deliveries.run(func(ctx context.Context) {
+	ok := d.run(func(ctx context.Context) {
 		start := now()
 		err := fn(ctx)
 		if err != nil {

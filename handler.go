@@ -664,7 +664,7 @@ func (h *Handler) failed(w http.ResponseWriter, r *http.Request, client netip.Ad
 		if h.alertOn["lockout"] {
 			ev := newEvent(eventLockout, h.email, client.String(), siteName(r), "", now())
 			ev.AuditHead = head
-			h.sendAlerts(ev, log)
+			h.alertLockout(ev, log)
 		}
 		return h.renderLocked(w, r, client, lockedUntil)
 	}

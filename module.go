@@ -251,6 +251,11 @@ type state struct {
 	codes      codeBackend
 	sessions   *sessions
 	deliveries *dispatcher
+	// notices runs the alerts anyone allowed can cause (lockouts), apart
+	// from deliveries, so that a flood of them never crowds out a code
+	// mail or a login alert.
+	notices  *dispatcher
+	lockouts lockoutAlerts
 	totp       totpReplay
 	uses       usesBackend
 
@@ -303,6 +308,7 @@ func baseState(root []byte) *state {
 		scopeKey:   subkey(root, "scope"),
 		sessions:   newSessions(subkey(root, "session")),
 		deliveries: newDispatcher(maxInFlightDeliveries),
+		notices:    newDispatcher(maxInFlightNotices),
 	}
 }
 
@@ -404,7 +410,10 @@ func (s *state) Destruct() error {
 	liveStates.Delete(s)
 	s.stopSweep()
 	s.loops.Wait()
+	var wg sync.WaitGroup
+	wg.Go(func() { s.notices.close(deliveryGrace) })
 	s.deliveries.close(deliveryGrace)
+	wg.Wait()
 	return nil
 }
 

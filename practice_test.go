@@ -415,3 +415,72 @@ func TestMaxUsesSpendsTheCredentialUntilTheHashChanges(t *testing.T) {
 		})
 	}
 }
+
+func TestALockoutFloodNeverCrowdsOutTheLoginAlert(t *testing.T) {
+	clk := useTestClock(t)
+	var mu sync.Mutex
+	var events []map[string]any
+	slow := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var ev map[string]any
+		_ = json.NewDecoder(r.Body).Decode(&ev)
+		mu.Lock()
+		events = append(events, ev)
+		mu.Unlock()
+		time.Sleep(time.Second) // a slow receiver keeps deliveries in flight
+	}))
+	t.Cleanup(slow.Close)
+	h := newTestHandler(t, &App{MaxAttempts: 1}, func(h *Handler) { h.AlertWebhook = slow.URL })
+	count := func(event string) (n int, last map[string]any) {
+		mu.Lock()
+		defer mu.Unlock()
+		for _, ev := range events {
+			if ev["event"] == event {
+				n++
+				last = ev
+			}
+		}
+		return n, last
+	}
+
+	// 300 clients (each its own IPv6 /64) lock themselves out at once.
+	for i := range 300 {
+		b := newBrowser(fmt.Sprintf("[2001:db8:0:%x::1]", i))
+		if resp := b.login(t, h, "ops@example.com", "wrong"); resp.StatusCode != http.StatusTooManyRequests {
+			t.Fatalf("client %d: %d, want locked out", i, resp.StatusCode)
+		}
+	}
+	// The operator's login still gets its alert.
+	if resp := newBrowser("192.0.2.10").signIn(t, h); resp.StatusCode != http.StatusSeeOther {
+		t.Fatalf("sign-in during the flood: %d", resp.StatusCode)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for n, _ := count(eventLogin); n == 0; n, _ = count(eventLogin) {
+		if time.Now().After(deadline) {
+			t.Fatal("the login alert was crowded out by the lockout alerts")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if n := len(h.logs.FilterMessage("break-glass delivery dropped: too many deliveries in flight, or the app is stopping").All()); n != 0 {
+		t.Fatalf("%d deliveries dropped", n)
+	}
+	time.Sleep(300 * time.Millisecond)
+	if n, _ := count(eventLockout); n != lockoutAlertsPerWindow {
+		t.Fatalf("%d lockout alerts for 300 lockouts in a minute, want %d", n, lockoutAlertsPerWindow)
+	}
+	if n := len(h.logs.FilterMessage("break-glass lockout alert held back: too many lockouts at once; the next lockout alert will count it").All()); n != 300-lockoutAlertsPerWindow {
+		t.Fatalf("%d lockout alerts held back, want %d", n, 300-lockoutAlertsPerWindow)
+	}
+	// A minute later, the next lockout alert counts those held back.
+	clk.Advance(lockoutAlertWindow)
+	newBrowser("192.0.2.11").login(t, h, "ops@example.com", "wrong")
+	deadline = time.Now().Add(10 * time.Second)
+	for n, _ := count(eventLockout); n == lockoutAlertsPerWindow; n, _ = count(eventLockout) {
+		if time.Now().After(deadline) {
+			t.Fatal("no lockout alert in the next window")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if _, ev := count(eventLockout); !strings.Contains(fmt.Sprint(ev["message"]), "295 other lockouts were not alerted one by one") {
+		t.Fatalf("the next lockout alert: %v", ev["message"])
+	}
+}
