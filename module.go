@@ -256,8 +256,8 @@ type state struct {
 	// mail or a login alert.
 	notices  *dispatcher
 	lockouts lockoutAlerts
-	totp       totpReplay
-	uses       usesBackend
+	totp     totpReplay
+	uses     usesBackend
 
 	stopSweep context.CancelFunc
 	loops     sync.WaitGroup
