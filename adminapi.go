@@ -24,8 +24,38 @@ func init() {
 }
 
 // currentApp is the break_glass app of the running config, for the admin
-// API (which Caddy loads apart from the config's apps).
+// API (which Caddy loads apart from the config's apps): the latest app
+// provisioned that has not been cleaned up. A config that fails to load
+// cleans up its app, and the one still running is current again.
 var currentApp atomic.Pointer[App]
+
+var liveApps struct {
+	mu   sync.Mutex
+	list []*App
+}
+
+func appStarted(a *App) {
+	liveApps.mu.Lock()
+	defer liveApps.mu.Unlock()
+	liveApps.list = append(liveApps.list, a)
+	currentApp.Store(a)
+}
+
+func appEnded(a *App) {
+	liveApps.mu.Lock()
+	defer liveApps.mu.Unlock()
+	for i, x := range liveApps.list {
+		if x == a {
+			liveApps.list = append(liveApps.list[:i], liveApps.list[i+1:]...)
+			break
+		}
+	}
+	var cur *App
+	if n := len(liveApps.list); n > 0 {
+		cur = liveApps.list[n-1]
+	}
+	currentApp.Store(cur)
+}
 
 // adminAPI serves /break_glass/status, /break_glass/unlock and
 // /break_glass/revoke on Caddy's admin endpoint.

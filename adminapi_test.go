@@ -12,6 +12,9 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig"
 )
 
 func adminCall(t *testing.T, admin, method, path, body string) (int, map[string]any) {
@@ -112,5 +115,27 @@ func testAdminAPI(t *testing.T, mode string) {
 	}
 	if w.findLog("break-glass admin: sessions revoked", map[string]string{"level": "warn"}) == nil {
 		t.Fatal("no WARN for the revoke")
+	}
+}
+
+// A config that fails to load leaves the running one, and its app, current.
+func TestAdminAPIKeepsTheRunningAppAfterAFailedReload(t *testing.T) {
+	w := newWorld(t)
+	admin := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	good := strings.Replace(w.caddyfile(2, ""), "admin off", "admin "+admin, 1)
+	w.load(good, "caddyfile")
+	bad := strings.Replace(good, "alert_emails sec@example.com soc@example.com", "alert_emails not-an-address", 1)
+	cfg, _, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(bad), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := caddy.Load(cfg, true); err == nil {
+		t.Fatal("the bad config loaded")
+	}
+	if code, v := adminCall(t, admin, "GET", "/break_glass/status", ""); code != 200 {
+		t.Fatalf("status after a failed reload: %d %v", code, v)
+	}
+	if got := currentApp.Load(); got == nil || got.state == nil {
+		t.Fatal("no current app after a failed reload")
 	}
 }

@@ -318,6 +318,7 @@ func (e *webhookStatusError) Error() string {
 type alertChannel struct {
 	kind   string // the metric's channel label: alert_email or webhook
 	target string // the recipient, or the webhook's host
+	key    string // what makes two channels the same delivery (never shown)
 	send   func(ctx context.Context, ev alertEvent) error
 }
 
@@ -327,11 +328,11 @@ type alertChannel struct {
 func (h *Handler) alertChannels() []alertChannel {
 	var out []alertChannel
 	for _, to := range h.alertEmails {
-		out = append(out, alertChannel{kind: "alert_email", target: to,
+		out = append(out, alertChannel{kind: "alert_email", target: to, key: fmt.Sprintf("mail %p %s", h.mailer, to),
 			send: func(ctx context.Context, ev alertEvent) error { return h.mailer.send(ctx, alertMail(to, ev)) }})
 	}
 	for _, wh := range h.webhooks {
-		out = append(out, alertChannel{kind: "webhook", target: wh.host, send: wh.post})
+		out = append(out, alertChannel{kind: "webhook", target: wh.host, key: "webhook " + wh.format + " " + wh.url, send: wh.post})
 	}
 	return out
 }

@@ -14,6 +14,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -55,6 +56,9 @@ const (
 	auditSpent      = "credential_spent"
 	auditUnlock     = "admin_unlock"
 	auditRevoke     = "admin_revoke"
+	auditPending    = "login_pending"
+	auditRecovered  = "recovered"
+	auditContinued  = "chain_continued"
 )
 
 // auditLog appends to one file. Every handler (and every config, across
@@ -70,17 +74,26 @@ type auditLog struct {
 var auditPool = caddy.NewUsagePool()
 
 // openAuditLog opens (or shares) the audit log at p. The caller releases it
-// with closeAuditLog.
+// with closeAuditLog. A file that was moved aside (rotated) since it was
+// opened is replaced by a new one at p, whose first line names the chain
+// head of the one before.
 func openAuditLog(p string) (*auditLog, string, error) {
 	abs, err := filepath.Abs(p)
 	if err != nil {
 		return nil, "", err
 	}
-	v, _, err := auditPool.LoadOrNew(abs, func() (caddy.Destructor, error) { return newAuditLog(abs) })
+	v, loaded, err := auditPool.LoadOrNew(abs, func() (caddy.Destructor, error) { return newAuditLog(abs) })
 	if err != nil {
 		return nil, "", err
 	}
-	return v.(*auditLog), abs, nil
+	a := v.(*auditLog)
+	if loaded {
+		if err := a.reopenIfMoved(); err != nil {
+			_, _ = auditPool.Delete(abs)
+			return nil, "", err
+		}
+	}
+	return a, abs, nil
 }
 
 func closeAuditLog(abs string) error {
@@ -89,13 +102,22 @@ func closeAuditLog(abs string) error {
 }
 
 // newAuditLog opens the file for appending and finds the chain head: the
-// hash of its last line.
+// hash of its last line. A last line cut short (a crash mid-write) is ended
+// and followed by a "recovered" line, so that the chain goes on from it.
 func newAuditLog(path string) (*auditLog, error) {
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_APPEND, 0o600)
+	f, head, err := openAuditFile(path)
 	if err != nil {
 		return nil, err
 	}
-	a := &auditLog{path: path, f: f, head: auditGenesis}
+	return &auditLog{path: path, f: f, head: head}, nil
+}
+
+func openAuditFile(path string) (*os.File, string, error) {
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_APPEND, 0o600)
+	if err != nil {
+		return nil, "", err
+	}
+	head := auditGenesis
 	rd := bufio.NewReader(f)
 	var last []byte
 	for {
@@ -108,21 +130,53 @@ func newAuditLog(path string) (*auditLog, error) {
 		}
 		if err != nil {
 			f.Close()
-			return nil, err
+			return nil, "", err
 		}
 	}
-	if len(last) > 0 {
-		if last[len(last)-1] != '\n' {
-			// A line cut short (a crash mid-write): end it, so that the next
-			// line starts on its own; verify-audit will name it.
-			if _, err := f.Write([]byte{'\n'}); err != nil {
-				f.Close()
-				return nil, err
-			}
-		}
-		a.head = lineHash(bytes.TrimSuffix(last, []byte{'\n'}))
+	if len(last) == 0 {
+		return f, head, nil
 	}
-	return a, nil
+	if last[len(last)-1] == '\n' {
+		return f, lineHash(last[:len(last)-1]), nil
+	}
+	head = lineHash(last)
+	if _, err := f.Write([]byte{'\n'}); err != nil {
+		f.Close()
+		return nil, "", err
+	}
+	a := &auditLog{path: path, f: f, head: head}
+	if head, err = a.write(auditRecord{Event: auditRecovered, Detail: "the line before was cut short (a crash while writing it); the chain goes on from its hash"}); err != nil {
+		f.Close()
+		return nil, "", err
+	}
+	return f, head, nil
+}
+
+// reopenIfMoved starts a new file when the one at the path is no longer the
+// one open (it was moved aside or deleted).
+func (a *auditLog) reopenIfMoved() error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	held, err := a.f.Stat()
+	if err != nil {
+		return err
+	}
+	if cur, err := os.Stat(a.path); err == nil && os.SameFile(held, cur) {
+		return nil
+	} else if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
+	f, head, err := openAuditFile(a.path)
+	if err != nil {
+		return err
+	}
+	old, oldHead := a.f, a.head
+	a.f, a.head = f, head
+	_ = old.Close()
+	if head == auditGenesis && oldHead != auditGenesis {
+		_, err = a.writeLocked(auditRecord{Event: auditContinued, Detail: "the file before this one (moved aside) ended with the chain head " + oldHead})
+	}
+	return err
 }
 
 func lineHash(line []byte) string {
@@ -131,15 +185,23 @@ func lineHash(line []byte) string {
 }
 
 // Destruct closes the file once no config uses it.
-func (a *auditLog) Destruct() error { return a.f.Close() }
+func (a *auditLog) Destruct() error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.f.Close()
+}
 
 // write appends rec and returns the new chain head.
 func (a *auditLog) write(rec auditRecord) (string, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.writeLocked(rec)
+}
+
+func (a *auditLog) writeLocked(rec auditRecord) (string, error) {
 	if rec.Time == "" {
 		rec.Time = now().UTC().Format(time.RFC3339Nano)
 	}
-	a.mu.Lock()
-	defer a.mu.Unlock()
 	rec.Prev = a.head
 	body, err := json.Marshal(rec)
 	if err != nil {
@@ -184,30 +246,76 @@ func (h *Handler) audit(rec auditRecord) string {
 // errAuditFormat is a line that is not an audit record.
 var errAuditFormat = errors.New("not an audit line")
 
+// auditReport is what verifyAudit found in a whole file.
+type auditReport struct {
+	Lines     int            `json:"lines"`
+	Head      string         `json:"head"`
+	Recovered []int          `json:"recovered,omitempty"` // lines cut short by a crash, and recovered
+	Found     map[string]int `json:"found,omitempty"`     // the heads looked for: the line whose hash each is
+}
+
 // verifyAudit checks a whole audit log: each line's hash against its
-// content, and its prev against the line before. It returns how many lines
-// it read and the chain head, or an error naming the first broken line.
-func verifyAudit(r io.Reader) (int, string, error) {
+// content, and its prev against the line before. A line cut short by a
+// crash passes only when the writer recovered from it (the next line is
+// "recovered" and chains from it). It also notes at which line each of
+// heads (chain heads kept elsewhere, such as an alert's audit_head) is. It
+// returns an error naming the first broken line.
+func verifyAudit(r io.Reader, heads ...string) (auditReport, error) {
+	rep := auditReport{Head: auditGenesis, Found: map[string]int{}}
+	want := map[string]bool{}
+	for _, h := range heads {
+		want[h] = true
+	}
 	rd := bufio.NewReader(r)
-	prev, n := auditGenesis, 0
-	for {
+	readLine := func() ([]byte, bool, error) {
 		line, err := rd.ReadBytes('\n')
 		if len(line) == 0 && err == io.EOF {
-			return n, prev, nil
+			return nil, false, io.EOF
 		}
 		if err != nil && err != io.EOF {
-			return n, prev, err
+			return nil, false, err
 		}
-		n++
-		if line[len(line)-1] != '\n' {
-			return n, prev, fmt.Errorf("line %d: cut short (no end of line)", n)
+		whole := line[len(line)-1] == '\n'
+		if whole {
+			line = line[:len(line)-1]
 		}
-		line = line[:len(line)-1]
-		if err := checkAuditLine(line, prev); err != nil {
-			return n, prev, fmt.Errorf("line %d: %w", n, err)
-		}
-		prev = lineHash(line)
+		return line, whole, nil
 	}
+	line, whole, err := readLine()
+	for err == nil {
+		rep.Lines++
+		n := rep.Lines
+		next, nextWhole, nextErr := readLine()
+		bad := checkAuditLine(line, rep.Head)
+		if !whole {
+			bad = errors.New("cut short (no end of line)")
+		}
+		if bad != nil {
+			if nextErr != nil || !nextWhole || !recovers(next, line) {
+				return rep, fmt.Errorf("line %d: %w", n, bad)
+			}
+			rep.Recovered = append(rep.Recovered, n)
+		}
+		rep.Head = lineHash(line)
+		if want[rep.Head] {
+			rep.Found[rep.Head] = n
+		}
+		line, whole, err = next, nextWhole, nextErr
+	}
+	if err != io.EOF {
+		return rep, err
+	}
+	return rep, nil
+}
+
+// recovers reports whether next is a valid "recovered" line chaining from
+// the (broken) line before it.
+func recovers(next, broken []byte) bool {
+	if checkAuditLine(next, lineHash(broken)) != nil {
+		return false
+	}
+	var rec auditRecord
+	return json.Unmarshal(next, &rec) == nil && rec.Event == auditRecovered
 }
 
 func checkAuditLine(line []byte, prev string) error {
@@ -239,7 +347,7 @@ type statusRecorder struct {
 }
 
 func (s *statusRecorder) WriteHeader(code int) {
-	if s.status == 0 && code >= 200 {
+	if s.status == 0 && (code >= 200 || code == http.StatusSwitchingProtocols) {
 		s.status = code
 	}
 	s.ResponseWriterWrapper.WriteHeader(code)

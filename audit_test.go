@@ -5,6 +5,7 @@ package breakglass
 
 import (
 	"bytes"
+	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -35,9 +36,9 @@ func TestAuditChainVerifiesAndContinuesAfterReopening(t *testing.T) {
 	head := writeAudit(t, path, 2) // reopened: the chain goes on
 	f, _ := os.Open(path)
 	defer f.Close()
-	n, got, err := verifyAudit(f)
-	if err != nil || n != 5 || got != head {
-		t.Fatalf("verify: %d lines, head %s, %v; want 5 lines, head %s", n, got, err, head)
+	rep, err := verifyAudit(f)
+	if err != nil || rep.Lines != 5 || rep.Head != head {
+		t.Fatalf("verify: %+v, %v; want 5 lines, head %s", rep, err, head)
 	}
 	b, _ := os.ReadFile(path)
 	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
@@ -57,7 +58,7 @@ func TestAuditAnyChangedByteIsFoundAtItsLine(t *testing.T) {
 		}
 		b := bytes.Clone(orig)
 		b[off] ^= 0x01
-		_, _, err := verifyAudit(bytes.NewReader(b))
+		_, err := verifyAudit(bytes.NewReader(b))
 		if want := fmt.Sprintf("line %d:", lineOf(off)); err == nil || !strings.HasPrefix(err.Error(), want) {
 			t.Fatalf("byte %d (%q) changed: %v; want an error at %s", off, orig[off], err, want)
 		}
@@ -79,15 +80,19 @@ func TestAuditRemovedMovedOrCutLinesAreFound(t *testing.T) {
 		"last line cut":       {lines[0] + lines[1] + lines[2] + lines[3][:20], "line 4: cut short"},
 		"a line added":        {lines[0] + lines[1] + `{"event":"login"}` + "\n" + lines[2] + lines[3], "line 3: not an audit line"},
 	} {
-		if _, _, err := verifyAudit(strings.NewReader(c.text)); err == nil || !strings.HasPrefix(err.Error(), c.want) {
+		if _, err := verifyAudit(strings.NewReader(c.text)); err == nil || !strings.HasPrefix(err.Error(), c.want) {
 			t.Errorf("%s: %v; want %q", name, err, c.want)
 		}
 	}
 	// Dropping the last line is only seen against a head kept elsewhere:
 	// the alerts carry it.
-	_, head, err := verifyAudit(strings.NewReader(lines[0] + lines[1] + lines[2]))
-	if err != nil || head == lineHash([]byte(strings.TrimSpace(lines[3]))) {
-		t.Fatalf("truncated file: head %s, %v", head, err)
+	last := lineHash([]byte(strings.TrimSpace(lines[3])))
+	rep, err := verifyAudit(strings.NewReader(lines[0]+lines[1]+lines[2]), last)
+	if err != nil || rep.Found[last] != 0 {
+		t.Fatalf("truncated file: %+v, %v", rep, err)
+	}
+	if rep, err := verifyAudit(strings.NewReader(string(orig)), last); err != nil || rep.Found[last] != 4 {
+		t.Fatalf("whole file: %+v, %v", rep, err)
 	}
 }
 
@@ -109,5 +114,98 @@ func TestVerifyAuditCommand(t *testing.T) {
 	}
 	if _, err := runCommand(t, verifyAuditCommand(), path); err == nil || !strings.Contains(err.Error(), "line 2:") {
 		t.Fatalf("verify-audit of an edited file: %v", err)
+	}
+}
+
+func TestAuditCutLineAfterACrashIsRecovered(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "audit.jsonl")
+	writeAudit(t, path, 2)
+	b, _ := os.ReadFile(path)
+	if err := os.WriteFile(path, b[:len(b)-30], 0o600); err != nil { // a crash cut the last line
+		t.Fatal(err)
+	}
+	head := writeAudit(t, path, 1)
+	f, _ := os.Open(path)
+	defer f.Close()
+	rep, err := verifyAudit(f)
+	if err != nil || rep.Lines != 4 || len(rep.Recovered) != 1 || rep.Recovered[0] != 2 || rep.Head != head {
+		t.Fatalf("after recovery: %+v, %v", rep, err)
+	}
+	out, err := runCommand(t, verifyAuditCommand(), path)
+	if err != nil || !strings.Contains(out, "line 2 was cut short by a crash and recovered (line 3 says so)") {
+		t.Fatalf("verify-audit: %v\n%s", err, out)
+	}
+	// A changed line is not passed off as a crash: "recovered" must chain
+	// from exactly that line.
+	b, _ = os.ReadFile(path)
+	b[5] ^= 1
+	if _, err := verifyAudit(bytes.NewReader(b)); err == nil || !strings.HasPrefix(err.Error(), "line 1:") {
+		t.Fatalf("a changed first line: %v", err)
+	}
+}
+
+func TestAuditRotationStartsANewFileThatNamesTheOldHead(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "audit.jsonl")
+	a, abs, err := openAuditLog(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	oldHead, _ := a.write(auditRecord{Event: auditLogin})
+	if err := os.Rename(path, path+".1"); err != nil {
+		t.Fatal(err)
+	}
+	// A reload: the new config opens the file before the old one lets go.
+	b, _, err := openAuditLog(path)
+	if err != nil || b != a {
+		t.Fatalf("reopen: %v (shared: %v)", err, b == a)
+	}
+	if err := closeAuditLog(abs); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.write(auditRecord{Event: auditLogout}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = closeAuditLog(abs) })
+	for name, want := range map[string]string{path + ".1": "login", path: "chain_continued logout"} {
+		raw, err := os.ReadFile(name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var events []string
+		for _, l := range strings.Split(strings.TrimSpace(string(raw)), "\n") {
+			var m map[string]any
+			_ = json.Unmarshal([]byte(l), &m)
+			events = append(events, fmt.Sprint(m["event"]))
+		}
+		if got := strings.Join(events, " "); got != want {
+			t.Fatalf("%s: %s, want %s", name, got, want)
+		}
+		if _, err := verifyAudit(bytes.NewReader(raw)); err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		if name == path && !strings.Contains(string(raw), oldHead) {
+			t.Fatalf("the new file does not name the old head %s:\n%s", oldHead, raw)
+		}
+	}
+}
+
+func TestVerifyAuditHeadFlag(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "audit.jsonl")
+	head := writeAudit(t, path, 3)
+	if out, err := runCommand(t, verifyAuditCommand(), path, "--head", head); err != nil || !strings.Contains(out, "head "+head+" is line 3") {
+		t.Fatalf("--head of the last line: %v\n%s", err, out)
+	}
+	// The last line removed: the chain is fine, the head is gone.
+	b, _ := os.ReadFile(path)
+	cut := b[:bytes.LastIndexByte(b[:len(b)-1], '\n')+1]
+	if err := os.WriteFile(path, cut, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := runCommand(t, verifyAuditCommand(), path); err != nil {
+		t.Fatalf("the cut file's chain: %v", err)
+	}
+	if _, err := runCommand(t, verifyAuditCommand(), path, "--head", head); err == nil || !strings.Contains(err.Error(), "is not the hash of any line") {
+		t.Fatalf("--head after the last line was removed: %v", err)
 	}
 }

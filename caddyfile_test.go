@@ -531,6 +531,12 @@ func TestProvisionRejectsBadConfigNamingTheField(t *testing.T) {
 		{name: "webhook secret from an unset env var", handler: func(h map[string]any) {
 			h["alert_webhooks"] = []any{map[string]any{"url": "https://hooks.example.com/x", "secret": "{env.BREAK_GLASS_TEST_UNSET_SECRET}"}}
 		}, want: []string{"secret", "BREAK_GLASS_TEST_UNSET_SECRET"}},
+		{name: "webhook secret holding braces", handler: func(h map[string]any) {
+			h["alert_webhooks"] = []any{map[string]any{"url": "https://hooks.example.com/x", "secret": "s3cr{env.BREAK_GLASS_TEST_UNSET_X}zz9"}}
+		}, want: []string{"secret: holds a { }"}, notWant: []string{"s3cr", "zz9", "BREAK_GLASS_TEST_UNSET_X"}},
+		{name: "webhook header with a control character", handler: func(h map[string]any) {
+			h["alert_webhooks"] = []any{map[string]any{"url": "https://hooks.example.com/x", "headers": map[string]any{"X-Token": "a\u0007b"}}}
+		}, want: []string{"control character"}},
 		{name: "alert_on unknown event", handler: func(h map[string]any) { h["alert_on"] = []string{"login", "logout"} }, want: []string{`alert_on: "logout"`}},
 		{name: "require_alert without a channel", handler: func(h map[string]any) { h["require_alert"] = true }, want: []string{"require_alert: needs an alert channel"}},
 		{name: "require_alert without login alerts", handler: func(h map[string]any) {

@@ -101,6 +101,7 @@ func cmdDrill(fl caddycmd.Flags, _ []string) (int, error) {
 	if err := json.Unmarshal(cfgJSON, &cfg); err != nil {
 		return caddy.ExitCodeFailedStartup, fmt.Errorf("decoding the config: %v", err)
 	}
+	drilling.Store(true)
 	ctx, err := caddy.ProvisionContext(&cfg)
 	if err != nil {
 		return caddy.ExitCodeFailedStartup, fmt.Errorf("loading the config: %v", err)
@@ -340,27 +341,47 @@ func cmdTOTP(fl caddycmd.Flags, _ []string) (int, error) {
 }
 
 func verifyAuditCommand() *cobra.Command {
-	return subcommand("verify-audit <path> [--json]",
+	c := subcommand("verify-audit <path> [--head <sha256>]... [--json]",
 		"Check the hash chain of an audit_log file",
 		`
 Reads an audit_log file and checks every line: its hash against its content,
 and its prev against the line before. Prints the number of lines and the
-chain head (compare it with the audit_head of the latest alert), or the
-first broken line, and then exits 1.`,
+chain head, or the first broken line, and then exits 1.
+
+A line changed with its own hash recomputed shows at the next line (its prev
+no longer matches); a file cut, or rewritten from some line on, still
+chains. Against that, give the audit_head of alerts with --head (as often as
+needed): each must be the hash of a line of the file, or the check fails.
+Lines cut short by a crash and recovered by Caddy are listed.`,
 		cobra.ExactArgs(1), cmdVerifyAudit)
+	c.Flags().StringArray("head", nil, "A chain head kept elsewhere (an alert's audit_head) that must be in the file")
+	return c
 }
 
 func cmdVerifyAudit(fl caddycmd.Flags, args []string) (int, error) {
+	heads, err := fl.GetStringArray("head")
+	if err != nil {
+		return 1, err
+	}
 	f, err := os.Open(args[0])
 	if err != nil {
 		return 1, err
 	}
 	defer f.Close()
-	n, head, verr := verifyAudit(f)
+	rep, verr := verifyAudit(f, heads...)
+	var missing []string
+	for _, h := range heads {
+		if _, ok := rep.Found[h]; !ok {
+			missing = append(missing, h)
+		}
+	}
+	if verr == nil && len(missing) > 0 {
+		verr = fmt.Errorf("the chain head %s is not the hash of any line: the file was changed, cut or rewritten at or before the line it named", strings.Join(missing, ", "))
+	}
 	if fl.Bool("json") {
-		v := map[string]any{"ok": verr == nil, "lines": n, "head": head}
+		v := map[string]any{"ok": verr == nil, "report": rep}
 		if verr != nil {
-			v["error"], v["head"] = verr.Error(), nil
+			v["error"] = verr.Error()
 		}
 		if err := json.NewEncoder(out).Encode(v); err != nil {
 			return 1, err
@@ -370,7 +391,13 @@ func cmdVerifyAudit(fl caddycmd.Flags, args []string) (int, error) {
 		return 1, fmt.Errorf("%s: %v", args[0], verr)
 	}
 	if !fl.Bool("json") {
-		fmt.Fprintf(out, "%s: OK, %d lines, chain head %s\n", args[0], n, head)
+		fmt.Fprintf(out, "%s: OK, %d lines, chain head %s\n", args[0], rep.Lines, rep.Head)
+		for _, h := range heads {
+			fmt.Fprintf(out, "head %s is line %d\n", h, rep.Found[h])
+		}
+		for _, n := range rep.Recovered {
+			fmt.Fprintf(out, "line %d was cut short by a crash and recovered (line %d says so)\n", n, n+1)
+		}
 	}
 	return 0, nil
 }

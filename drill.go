@@ -13,6 +13,7 @@ import (
 	"io/fs"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/caddyserver/certmagic"
@@ -25,6 +26,10 @@ const (
 	drillKey   = "break_glass/drill/last"
 	drillOKKey = "break_glass/drill/last_ok"
 )
+
+// drilling is set by `caddy break-glass drill` before it loads the config:
+// handlers then open no audit log.
+var drilling atomic.Bool
 
 // drillTimeout bounds the whole drill; each delivery has its own timeout
 // (SMTP's, webhookTimeout) within it.
@@ -85,6 +90,7 @@ holds none: nobody signed in, and nothing needs to be done.
 // drillTask is one delivery of a drill.
 type drillTask struct {
 	result drillResult
+	key    string // the same delivery, configured twice, is made once
 	send   func(ctx context.Context) error
 }
 
@@ -98,25 +104,25 @@ func (a *App) drillTasks(host string, at time.Time) []drillTask {
 	var tasks []drillTask
 	seen := map[string]bool{}
 	add := func(t drillTask) {
-		k := t.result.Email + "\x00" + t.result.Channel + "\x00" + t.result.Target
-		if !seen[k] {
-			seen[k] = true
+		if !seen[t.key] {
+			seen[t.key] = true
 			tasks = append(tasks, t)
 		}
 	}
 	for _, h := range handlers {
 		res := drillResult{Email: h.email, Channel: "code_email", Target: h.email}
+		key := fmt.Sprintf("code %p %s", h.mailer, h.email)
 		if h.mailer == nil {
-			add(drillTask{result: res, send: func(context.Context) error {
+			add(drillTask{result: res, key: key, send: func(context.Context) error {
 				return errors.New("no smtp configured: codes only go to the log (dev_log_code)")
 			}})
 		} else {
 			msg := drillCodeMail(h.email, host, at)
-			add(drillTask{result: res, send: func(ctx context.Context) error { return h.mailer.send(ctx, msg) }})
+			add(drillTask{result: res, key: key, send: func(ctx context.Context) error { return h.mailer.send(ctx, msg) }})
 		}
 		ev := drillEvent(h.email, host, at)
 		for _, c := range h.alertChannels() {
-			add(drillTask{result: drillResult{Email: h.email, Channel: c.kind, Target: c.target},
+			add(drillTask{result: drillResult{Email: h.email, Channel: c.kind, Target: c.target}, key: h.email + " " + c.key,
 				send: func(ctx context.Context) error { return c.send(ctx, ev) }})
 		}
 	}

@@ -8,6 +8,8 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"strings"
 	"testing"
@@ -109,5 +111,32 @@ func TestDrillWithoutSMTPFailsTheCodeChannel(t *testing.T) {
 	}
 	if _, err := (&App{handlers: new(handlerRegistry), logger: app.logger}).drill(context.Background(), "h"); err == nil {
 		t.Fatal("a drill with no handler did not fail")
+	}
+}
+
+func TestDrillTriesEveryWebhookEvenOnOneHost(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/services/A" {
+			w.WriteHeader(http.StatusNotFound)
+		}
+	}))
+	t.Cleanup(srv.Close)
+	app := &App{}
+	newTestHandler(t, app, func(h *Handler) {
+		h.AlertWebhooks = []WebhookConfig{{URL: srv.URL + "/services/A"}, {URL: srv.URL + "/services/B"}}
+	})
+	newTestHandler(t, app, func(h *Handler) { h.AlertWebhook = srv.URL + "/services/A" }) // the same one again
+	rec, err := app.drill(context.Background(), "h")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var hooks []string
+	for _, r := range rec.Results {
+		if r.Channel == "webhook" {
+			hooks = append(hooks, fmt.Sprintf("%v %s", r.OK, r.Error))
+		}
+	}
+	if len(hooks) != 2 || !strings.Contains(strings.Join(hooks, "|"), "false webhook answered 404") || rec.OK {
+		t.Fatalf("drill of two webhooks on one host: %v", hooks)
 	}
 }

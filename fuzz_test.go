@@ -166,12 +166,13 @@ func FuzzVerifyAudit(f *testing.F) {
 	f.Add([]byte("{}\n"))
 	f.Add([]byte(`{"prev":"","hash":"` + strings.Repeat("0", 64) + `"}` + "\n"))
 	f.Fuzz(func(t *testing.T, b []byte) {
-		n, head, err := verifyAudit(bytes.NewReader(b))
+		rep, err := verifyAudit(bytes.NewReader(b))
 		if err != nil {
 			return
 		}
-		if n != bytes.Count(b, []byte{'\n'}) || (n > 0 && head != lineHash(b[bytes.LastIndexByte(b[:len(b)-1], '\n')+1:len(b)-1])) {
-			t.Fatalf("accepted %q: %d lines, head %s", b, n, head)
+		n := rep.Lines
+		if n != bytes.Count(b, []byte{'\n'}) || (n > 0 && rep.Head != lineHash(b[bytes.LastIndexByte(b[:len(b)-1], '\n')+1:len(b)-1])) {
+			t.Fatalf("accepted %q: %+v", b, rep)
 		}
 	})
 }

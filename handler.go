@@ -127,17 +127,22 @@ type Handler struct {
 	// scope names the credential (email and hash) that sessions and codes
 	// are bound to: a session or code of another handler, or of this one
 	// before its hash was changed, is not accepted.
-	scope       string
-	hash        []byte
-	fakeHash    []byte
-	allow       []netip.Prefix
-	alertEmails []string
-	webhooks    []*webhook
-	alertOn     map[string]bool
-	totpKey     []byte
-	auditLog    *auditLog
-	auditPath   string
-	mailer      *mailer
+	scope string
+	// credential names the same pair without the state's key, so that what
+	// is kept in the config's storage (max_uses counts, the last TOTP step)
+	// outlives a restart of state memory, whose key is new at each start.
+	credential   string
+	hash         []byte
+	fakeHash     []byte
+	allow        []netip.Prefix
+	alertEmails  []string
+	webhooks     []*webhook
+	alertOn      map[string]bool
+	totpKey      []byte
+	auditLog     *auditLog
+	auditPath    string
+	auditRelease func() error // once
+	mailer       *mailer
 
 	// compare checks a password against a bcrypt hash; tests replace it to
 	// count comparisons.
@@ -202,6 +207,7 @@ func (h *Handler) setup(app *App, logger *zap.Logger) error {
 		return err
 	}
 	h.scope = h.state.scopeOf(h.identity, h.hash)
+	h.credential = credentialID(h.identity, h.hash)
 	app.handlers.add(h)
 
 	ips := h.AllowedIPs
@@ -269,8 +275,14 @@ func (h *Handler) setup(app *App, logger *zap.Logger) error {
 		if err != nil {
 			return fmt.Errorf("audit_log: %v", err)
 		}
-		if h.auditLog, h.auditPath, err = openAuditLog(p); err != nil {
-			return fmt.Errorf("audit_log: %v", err)
+		// The drill writes nothing to the audit log, and must not create
+		// the file (perhaps as another user than Caddy's).
+		if !drilling.Load() {
+			if h.auditLog, h.auditPath, err = openAuditLog(p); err != nil {
+				return fmt.Errorf("audit_log: %v", err)
+			}
+			path := h.auditPath
+			h.auditRelease = sync.OnceValue(func() error { return closeAuditLog(path) })
 		}
 	}
 
@@ -293,6 +305,13 @@ func (h *Handler) setup(app *App, logger *zap.Logger) error {
 			zap.String("email", h.email))
 	}
 	return nil
+}
+
+// credentialID is a stable name of an identity and hash (the hash is
+// salted, so the name tells nothing of the password).
+func credentialID(identity string, hash []byte) string {
+	sum := sha256.Sum256([]byte("break_glass/credential\x00" + identity + "\x00" + string(hash)))
+	return hex.EncodeToString(sum[:16])
 }
 
 func normalizeEmail(s string) string {
@@ -690,7 +709,7 @@ func (h *Handler) succeed(w http.ResponseWriter, r *http.Request, client netip.A
 	}
 	uses := 0
 	if h.MaxUses > 0 {
-		n, ok, err := h.state.uses.claim(h.scope, h.MaxUses)
+		n, ok, err := h.app.uses.claim(h.credential, h.MaxUses)
 		if err != nil {
 			return h.unavailable(w, r, client, log, err)
 		}
@@ -703,10 +722,13 @@ func (h *Handler) succeed(w http.ResponseWriter, r *http.Request, client netip.A
 	t := now()
 	ev := newEvent(eventLogin, h.email, client.String(), siteName(r), reason, t)
 	if h.RequireAlert {
-		ev.AuditHead = h.auditHead()
+		// The alert must cover this login: its head is that of a line
+		// written for it.
+		ev.AuditHead = h.audit(auditRecord{Event: auditPending, Client: client.String(), Reason: reason,
+			Detail: "waiting for an alert channel to confirm (require_alert)"})
 		if !h.confirmAlerts(ev, log) {
 			if uses > 0 {
-				if err := h.state.uses.release(h.scope); err != nil {
+				if err := h.app.uses.release(h.credential); err != nil {
 					log.Error("break-glass: giving back the use of a refused login", zap.Error(err))
 				}
 			}
@@ -756,7 +778,7 @@ func (h *Handler) spent() (bool, error) {
 	if h.MaxUses == 0 {
 		return false, nil
 	}
-	n, err := h.state.uses.count(h.scope)
+	n, err := h.app.uses.count(h.credential)
 	return n >= h.MaxUses, err
 }
 
@@ -764,14 +786,6 @@ func (h *Handler) renderSpent(w http.ResponseWriter, r *http.Request, client net
 	p := h.page(r, client, "message", "Credential spent")
 	p.Error = fmt.Sprintf("This break-glass credential has been used %s, as many times as it may (max_uses). It no longer works: ask your security team to set a new break-glass password.", plural(h.MaxUses, "time"))
 	return render(w, r, http.StatusForbidden, p)
-}
-
-// auditHead is the audit log's chain head ("" without an audit log).
-func (h *Handler) auditHead() string {
-	if h.auditLog == nil {
-		return ""
-	}
-	return h.auditLog.currentHead()
 }
 
 // maxReason is the longest reason the login form takes, in characters.
@@ -816,13 +830,14 @@ func (h *Handler) logout(w http.ResponseWriter, r *http.Request, client netip.Ad
 	return h.renderLogin(w, r, p, http.StatusOK)
 }
 
-// Cleanup lets go of the audit log.
+// Cleanup lets go of the audit log. The field stays set: requests of the old
+// config still in flight (a long download, a websocket) may write to it;
+// once the last config lets go, such a write fails and is logged.
 func (h *Handler) Cleanup() error {
-	if h.auditLog == nil {
+	if h.auditRelease == nil {
 		return nil
 	}
-	h.auditLog = nil
-	return closeAuditLog(h.auditPath)
+	return h.auditRelease()
 }
 
 // page fills what every page shows.

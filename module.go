@@ -82,7 +82,12 @@ type App struct {
 	// a change takes effect at the next restart.
 	RefreshInterval caddy.Duration `json:"refresh_interval,omitempty"`
 
-	storage   certmagic.Storage // the config's storage, where drills are recorded
+	storage certmagic.Storage // the config's storage, where drills are recorded
+	// max_uses counts and the last TOTP step per credential: in the
+	// config's storage (kept across restarts whatever the state mode), or
+	// in the state when there is none.
+	uses      usesBackend
+	totp      totpReplay
 	hashSlots chan struct{}
 	handlers  *handlerRegistry // provisioned with this app, for the admin API
 	stateKey  string
@@ -185,7 +190,11 @@ func (a *App) setup(logger *zap.Logger, st certmagic.Storage) error {
 	}
 	a.state = v.(*state)
 	a.state.limiter.setMaxClients(a.MaxTrackedClients)
-	currentApp.Store(a)
+	a.uses, a.totp = a.state.uses, a.state.totp
+	if a.storage != nil {
+		a.uses, a.totp = storageUses{st: a.storage}, storageTOTPReplay{st: a.storage}
+	}
+	appStarted(a)
 	return nil
 }
 
@@ -227,7 +236,7 @@ func (a *App) Cleanup() error {
 	if a.state == nil {
 		return nil
 	}
-	currentApp.CompareAndSwap(a, nil)
+	appEnded(a)
 	_, err := statePool.Delete(a.stateKey)
 	a.state = nil
 	return err

@@ -21,6 +21,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/certmagic"
 	"golang.org/x/crypto/bcrypt"
 )
@@ -396,10 +397,17 @@ func TestMaxUsesSpendsTheCredentialUntilTheHashChanges(t *testing.T) {
 			if p := other.do("POST", "/admin/", url.Values{"break_glass_step": {"login"}, "csrf_token": {"x"}, "email": {"ops@example.com"}, "password": {testPassword}}, nil); p.status == http.StatusSeeOther {
 				t.Fatal("a spent credential took a password")
 			}
-			if mode == "storage" {
-				if keys, _ := (&certmagic.FileStorage{Path: store}).List(t.Context(), usesDir, false); len(keys) != 1 {
-					t.Fatalf("uses in storage: %v", keys)
-				}
+			// Counted in the config's storage in both modes: a restart
+			// (the state of memory mode is gone) keeps it spent.
+			if keys, _ := (&certmagic.FileStorage{Path: store}).List(t.Context(), usesDir, false); len(keys) != 1 {
+				t.Fatalf("uses in storage: %v", keys)
+			}
+			if err := caddy.Stop(); err != nil {
+				t.Fatal(err)
+			}
+			w.load(cfg(), "caddyfile")
+			if p := other.get("/admin/"); p.status != http.StatusForbidden {
+				t.Fatalf("after a restart, the spent credential: %d", p.status)
 			}
 
 			// A new hash: a new credential, usable again.

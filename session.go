@@ -90,6 +90,18 @@ func newSessionID() (string, error) {
 // just after a revoke is not taken for one before it.
 const issuedLayout = "2006-01-02T15:04:05.000Z07:00"
 
+// issuedNotAfter reports whether a session issued at issued was issued at
+// or before nb (both in issuedLayout). A cookie from before milliseconds
+// were written holds its time to the second ("…:05Z"), which stands for the
+// whole second: it is ended by a revoke at any time within that second.
+func issuedNotAfter(issued, nb string) bool {
+	const toTheSecond = len("2006-01-02T15:04:05Z")
+	if len(issued) == toTheSecond && len(nb) > toTheSecond {
+		return issued[:toTheSecond-1] <= nb[:toTheSecond-1]
+	}
+	return issued <= nb
+}
+
 // The cookie value is "payload.signature": the payload in clear,
 // "v1|id|issued|expires|client|scope" (issued in issuedLayout, expires as Unix
 // seconds), and the base64url HMAC-SHA256 of it. The payload holds nothing
@@ -178,7 +190,7 @@ func (st *sessions) check(value string, client netip.Addr, scope string) (id, is
 	_, revoked := st.revoked[f[1]]
 	nb := st.notBefore[f[5]]
 	st.mu.RUnlock()
-	if revoked || (nb != "" && f[2] <= nb) {
+	if revoked || (nb != "" && issuedNotAfter(f[2], nb)) {
 		return "", "", 0, errSessionRevoked
 	}
 	return f[1], f[2], exp, nil

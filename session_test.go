@@ -136,3 +136,19 @@ func TestSessionRevokeAllEndsSessionsIssuedUpToItOnly(t *testing.T) {
 		t.Fatalf("session issued 1ms after the revoke: %v", err)
 	}
 }
+
+func TestIssuedNotAfterComparesOldCookiesByTheirWholeSecond(t *testing.T) {
+	nb := "2026-11-25T12:00:05.300Z"
+	for issued, want := range map[string]bool{
+		"2026-11-25T12:00:05.299Z": true,
+		"2026-11-25T12:00:05.300Z": true,
+		"2026-11-25T12:00:05.301Z": false,
+		"2026-11-25T12:00:04Z":     true, // an old cookie, from the second before
+		"2026-11-25T12:00:05Z":     true, // from the revoke's second: ended
+		"2026-11-25T12:00:06Z":     false,
+	} {
+		if got := issuedNotAfter(issued, nb); got != want {
+			t.Errorf("issuedNotAfter(%s, %s) = %v, want %v", issued, nb, got, want)
+		}
+	}
+}

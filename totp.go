@@ -155,6 +155,6 @@ func (h *Handler) totpCheck() altCheck {
 		if !ok {
 			return false, nil
 		}
-		return h.state.totp.use(ctx, h.scope, step)
+		return h.app.totp.use(ctx, h.credential, step)
 	}
 }

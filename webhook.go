@@ -88,17 +88,17 @@ func (c WebhookConfig) provision(repl *caddy.Replacer, name string) (*webhook, e
 		case "Host", "Content-Length", "Content-Type", webhookTimestampHeader, webhookSignatureHeader:
 			return nil, fmt.Errorf("%s: header %q: set by break_glass itself", name, k)
 		}
-		val, err := resolve(repl, v)
+		val, err := resolveSecret(repl, v)
 		if err != nil {
 			return nil, fmt.Errorf("%s: header %s: %v", name, k, err)
 		}
-		if strings.ContainsAny(val, "\r\n\x00") {
-			return nil, fmt.Errorf("%s: header %s: the value holds a line break", name, k)
+		if strings.IndexFunc(val, func(r rune) bool { return (r < 0x20 && r != '\t') || r == 0x7f }) >= 0 {
+			return nil, fmt.Errorf("%s: header %s: the value holds a line break or another control character", name, k)
 		}
 		wh.headers.Set(k, val)
 	}
 	if c.Secret != "" {
-		sec, err := resolve(repl, c.Secret)
+		sec, err := resolveSecret(repl, c.Secret)
 		if err != nil {
 			return nil, fmt.Errorf("%s: secret: %v", name, err)
 		}
@@ -108,6 +108,22 @@ func (c WebhookConfig) provision(repl *caddy.Replacer, name string) (*webhook, e
 		wh.secret = []byte(sec)
 	}
 	return wh, nil
+}
+
+// resolveSecret resolves the placeholders of a secret value. When that
+// fails, the error shows the value only if it is one whole placeholder (a
+// name such as {env.HOOK_SECRET}): a literal secret that merely holds braces
+// is not shown.
+func resolveSecret(repl *caddy.Replacer, v string) (string, error) {
+	out, err := resolve(repl, v)
+	if err == nil {
+		return out, nil
+	}
+	t := strings.TrimSpace(v)
+	if strings.HasPrefix(t, "{") && strings.HasSuffix(t, "}") && strings.Count(t, "{") == 1 {
+		return "", err
+	}
+	return "", errors.New("holds a { } that is not a placeholder that resolves (the value is not shown; write a literal brace as \\{ or \\})")
 }
 
 func validHeaderName(s string) bool {

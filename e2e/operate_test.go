@@ -115,7 +115,10 @@ func TestDrillCommand(t *testing.T) {
 	// The webhook down: exit non-zero, naming the channel; the mails still go.
 	down := filepath.Join(t.TempDir(), "Caddyfile")
 	s.webhook = fmt.Sprintf("http://127.0.0.1:%d/break-glass", freePort(t))
-	if err := os.WriteFile(down, []byte(c.expand(s.caddyfile())), 0o600); err != nil {
+	// With an audit_log, which the drill must not create.
+	audit := filepath.Join(t.TempDir(), "audit.jsonl")
+	downCfg := strings.Replace(s.caddyfile(), "alert_emails sec@example.com soc@example.com", "alert_emails sec@example.com soc@example.com\n\t\taudit_log "+audit, 1)
+	if err := os.WriteFile(down, []byte(c.expand(downCfg)), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	code, out, log = drill(t, down)
@@ -133,6 +136,9 @@ func TestDrillCommand(t *testing.T) {
 	}
 	if !strings.Contains(log, "drill failed: 1 of 4 channels") || !strings.Contains(log, "webhook") {
 		t.Fatalf("the error does not name the channel:\n%s", log)
+	}
+	if _, err := os.Stat(audit); !os.IsNotExist(err) {
+		t.Fatalf("the drill created the audit log: %v", err)
 	}
 	if st := stdout(t, "break-glass", "status", "--address", c.admin); !strings.Contains(st, "FAILED") {
 		t.Fatalf("status after a failed drill:\n%s", st)
