@@ -418,13 +418,8 @@ func persistRevocation(st certmagic.Storage, s session) error {
 func refreshRevocations(ctx context.Context, st certmagic.Storage, sess *sessions) error {
 	ctx, cancel := context.WithTimeout(ctx, storageTimeout)
 	defer cancel()
-	keys, err := st.List(ctx, revokedDir, false)
-	if notExist(err) {
-		return nil
-	}
-	if err != nil {
-		return err
-	}
+	// The revoke-all moments first: they exist even where no single logout
+	// was ever written.
 	if epochs, err := st.List(ctx, epochsDir, false); err == nil {
 		for _, k := range epochs {
 			if b, err := st.Load(ctx, k); err == nil {
@@ -432,6 +427,13 @@ func refreshRevocations(ctx context.Context, st certmagic.Storage, sess *session
 			}
 		}
 	} else if !notExist(err) {
+		return err
+	}
+	keys, err := st.List(ctx, revokedDir, false)
+	if notExist(err) {
+		return nil
+	}
+	if err != nil {
 		return err
 	}
 	for _, k := range keys {

@@ -281,3 +281,25 @@ func TestStorageSweepDropsOnlyExpiredRecordsAndSkipsOnesInUse(t *testing.T) {
 		t.Errorf("the sweep lost a live failure: %d left", rem)
 	}
 }
+
+// An admin revoke on one instance reaches the others at their refresh, even
+// when no single logout was ever written to storage.
+func TestStorageRevokeAllReachesOtherInstancesWithoutAnyLogout(t *testing.T) {
+	st := &certmagic.FileStorage{Path: t.TempDir()}
+	a, b := newStorageTestState(t, st), newStorageTestState(t, st)
+	id, _ := newSessionID()
+	s := session{ID: id, Issued: now().Add(-time.Second), Expires: now().Add(time.Hour), Client: clientA, Scope: "scope"}
+	v := a.sessions.encode(s)
+	if _, err := b.sessions.verify(v, clientA, "scope"); err != nil {
+		t.Fatalf("before the revoke, on b: %v", err)
+	}
+	if _, err := a.endSessions("scope"); err != nil {
+		t.Fatal(err)
+	}
+	if err := refreshRevocations(context.Background(), st, b.sessions); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.sessions.verify(v, clientA, "scope"); !errors.Is(err, errSessionRevoked) {
+		t.Fatalf("after the revoke on a and a refresh, on b: %v, want errSessionRevoked", err)
+	}
+}

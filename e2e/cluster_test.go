@@ -120,3 +120,27 @@ func TestClusterOfTwoInstancesOnOneStorage(t *testing.T) {
 		t.Fatalf("the open session stopped working with the storage gone: %d", r.status)
 	}
 }
+
+// `caddy break-glass revoke` on one instance ends a session issued by the
+// other, at its next refresh (with no logout ever written before).
+func TestClusterRevokeReachesTheOtherInstance(t *testing.T) {
+	mp := startMailpit(t, mailpitOptions{})
+	cfg := clusterSite(mp, filepath.Join(t.TempDir(), "storage"))
+	a := startCaddy(t, cfg, "caddyfile")
+	b := startCaddy(t, cfg, "caddyfile")
+	op := newClient(t, b.base, "127.0.0.2")
+	op.signIn("/admin/", mp, map[string]bool{})
+	if r := op.get("/admin/"); r.status != 200 {
+		t.Fatalf("session on B: %d", r.status)
+	}
+	if out := stdout(t, "break-glass", "revoke", "--address", a.admin); !strings.Contains(out, "Revoked every break-glass session") {
+		t.Fatalf("revoke on A: %s", out)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for op.get("/admin/").status != http.StatusUnauthorized {
+		if time.Now().After(deadline) {
+			t.Fatal("B still accepts the session 10 s after a revoke on A (refresh_interval 1s)")
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
