@@ -127,14 +127,24 @@ func startUpstream(t *testing.T) *upstreamServer {
 	return u
 }
 
+// handedOut are the ports freePort gave in this process: never twice, since
+// a Caddy stopping (its admin server shuts down in the background, its
+// listeners use SO_REUSEPORT) may still answer on a port it had.
+var handedOut sync.Map
+
 func freePort(t *testing.T) int {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	for {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		port := ln.Addr().(*net.TCPAddr).Port
+		ln.Close()
+		if _, used := handedOut.LoadOrStore(port, true); !used {
+			return port
+		}
 	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
 }
 
 func newWorld(t *testing.T) *world {
