@@ -42,6 +42,8 @@ type auditRecord struct {
 	Path   string `json:"path,omitempty"`
 	Status int    `json:"status,omitempty"`
 	Detail string `json:"detail,omitempty"`
+	// Before is, on a "recovered" line, the chain head before the cut line.
+	Before string `json:"before,omitempty"`
 	Prev   string `json:"prev"`
 }
 
@@ -64,11 +66,27 @@ const (
 // auditLog appends to one file. Every handler (and every config, across
 // reloads) naming the same file shares one auditLog, so that the chain has
 // one writer.
+// auditFile is what the audit log needs of its file (an *os.File; tests
+// put faults in between).
+type auditFile interface {
+	io.Writer
+	Truncate(size int64) error
+	Stat() (os.FileInfo, error)
+	Close() error
+}
+
 type auditLog struct {
 	path string
 	mu   sync.Mutex
-	f    *os.File
+	f    auditFile
 	head string // SHA-256 of the last line
+	size int64  // of the file, as written by us
+
+	// After a write that failed partway and could not be undone: the line
+	// it cut, to be ended and followed by a "recovered" line at the next
+	// write, and the head before it.
+	cut    bool
+	before string
 }
 
 var auditPool = caddy.NewUsagePool()
@@ -105,24 +123,30 @@ func closeAuditLog(abs string) error {
 // hash of its last line. A last line cut short (a crash mid-write) is ended
 // and followed by a "recovered" line, so that the chain goes on from it.
 func newAuditLog(path string) (*auditLog, error) {
-	f, head, err := openAuditFile(path)
-	if err != nil {
+	a := &auditLog{path: path}
+	if err := a.openFile(); err != nil {
 		return nil, err
 	}
-	return &auditLog{path: path, f: f, head: head}, nil
+	return a, nil
 }
 
-func openAuditFile(path string) (*os.File, string, error) {
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_APPEND, 0o600)
+// openFile opens a.path, reads its chain head, and recovers a cut last line.
+func (a *auditLog) openFile() error {
+	f, err := os.OpenFile(a.path, os.O_RDWR|os.O_CREATE|os.O_APPEND, 0o600)
 	if err != nil {
-		return nil, "", err
+		return err
 	}
-	head := auditGenesis
+	head, before := auditGenesis, auditGenesis
+	var size int64
 	rd := bufio.NewReader(f)
 	var last []byte
 	for {
 		line, err := rd.ReadBytes('\n')
+		size += int64(len(line))
 		if len(line) > 0 {
+			if last != nil && last[len(last)-1] == '\n' {
+				before = lineHash(last[:len(last)-1])
+			}
 			last = line
 		}
 		if err == io.EOF {
@@ -130,26 +154,23 @@ func openAuditFile(path string) (*os.File, string, error) {
 		}
 		if err != nil {
 			f.Close()
-			return nil, "", err
+			return err
 		}
 	}
-	if len(last) == 0 {
-		return f, head, nil
+	a.f, a.size, a.cut = f, size, false
+	switch {
+	case len(last) == 0:
+		a.head = head
+	case last[len(last)-1] == '\n':
+		a.head = lineHash(last[:len(last)-1])
+	default:
+		a.head, a.cut, a.before = lineHash(last), true, before
+		if _, err := a.writeLocked(auditRecord{}); err != nil {
+			f.Close()
+			return err
+		}
 	}
-	if last[len(last)-1] == '\n' {
-		return f, lineHash(last[:len(last)-1]), nil
-	}
-	head = lineHash(last)
-	if _, err := f.Write([]byte{'\n'}); err != nil {
-		f.Close()
-		return nil, "", err
-	}
-	a := &auditLog{path: path, f: f, head: head}
-	if head, err = a.write(auditRecord{Event: auditRecovered, Detail: "the line before was cut short (a crash while writing it); the chain goes on from its hash"}); err != nil {
-		f.Close()
-		return nil, "", err
-	}
-	return f, head, nil
+	return nil
 }
 
 // reopenIfMoved starts a new file when the one at the path is no longer the
@@ -166,15 +187,14 @@ func (a *auditLog) reopenIfMoved() error {
 	} else if err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return err
 	}
-	f, head, err := openAuditFile(a.path)
-	if err != nil {
+	old, oldHead, oldSize, oldCut, oldBefore := a.f, a.head, a.size, a.cut, a.before
+	if err := a.openFile(); err != nil {
+		a.f, a.head, a.size, a.cut, a.before = old, oldHead, oldSize, oldCut, oldBefore
 		return err
 	}
-	old, oldHead := a.f, a.head
-	a.f, a.head = f, head
 	_ = old.Close()
-	if head == auditGenesis && oldHead != auditGenesis {
-		_, err = a.writeLocked(auditRecord{Event: auditContinued, Detail: "the file before this one (moved aside) ended with the chain head " + oldHead})
+	if a.head == auditGenesis && oldHead != auditGenesis {
+		_, err = a.appendLine(auditRecord{Event: auditContinued, Detail: "the file before this one (moved aside) ended with the chain head " + oldHead})
 	}
 	return err
 }
@@ -198,7 +218,45 @@ func (a *auditLog) write(rec auditRecord) (string, error) {
 	return a.writeLocked(rec)
 }
 
+// writeLocked appends rec (nothing, for an empty rec), first repairing
+// what the file went through since the last write: emptied in place (a
+// copytruncate rotation) starts a new chain; a line cut by a failed write is
+// ended and followed by a "recovered" line.
 func (a *auditLog) writeLocked(rec auditRecord) (string, error) {
+	if fi, err := a.f.Stat(); err == nil && fi.Size() < a.size {
+		old := a.head
+		a.head, a.size, a.cut = auditGenesis, fi.Size(), false
+		if fi.Size() > 0 {
+			if _, err := a.f.Write([]byte{'\n'}); err != nil {
+				return a.head, err
+			}
+			a.size++
+		}
+		if _, err := a.appendLine(auditRecord{Event: auditContinued, Detail: "the file was emptied in place (a copytruncate rotation); the chain before ended with the head " + old}); err != nil {
+			return a.head, err
+		}
+	}
+	if a.cut {
+		n, err := a.f.Write([]byte{'\n'})
+		a.size += int64(n)
+		if err != nil {
+			return a.head, err
+		}
+		a.cut = false
+		if _, err := a.appendLine(auditRecord{Event: auditRecovered, Before: a.before,
+			Detail: "the line before was cut short (a crash, or a failed write); the chain goes on from its hash"}); err != nil {
+			return a.head, err
+		}
+	}
+	if rec.Event == "" {
+		return a.head, nil
+	}
+	return a.appendLine(rec)
+}
+
+// appendLine writes one record. A write that fails partway is undone, or,
+// when it cannot be, remembered for writeLocked to repair.
+func (a *auditLog) appendLine(rec auditRecord) (string, error) {
 	if rec.Time == "" {
 		rec.Time = now().UTC().Format(time.RFC3339Nano)
 	}
@@ -208,14 +266,23 @@ func (a *auditLog) writeLocked(rec auditRecord) (string, error) {
 		return a.head, err
 	}
 	sum := sha256.Sum256(body)
-	line := make([]byte, 0, len(body)+80)
+	line := make([]byte, 0, len(body)+81)
 	line = append(line, body[:len(body)-1]...)
 	line = append(line, `,"hash":"`...)
 	line = hex.AppendEncode(line, sum[:])
 	line = append(line, `"}`...)
-	if _, err := a.f.Write(append(line, '\n')); err != nil {
+	n, err := a.f.Write(append(line, '\n'))
+	if err != nil {
+		if n > 0 {
+			if a.f.Truncate(a.size) != nil {
+				a.size += int64(n)
+				a.cut, a.before = true, a.head
+				a.head = lineHash(line[:min(n, len(line))])
+			}
+		}
 		return a.head, err
 	}
+	a.size += int64(n)
 	a.head = lineHash(line)
 	return a.head, nil
 }
@@ -291,7 +358,10 @@ func verifyAudit(r io.Reader, heads ...string) (auditReport, error) {
 			bad = errors.New("cut short (no end of line)")
 		}
 		if bad != nil {
-			if nextErr != nil || !nextWhole || !recovers(next, line) {
+			// Only a line that is not a whole record can be one cut by a
+			// crash; a whole one with a wrong hash or prev was changed.
+			cut := !whole || errors.Is(bad, errAuditFormat)
+			if !cut || nextErr != nil || !nextWhole || !recovers(next, line, rep.Head) {
 				return rep, fmt.Errorf("line %d: %w", n, bad)
 			}
 			rep.Recovered = append(rep.Recovered, n)
@@ -309,13 +379,13 @@ func verifyAudit(r io.Reader, heads ...string) (auditReport, error) {
 }
 
 // recovers reports whether next is a valid "recovered" line chaining from
-// the (broken) line before it.
-func recovers(next, broken []byte) bool {
-	if checkAuditLine(next, lineHash(broken)) != nil {
+// the cut line before it, and naming the head before that line.
+func recovers(next, cut []byte, before string) bool {
+	if checkAuditLine(next, lineHash(cut)) != nil {
 		return false
 	}
 	var rec auditRecord
-	return json.Unmarshal(next, &rec) == nil && rec.Event == auditRecovered
+	return json.Unmarshal(next, &rec) == nil && rec.Event == auditRecovered && rec.Before == before
 }
 
 func checkAuditLine(line []byte, prev string) error {

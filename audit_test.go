@@ -209,3 +209,104 @@ func TestVerifyAuditHeadFlag(t *testing.T) {
 		t.Fatalf("--head after the last line was removed: %v", err)
 	}
 }
+
+// forgeLine makes a well-formed audit line, as anyone can (the hashes have
+// no key).
+func forgeLine(rec auditRecord) string {
+	body, _ := json.Marshal(rec)
+	return string(body[:len(body)-1]) + `,"hash":"` + lineHash(body) + `"}`
+}
+
+func TestForgedRecoveredLinesDoNotHideChangedLines(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "audit.jsonl")
+	head := writeAudit(t, path, 10)
+	b, _ := os.ReadFile(path)
+	lines := strings.Split(strings.TrimSuffix(string(b), "\n"), "\n")
+	// Lines 5 and 6 removed; after every later line, a forged "recovered"
+	// line chaining from it (and naming the right head before it).
+	var out []string
+	out = append(out, lines[:4]...)
+	for i := 6; i < len(lines); i++ {
+		out = append(out, lines[i])
+		before := lineHash([]byte(out[len(out)-2]))
+		out = append(out, forgeLine(auditRecord{Time: "t", Event: auditRecovered, Before: before, Prev: lineHash([]byte(lines[i]))}))
+	}
+	rep, err := verifyAudit(strings.NewReader(strings.Join(out, "\n")+"\n"), head)
+	if err == nil || !strings.HasPrefix(err.Error(), "line 5: its prev") {
+		t.Fatalf("removed lines hidden behind forged recoveries: %+v, %v", rep, err)
+	}
+}
+
+// faultyFile fails the next write halfway, and (when noUndo) cannot be
+// truncated back: a full disk, a quota.
+type faultyFile struct {
+	*os.File
+	failNext, noUndo bool
+}
+
+func (f *faultyFile) Write(b []byte) (int, error) {
+	if f.failNext {
+		f.failNext = false
+		n, _ := f.File.Write(b[:len(b)/2])
+		return n, fmt.Errorf("write: no space left on device")
+	}
+	return f.File.Write(b)
+}
+
+func (f *faultyFile) Truncate(n int64) error {
+	if f.noUndo {
+		return fmt.Errorf("truncate: not permitted")
+	}
+	return f.File.Truncate(n)
+}
+
+func TestAFailedWriteIsUndoneOrRecovered(t *testing.T) {
+	for _, noUndo := range []bool{false, true} {
+		t.Run(fmt.Sprintf("noUndo=%v", noUndo), func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "audit.jsonl")
+			a, err := newAuditLog(path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer a.Destruct()
+			ff := &faultyFile{File: a.f.(*os.File), noUndo: noUndo}
+			a.f = ff
+			a.write(auditRecord{Event: auditLogin})
+			ff.failNext = true
+			if _, err := a.write(auditRecord{Event: auditRequest}); err == nil {
+				t.Fatal("the failed write reported no error")
+			}
+			head, err := a.write(auditRecord{Event: auditLogout})
+			if err != nil {
+				t.Fatal(err)
+			}
+			b, _ := os.ReadFile(path)
+			rep, err := verifyAudit(bytes.NewReader(b), head)
+			if err != nil || rep.Found[head] != rep.Lines {
+				t.Fatalf("after a failed write: %+v, %v\n%s", rep, err, b)
+			}
+			if want := map[bool]int{false: 2, true: 4}[noUndo]; rep.Lines != want || (noUndo && (len(rep.Recovered) != 1 || rep.Recovered[0] != 2)) {
+				t.Fatalf("lines %d (want %d), recovered %v\n%s", rep.Lines, want, rep.Recovered, b)
+			}
+		})
+	}
+}
+
+func TestAuditFileEmptiedInPlaceStartsANewChain(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "audit.jsonl")
+	a, err := newAuditLog(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Destruct()
+	old, _ := a.write(auditRecord{Event: auditLogin})
+	if err := os.Truncate(path, 0); err != nil { // logrotate's copytruncate
+		t.Fatal(err)
+	}
+	head, _ := a.write(auditRecord{Event: auditLogout})
+	b, _ := os.ReadFile(path)
+	rep, err := verifyAudit(bytes.NewReader(b))
+	if err != nil || rep.Lines != 2 || rep.Head != head || !strings.Contains(string(b), `"event":"chain_continued"`) || !strings.Contains(string(b), old) {
+		t.Fatalf("after copytruncate: %+v, %v\n%s", rep, err, b)
+	}
+}

@@ -152,7 +152,11 @@ func (s *codeStore) verify(identity, flow string, client netip.Addr, code string
 		return codeOK, p.reason, nil
 	}
 	if alt != nil {
-		ok, err := alt(context.Background(), code)
+		// The TOTP record is in the config's storage: bounded, since every
+		// code check waits on this lock meanwhile.
+		ctx, cancel := opCtx()
+		ok, err := alt(ctx, code)
+		cancel()
 		if err != nil {
 			return codeNotFound, "", err
 		}
