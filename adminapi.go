@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -100,12 +101,17 @@ func (hr *handlerRegistry) add(h *Handler) {
 	hr.mu.Unlock()
 }
 
+// all returns the handlers, in the order they were provisioned.
+func (hr *handlerRegistry) all() []*Handler {
+	hr.mu.Lock()
+	defer hr.mu.Unlock()
+	return slices.Clone(hr.list)
+}
+
 // identities groups the app's handlers by credential.
 func (a *App) identities() map[string]*Handler {
-	a.handlers.mu.Lock()
-	defer a.handlers.mu.Unlock()
 	out := map[string]*Handler{}
-	for _, h := range a.handlers.list {
+	for _, h := range a.handlers.all() {
 		out[h.scope] = h
 	}
 	return out
@@ -263,11 +269,8 @@ func handleRevoke(w http.ResponseWriter, r *http.Request) error {
 // auditAll writes rec to the audit log of every handler (of the scopes
 // given, or all when scopes is nil), once per file.
 func (a *App) auditAll(scopes map[string]bool, rec auditRecord) {
-	a.handlers.mu.Lock()
-	handlers := append([]*Handler(nil), a.handlers.list...)
-	a.handlers.mu.Unlock()
 	done := map[*auditLog]bool{}
-	for _, h := range handlers {
+	for _, h := range a.handlers.all() {
 		if h.auditLog == nil || done[h.auditLog] || (scopes != nil && !scopes[h.scope]) {
 			continue
 		}

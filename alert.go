@@ -188,10 +188,6 @@ func newEvent(event, identity, ip, host, reason string, at time.Time) alertEvent
 		Email: identity, Host: host, Reason: reason}
 }
 
-func loginEvent(identity, ip, host string, at time.Time) alertEvent {
-	return newEvent(eventLogin, identity, ip, host, "", at)
-}
-
 // text is the event as one line of chat (the slack and discord formats).
 func (ev alertEvent) text() string {
 	prefix := ":rotating_light: "
@@ -374,17 +370,14 @@ func (h *Handler) alertLockout(ev alertEvent, log *zap.Logger) {
 // deliver runs one delivery in the background and logs its outcome: INFO when
 // delivered, ERROR when it failed or could not even start.
 func (h *Handler) deliver(channel string, log *zap.Logger, fn func(ctx context.Context) error) {
-	h.deliverThen(channel, log, fn, nil)
+	h.deliverOn(h.state.deliveries, channel, log, fn, nil)
 }
 
 // errDropped is the outcome of a delivery that could not start.
 var errDropped = errors.New("dropped: too many deliveries in flight, or the app is stopping")
 
-// deliverThen is deliver, calling done (if not nil) with the outcome.
-func (h *Handler) deliverThen(channel string, log *zap.Logger, fn func(ctx context.Context) error, done func(error)) {
-	h.deliverOn(h.state.deliveries, channel, log, fn, done)
-}
-
+// deliverOn is deliver on the dispatcher d, calling done (if not nil) with
+// the outcome.
 func (h *Handler) deliverOn(d *dispatcher, channel string, log *zap.Logger, fn func(ctx context.Context) error, done func(error)) {
 	log = log.With(zap.String("channel", channel))
 	ok := d.run(func(ctx context.Context) {
@@ -422,7 +415,7 @@ func (h *Handler) confirmAlerts(ev alertEvent, log *zap.Logger) bool {
 	chans := h.alertChannels()
 	results := make(chan error, len(chans))
 	for _, c := range chans {
-		h.deliverThen(c.kind, log.With(c.logField()), func(ctx context.Context) error { return c.send(ctx, ev) },
+		h.deliverOn(h.state.deliveries, c.kind, log.With(c.logField()), func(ctx context.Context) error { return c.send(ctx, ev) },
 			func(err error) { results <- err })
 	}
 	t := time.NewTimer(requireAlertWait)

@@ -67,7 +67,7 @@ func TestAlertEmailsAreSentOnePerRecipientAndOneFailureStopsNoOther(t *testing.T
 	log, logs := observedLogger()
 	h := &Handler{state: st, mailer: plainMailer(srv.Addr),
 		alertEmails: []string{"sec@example.com", "gone@example.com", "soc@example.com"}}
-	h.sendAlerts(loginEvent("ops@example.com", "192.0.2.10", "admin.example.com", time.Now()), log)
+	h.sendAlerts(newEvent(eventLogin, "ops@example.com", "192.0.2.10", "admin.example.com", "", time.Now()), log)
 	st.deliveries.close(time.Minute) // waits for every delivery
 
 	got := map[string]receivedMail{}
@@ -112,7 +112,7 @@ func TestWebhookGetsTheLoginEventAsJSON(t *testing.T) {
 	log, logs := observedLogger()
 	h := &Handler{state: st, webhooks: []*webhook{{url: hook.URL + "/hook", host: "hook"}}}
 	at := time.Date(2026, 11, 25, 12, 0, 0, 0, time.FixedZone("X", 3600))
-	h.sendAlerts(loginEvent("ops@example.com", "192.0.2.10", "admin.example.com", at), log)
+	h.sendAlerts(newEvent(eventLogin, "ops@example.com", "192.0.2.10", "admin.example.com", "", at), log)
 	st.deliveries.close(time.Minute)
 
 	v := <-got
@@ -170,7 +170,7 @@ func TestWebhookFailuresAreLoggedAtError(t *testing.T) {
 			st := newTestState(t)
 			log, logs := observedLogger()
 			h := &Handler{state: st, webhooks: []*webhook{{url: tc.url + "/hook/SECRET-TOKEN", host: "hook"}}}
-			h.sendAlerts(loginEvent("ops@example.com", "192.0.2.10", "h", time.Now()), log)
+			h.sendAlerts(newEvent(eventLogin, "ops@example.com", "192.0.2.10", "h", "", time.Now()), log)
 			st.deliveries.close(time.Minute)
 			e := logs.FilterMessage("break-glass delivery failed").All()
 			if len(e) != 1 || e[0].Level != zapcore.ErrorLevel {
@@ -230,7 +230,7 @@ func TestStoppingCancelsSlowDeliveriesAndLeavesNoGoroutine(t *testing.T) {
 	m.timeout = time.Minute
 	h := &Handler{state: st, mailer: m, alertEmails: []string{"a@example.com", "b@example.com"}, webhooks: []*webhook{{url: silent.URL, host: "silent"}}}
 	for range 5 {
-		h.sendAlerts(loginEvent("ops@example.com", "192.0.2.10", "h", time.Now()), zap.NewNop())
+		h.sendAlerts(newEvent(eventLogin, "ops@example.com", "192.0.2.10", "h", "", time.Now()), zap.NewNop())
 	}
 	time.Sleep(200 * time.Millisecond) // let them get stuck
 	start := time.Now()

@@ -287,13 +287,6 @@ func (a *auditLog) appendLine(rec auditRecord) (string, error) {
 	return a.head, nil
 }
 
-// currentHead is the hash of the last line written.
-func (a *auditLog) currentHead() string {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	return a.head
-}
-
 // audit writes rec to the handler's audit log, if it has one, and returns
 // the chain head ("" without an audit log). A failure is logged at ERROR.
 func (h *Handler) audit(rec auditRecord) string {

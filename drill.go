@@ -5,13 +5,14 @@
 package breakglass
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"html"
 	"io/fs"
-	"sort"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -98,9 +99,6 @@ type drillTask struct {
 // email and a drill alert to each of its alert channels. The same delivery
 // configured on several handlers is made once.
 func (a *App) drillTasks(host string, at time.Time) []drillTask {
-	a.handlers.mu.Lock()
-	handlers := append([]*Handler(nil), a.handlers.list...)
-	a.handlers.mu.Unlock()
 	var tasks []drillTask
 	seen := map[string]bool{}
 	add := func(t drillTask) {
@@ -109,7 +107,7 @@ func (a *App) drillTasks(host string, at time.Time) []drillTask {
 			tasks = append(tasks, t)
 		}
 	}
-	for _, h := range handlers {
+	for _, h := range a.handlers.all() {
 		res := drillResult{Email: h.email, Channel: "code_email", Target: h.email}
 		key := fmt.Sprintf("code %p %s", h.mailer, h.email)
 		if h.mailer == nil {
@@ -155,7 +153,9 @@ func (a *App) drill(ctx context.Context, host string) (drillRecord, error) {
 		})
 	}
 	wg.Wait()
-	sortResults(rec.Results)
+	slices.SortStableFunc(rec.Results, func(x, y drillResult) int {
+		return cmp.Or(cmp.Compare(x.Email, y.Email), cmp.Compare(x.Channel, y.Channel), cmp.Compare(x.Target, y.Target))
+	})
 	for _, r := range rec.Results {
 		rec.OK = rec.OK && r.OK
 	}
@@ -242,17 +242,4 @@ func forgetLastDrill() {
 	lastDrill.mu.Lock()
 	lastDrill.read = time.Time{}
 	lastDrill.mu.Unlock()
-}
-
-// sortResults orders a drill's results by email, then channel, then target.
-func sortResults(rs []drillResult) {
-	sort.SliceStable(rs, func(i, j int) bool {
-		if rs[i].Email != rs[j].Email {
-			return rs[i].Email < rs[j].Email
-		}
-		if rs[i].Channel != rs[j].Channel {
-			return rs[i].Channel < rs[j].Channel
-		}
-		return rs[i].Target < rs[j].Target
-	})
 }

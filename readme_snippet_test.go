@@ -66,7 +66,7 @@ func TestREADMEWebhookVerificationSnippet(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := wh.post(context.Background(), loginEvent("ops@example.com", "192.0.2.1", "h", time.Now())); err != nil {
+	if err := wh.post(context.Background(), newEvent(eventLogin, "ops@example.com", "192.0.2.1", "h", "", time.Now())); err != nil {
 		t.Fatal(err)
 	}
 	req := <-got
