@@ -124,6 +124,16 @@ type identityStatus struct {
 	Sessions    int        `json:"live_sessions"`
 }
 
+// statusReply is what GET /break_glass/status answers (and what
+// `caddy break-glass status` reads).
+type statusReply struct {
+	Identities    []identityStatus `json:"identities"`
+	LockedClients []lockedClient   `json:"locked_clients"`
+	LastDrill     *drillRecord     `json:"last_drill"`
+	LastGoodDrill *drillRecord     `json:"last_good_drill"`
+	Settings      appSettings      `json:"settings"`
+}
+
 type appSettings struct {
 	MaxAttempts         int    `json:"max_attempts"`
 	Lockout             string `json:"lockout"`
@@ -156,32 +166,33 @@ func handleStatus(w http.ResponseWriter, r *http.Request) error {
 		return apiError(http.StatusServiceUnavailable, "reading the limiter: %v", err)
 	}
 	sort.Slice(locked, func(i, j int) bool { return locked[i].Client < locked[j].Client })
-	drills := map[string]*drillRecord{}
+	st := statusReply{
+		Identities:    ids,
+		LockedClients: locked,
+		Settings: appSettings{
+			MaxAttempts: a.MaxAttempts, Lockout: time.Duration(a.Lockout).String(), CodeTTL: time.Duration(a.CodeTTL).String(),
+			SessionTTL: time.Duration(a.SessionTTL).String(), State: a.State,
+			MaxConcurrentHashes: a.MaxConcurrentHashes, MaxTrackedClients: a.MaxTrackedClients,
+		},
+	}
 	if a.storage != nil {
-		for name, key := range map[string]string{"last_drill": drillKey, "last_good_drill": drillOKKey} {
+		for _, d := range []struct {
+			dst **drillRecord
+			key string
+		}{{&st.LastDrill, drillKey}, {&st.LastGoodDrill, drillOKKey}} {
 			ctx, cancel := opCtx()
-			rec, ok, err := loadDrill(ctx, a.storage, key)
+			rec, ok, err := loadDrill(ctx, a.storage, d.key)
 			cancel()
 			if err != nil {
 				return apiError(http.StatusServiceUnavailable, "reading the drill record: %v", err)
 			}
 			if ok {
-				drills[name] = &rec
+				*d.dst = &rec
 			}
 		}
 	}
 	w.Header().Set("Content-Type", "application/json")
-	return json.NewEncoder(w).Encode(map[string]any{
-		"identities":      ids,
-		"locked_clients":  locked,
-		"last_drill":      drills["last_drill"],
-		"last_good_drill": drills["last_good_drill"],
-		"settings": appSettings{
-			MaxAttempts: a.MaxAttempts, Lockout: time.Duration(a.Lockout).String(), CodeTTL: time.Duration(a.CodeTTL).String(),
-			SessionTTL: time.Duration(a.SessionTTL).String(), State: a.State,
-			MaxConcurrentHashes: a.MaxConcurrentHashes, MaxTrackedClients: a.MaxTrackedClients,
-		},
-	})
+	return json.NewEncoder(w).Encode(st)
 }
 
 func readJSON(r *http.Request, v any) error {

@@ -181,15 +181,6 @@ func adminRequest(fl caddycmd.Flags, method, uri string, body any, v any) error 
 	return json.NewDecoder(io.LimitReader(resp.Body, 16<<20)).Decode(v)
 }
 
-// statusReply is what GET /break_glass/status answers.
-type statusReply struct {
-	Identities    []identityStatus `json:"identities"`
-	LockedClients []lockedClient   `json:"locked_clients"`
-	Settings      map[string]any   `json:"settings"`
-	LastDrill     *drillRecord     `json:"last_drill"`
-	LastGoodDrill *drillRecord     `json:"last_good_drill"`
-}
-
 func statusCommand() *cobra.Command {
 	return adminFlags(subcommand("status [--address <addr>] [--json]",
 		"Show identities, pending codes, sessions, locked clients and the last drill",
@@ -251,14 +242,9 @@ func printStatus(w io.Writer, st statusReply) {
 			fmt.Fprintf(w, "Last good drill: %s\n", st.LastGoodDrill.Time.UTC().Format(time.RFC3339))
 		}
 	}
-	keys := []string{"state", "max_attempts", "lockout", "code_ttl", "session_ttl", "max_concurrent_hashes", "max_tracked_clients"}
-	var parts []string
-	for _, k := range keys {
-		if v, ok := st.Settings[k]; ok {
-			parts = append(parts, fmt.Sprintf("%s=%v", k, v))
-		}
-	}
-	fmt.Fprintf(w, "Settings: %s\n", strings.Join(parts, " "))
+	c := st.Settings
+	fmt.Fprintf(w, "Settings: state=%s max_attempts=%d lockout=%s code_ttl=%s session_ttl=%s max_concurrent_hashes=%d max_tracked_clients=%d\n",
+		c.State, c.MaxAttempts, c.Lockout, c.CodeTTL, c.SessionTTL, c.MaxConcurrentHashes, c.MaxTrackedClients)
 }
 
 func unlockCommand() *cobra.Command {
