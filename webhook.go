@@ -5,6 +5,7 @@ package breakglass
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/hmac"
 	"crypto/sha256"
@@ -46,6 +47,9 @@ type WebhookConfig struct {
 	Secret string `json:"secret,omitempty"`
 }
 
+// webhookFormats are the payload formats a webhook may have.
+var webhookFormats = map[string]bool{"generic": true, "slack": true, "discord": true}
+
 // Headers of a signed webhook POST.
 const (
 	webhookTimestampHeader = "X-Break-Glass-Timestamp"
@@ -72,12 +76,8 @@ func (c WebhookConfig) provision(repl *caddy.Replacer, name string) (*webhook, e
 	if err != nil || (pu.Scheme != "http" && pu.Scheme != "https") || pu.Host == "" {
 		return nil, fmt.Errorf("%s: must be an absolute http or https URL", name)
 	}
-	wh := &webhook{url: u, host: pu.Host, format: c.Format, headers: http.Header{}}
-	switch c.Format {
-	case "":
-		wh.format = "generic"
-	case "generic", "slack", "discord":
-	default:
+	wh := &webhook{url: u, host: pu.Host, format: cmp.Or(c.Format, "generic"), headers: http.Header{}}
+	if !webhookFormats[wh.format] {
 		return nil, fmt.Errorf("%s: format %q: must be generic, slack or discord", name, c.Format)
 	}
 	for k, v := range c.Headers {
@@ -221,9 +221,7 @@ func (c *WebhookConfig) unmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if err := oneArg(d, &c.Format); err != nil {
 				return err
 			}
-			switch c.Format {
-			case "generic", "slack", "discord":
-			default:
+			if !webhookFormats[c.Format] {
 				return d.Errf("alert_webhook: format %q: must be generic, slack or discord", c.Format)
 			}
 		case "header":
