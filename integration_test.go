@@ -368,11 +368,29 @@ var codeRE = regexp.MustCompile(`\b(\d{6})\b`)
 
 // signIn runs the whole flow and returns the code mail it read.
 func (c *client) signIn() receivedMail {
+	c.w.t.Helper()
+	p, mail := c.signInWith(testPassword, "")
+	if p.status != http.StatusSeeOther || p.header.Get("Location") != "/admin/" {
+		c.w.t.Fatalf("right code: status %d, Location %q", p.status, p.header.Get("Location"))
+	}
+	return mail
+}
+
+// loginWith posts the login form with a reason.
+func (c *client) loginWith(email, password, reason string) reply {
+	tok := c.get("/admin/").csrf(c.w.t)
+	return c.do("POST", "/admin/", url.Values{"break_glass_step": {"login"}, "csrf_token": {tok},
+		"email": {email}, "password": {password}, "reason": {reason}}, nil)
+}
+
+// signInWith runs the flow with a password and a reason up to the code,
+// and returns the answer to the code and the code mail.
+func (c *client) signInWith(password, reason string) (reply, receivedMail) {
 	t := c.w.t
 	t.Helper()
 	before := len(c.w.smtp.Mails())
-	if p := c.login("ops@example.com", testPassword); p.status != http.StatusSeeOther || p.header.Get("Location") != "/admin/" {
-		t.Fatalf("right password from %s: status %d, Location %q", c.ip, p.status, p.header.Get("Location"))
+	if p := c.loginWith("ops@example.com", password, reason); p.status != http.StatusSeeOther || p.header.Get("Location") != "/admin/" {
+		t.Fatalf("right password from %s: status %d, Location %q\n%s", c.ip, p.status, p.header.Get("Location"), p.body)
 	}
 	codePage := c.get("/admin/")
 	if codePage.status != http.StatusOK || !strings.Contains(codePage.body, `name="code"`) {
@@ -383,11 +401,7 @@ func (c *client) signIn() receivedMail {
 	if code == nil {
 		t.Fatalf("no code in the mail: %+v", mail)
 	}
-	p := c.do("POST", "/admin/", url.Values{"break_glass_step": {"code"}, "csrf_token": {codePage.csrf(t)}, "code": {code[1]}}, nil)
-	if p.status != http.StatusSeeOther || p.header.Get("Location") != "/admin/" {
-		t.Fatalf("right code: status %d, Location %q", p.status, p.header.Get("Location"))
-	}
-	return mail
+	return c.do("POST", "/admin/", url.Values{"break_glass_step": {"code"}, "csrf_token": {codePage.csrf(t)}, "code": {code[1]}}, nil), mail
 }
 
 func TestIntegrationFullFlow(t *testing.T) {
