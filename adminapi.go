@@ -118,10 +118,11 @@ func (a *App) identities() map[string]*Handler {
 }
 
 type identityStatus struct {
-	Email       string     `json:"email"`
-	CodePending bool       `json:"code_pending"`
-	CodeExpires *time.Time `json:"code_expires,omitempty"`
-	Sessions    int        `json:"live_sessions"`
+	Email        string     `json:"email"`
+	CodePending  bool       `json:"code_pending"`
+	CodesPending int        `json:"codes_pending"`
+	CodeExpires  *time.Time `json:"code_expires,omitempty"` // of the last to expire
+	Sessions     int        `json:"live_sessions"`
 }
 
 // statusReply is what GET /break_glass/status answers (and what
@@ -142,6 +143,8 @@ type appSettings struct {
 	State               string `json:"state"`
 	MaxConcurrentHashes int    `json:"max_concurrent_hashes"`
 	MaxTrackedClients   int    `json:"max_tracked_clients"`
+	CodesPerClient      int    `json:"codes_per_client"`
+	CodesPerCredential  int    `json:"codes_per_credential"`
 }
 
 func handleStatus(w http.ResponseWriter, r *http.Request) error {
@@ -155,8 +158,8 @@ func handleStatus(w http.ResponseWriter, r *http.Request) error {
 	var ids []identityStatus
 	for scope, h := range a.identities() {
 		st := identityStatus{Email: h.email, Sessions: a.state.sessions.active(scope)}
-		if exp, ok := a.state.codes.pendingFor(scope); ok {
-			st.CodePending, st.CodeExpires = true, &exp
+		if n, exp := a.state.codes.pendingFor(scope); n > 0 {
+			st.CodePending, st.CodesPending, st.CodeExpires = true, n, &exp
 		}
 		ids = append(ids, st)
 	}
@@ -173,6 +176,7 @@ func handleStatus(w http.ResponseWriter, r *http.Request) error {
 			MaxAttempts: a.MaxAttempts, Lockout: time.Duration(a.Lockout).String(), CodeTTL: time.Duration(a.CodeTTL).String(),
 			SessionTTL: time.Duration(a.SessionTTL).String(), State: a.State,
 			MaxConcurrentHashes: a.MaxConcurrentHashes, MaxTrackedClients: a.MaxTrackedClients,
+			CodesPerClient: a.lim.codesPerClient, CodesPerCredential: a.codeLim.perCredential,
 		},
 	}
 	if a.storage != nil {

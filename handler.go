@@ -431,7 +431,7 @@ func (h *Handler) serveLogin(w http.ResponseWriter, r *http.Request, client neti
 		if loggedOut {
 			p.Notice = "You are signed out."
 		}
-		if rem := h.state.limiter.remaining(key, h.app.MaxAttempts); rem < h.app.MaxAttempts {
+		if rem := h.state.limiter.remaining(key, h.app.lim); rem < h.app.MaxAttempts {
 			p.Error = fmt.Sprintf("There were failed attempts from your address: %s left before it is locked out.", plural(rem, "attempt"))
 		}
 		return h.renderLogin(w, r, p, http.StatusUnauthorized)
@@ -501,15 +501,17 @@ func (h *Handler) stepPassword(w http.ResponseWriter, r *http.Request, client ne
 		return h.renderSpent(w, r, client)
 	}
 	// Claim the attempt before hashing, so that attempts sent in parallel
-	// cannot add up to more than max_attempts; then wait for a hashing slot.
-	if !h.claim(w, r, client, log) {
+	// cannot add up to more than max_attempts; then wait for a hashing slot,
+	// served before clients with more failures.
+	c, ok := h.claim(w, r, client, attemptPassword, log)
+	if !ok {
 		return nil
 	}
 	settled := false
-	defer h.settleOnPanic(client, &settled)
-	if !h.app.acquireHash(r.Context()) {
+	defer h.settleOnPanic(client, attemptPassword, &settled)
+	if !h.app.acquireHash(r.Context(), c.failures) {
 		settled = true
-		if _, _, err := h.settle(client, false); err != nil {
+		if _, _, err := h.settle(client, attemptPassword, outcomeNone); err != nil {
 			return h.unavailable(w, r, client, log, err)
 		}
 		log.Warn("break-glass request refused: every password-checking slot is busy", zap.Int("max_concurrent_hashes", h.app.MaxConcurrentHashes))
@@ -519,12 +521,12 @@ func (h *Handler) stepPassword(w http.ResponseWriter, r *http.Request, client ne
 	defer h.app.releaseHash()
 	err := h.compare(hash, password)
 	failed := err != nil || !emailOK || tooLong
-	settled = true
-	remaining, lockedUntil, err := h.settle(client, failed)
-	if err != nil {
-		return h.unavailable(w, r, client, log, err)
-	}
 	if failed {
+		settled = true
+		remaining, lockedUntil, err := h.settle(client, attemptPassword, outcomeFailed)
+		if err != nil {
+			return h.unavailable(w, r, client, log, err)
+		}
 		return h.failed(w, r, client, log, "bad_credentials", remaining, lockedUntil, func(p *page, remaining int) int {
 			p.Kind, p.Title = "login", "Break-glass sign-in"
 			p.Email, p.Reason = email, reason
@@ -541,9 +543,22 @@ func (h *Handler) stepPassword(w http.ResponseWriter, r *http.Request, client ne
 	if err != nil {
 		return caddyhttp.Error(http.StatusInternalServerError, err)
 	}
-	exp, err := h.state.codes.put(h.scope, code, flow, client, time.Duration(h.app.CodeTTL), reason)
-	if err != nil {
-		return h.unavailable(w, r, client, log, err)
+	// The code is charged to the client (codes per client and window) and
+	// to the credential (codes per credential and window).
+	exp, perr := h.state.codes.put(h.scope, code, flow, client, time.Duration(h.app.CodeTTL), reason, h.app.codeLim)
+	settleAs := outcomeCode
+	if perr != nil {
+		settleAs = outcomeNone
+	}
+	settled = true
+	if _, _, err := h.settle(client, attemptPassword, settleAs); err != nil || (perr != nil && !errors.Is(perr, errCodeBudget)) {
+		return h.unavailable(w, r, client, log, errors.Join(perr, err))
+	}
+	if perr != nil {
+		log.Warn("break-glass code refused: the credential has had its codes for this window", zap.String("email", h.email),
+			zap.Int("codes_per_window", h.app.codeLim.perCredential), zap.Duration("window", h.app.codeLim.window))
+		return h.busy(w, r, client, http.StatusTooManyRequests, int(math.Ceil(h.app.codeLim.window.Seconds())), "Too many codes",
+			"The password is right, but this break-glass account has been sent as many codes as it may in a short time. If that was not you, someone else has the password: tell your security team. Try again later.")
 	}
 	metricAttempts.WithLabelValues(resultCodeSent).Inc()
 	log.Info("break-glass password accepted: code issued", zap.String("email", h.email), zap.Time("code_expires", exp), zap.String("reason", reason))
@@ -570,14 +585,27 @@ func (h *Handler) stepPassword(w http.ResponseWriter, r *http.Request, client ne
 // as a failed attempt for the client.
 func (h *Handler) stepCode(w http.ResponseWriter, r *http.Request, client netip.Addr, flow string, log *zap.Logger) error {
 	code := strings.ReplaceAll(strings.TrimSpace(r.PostForm.Get("code")), " ", "")
-	if !h.claim(w, r, client, log) {
+	// Without a code pending for this browser and client there is nothing
+	// to guess: the post costs nothing and is not tracked, so that such
+	// posts can never fill the limiter.
+	if _, ok := h.state.codes.pending(h.scope, flow, client); !ok {
+		log.Info("break-glass code refused: no code pending for this sign-in", zap.String("reason", "invalid_code"))
+		p := h.page(r, client, "login", "Break-glass sign-in")
+		p.Error = "That code is no longer valid (expired, already used, or too many wrong tries). Sign in again."
+		return h.renderLogin(w, r, p, http.StatusUnauthorized)
+	}
+	if _, ok := h.claim(w, r, client, attemptCode, log); !ok {
 		return nil
 	}
 	settled := false
-	defer h.settleOnPanic(client, &settled)
+	defer h.settleOnPanic(client, attemptCode, &settled)
 	res, reason, verr := h.state.codes.verify(h.scope, flow, client, code, h.totpCheck())
 	settled = true
-	remaining, lockedUntil, err := h.settle(client, verr == nil && res != codeOK)
+	o := outcomeNone
+	if verr == nil && res != codeOK {
+		o = outcomeFailed
+	}
+	remaining, lockedUntil, err := h.settle(client, attemptCode, o)
 	if verr != nil || err != nil {
 		return h.unavailable(w, r, client, log, errors.Join(verr, err))
 	}
@@ -595,7 +623,7 @@ func (h *Handler) stepCode(w http.ResponseWriter, r *http.Request, client netip.
 	default: // voided, expired, used, replaced, or not this login's
 		return h.failed(w, r, client, log, "invalid_code", remaining, lockedUntil, func(p *page, remaining int) int {
 			p.Kind, p.Title = "login", "Break-glass sign-in"
-			p.Error = fmt.Sprintf("That code is no longer valid (expired, already used, replaced by a newer sign-in, or too many wrong tries). Sign in again. %s left.", plural(remaining, "attempt"))
+			p.Error = fmt.Sprintf("That code is no longer valid (expired, already used, or too many wrong tries). Sign in again. %s left.", plural(remaining, "attempt"))
 			return http.StatusUnauthorized
 		})
 	}
@@ -603,22 +631,29 @@ func (h *Handler) stepCode(w http.ResponseWriter, r *http.Request, client netip.
 
 // claim reserves an attempt for the client in the limiter. When it cannot,
 // it serves the refusal (429) and returns false.
-func (h *Handler) claim(w http.ResponseWriter, r *http.Request, client netip.Addr, log *zap.Logger) bool {
-	res, until, err := h.state.limiter.reserve(limiterKey(client), h.app.MaxAttempts, time.Duration(h.app.Lockout))
+func (h *Handler) claim(w http.ResponseWriter, r *http.Request, client netip.Addr, kind attemptKind, log *zap.Logger) (claim, bool) {
+	c, err := h.state.limiter.reserve(limiterKey(client), kind, h.app.lim)
 	if err != nil {
 		_ = h.unavailable(w, r, client, log, err)
-		return false
+		return c, false
 	}
-	switch res {
+	switch c.res {
 	case reserved:
-		return true
+		return c, true
 	case refusedLocked:
 		metricAttempts.WithLabelValues(resultLocked).Inc()
-		err = h.renderLocked(w, r, client, until)
+		err = h.renderLocked(w, r, client, c.until)
 	case refusedInFlight:
 		log.Info("break-glass request refused: attempts from this client already in progress")
 		err = h.busy(w, r, client, http.StatusTooManyRequests, 1, "Please wait",
 			"Other sign-in attempts from your address are still being checked. Wait a moment and try again.")
+	case refusedCodes:
+		secs := max(int(math.Ceil(c.until.Sub(now()).Seconds())), 1)
+		log.Warn("break-glass request refused: this client has had its codes for this window",
+			zap.Int("codes_per_client", h.app.lim.codesPerClient), zap.Time("until", c.until))
+		err = h.busy(w, r, client, http.StatusTooManyRequests, secs, "Too many codes",
+			fmt.Sprintf("Your address has been sent %s in a short time, as many as it may. Use the last code you got, or try again after %s.",
+				plural(h.app.lim.codesPerClient, "code"), formatTime(c.until)))
 	case refusedFull:
 		log.Error("break-glass request refused: the limiter tracks as many clients as it may (max_tracked_clients)")
 		err = h.busy(w, r, client, http.StatusTooManyRequests, 60, "Please wait",
@@ -627,22 +662,22 @@ func (h *Handler) claim(w http.ResponseWriter, r *http.Request, client netip.Add
 	if err != nil {
 		h.logger.Debug("writing a refusal", zap.Error(err))
 	}
-	return false
+	return c, false
 }
 
-// settle ends the attempt claimed by claim, counting it when it failed.
-func (h *Handler) settle(client netip.Addr, failed bool) (remaining int, lockedUntil time.Time, err error) {
-	return h.state.limiter.settle(limiterKey(client), failed, h.app.MaxAttempts, time.Duration(h.app.Lockout))
+// settle ends the attempt claimed by claim, counting what it did.
+func (h *Handler) settle(client netip.Addr, kind attemptKind, o outcome) (remaining int, lockedUntil time.Time, err error) {
+	return h.state.limiter.settle(limiterKey(client), kind, o, h.app.lim)
 }
 
 // settleOnPanic ends a claimed attempt that a panic interrupted (in a
 // comparer or a storage module), so that its reservation, or its storage
 // lock, is never left behind; the panic goes on.
-func (h *Handler) settleOnPanic(client netip.Addr, settled *bool) {
+func (h *Handler) settleOnPanic(client netip.Addr, kind attemptKind, settled *bool) {
 	if *settled {
 		return
 	}
-	if _, _, err := h.settle(client, false); err != nil {
+	if _, _, err := h.settle(client, kind, outcomeNone); err != nil {
 		h.logger.Error("break-glass: releasing an interrupted attempt", zap.String("client_ip", client.String()), zap.Error(err))
 	}
 }
@@ -740,9 +775,8 @@ func (h *Handler) succeed(w http.ResponseWriter, r *http.Request, client netip.A
 				"Your password and code were right, but this break-glass login must alert the security team first, and no alert channel (email or webhook) confirmed delivery. No session was started. Try again in a moment, or reach your security team another way."))
 		}
 	}
-	if err := h.state.limiter.reset(limiterKey(client)); err != nil {
-		log.Error("break-glass: could not clear the client's failures after its sign-in", zap.Error(err))
-	}
+	// A sign-in forgives no failure: the client's limit holds however many
+	// credentials it signs in with.
 	id, err := newSessionID()
 	if err != nil {
 		return caddyhttp.Error(http.StatusInternalServerError, err)

@@ -305,7 +305,7 @@ func TestPostWithoutOrWithAForeignCSRFTokenIsRefusedWithoutTouchingTheLimiter(t 
 	if n := len(h.cmp.take()); n != 0 {
 		t.Fatalf("%d comparisons for forged forms", n)
 	}
-	if rem := h.state.limiter.remaining(limiterKey(netip.MustParseAddr("192.0.2.1")), 1); rem != 1 {
+	if rem := h.state.limiter.remaining(limiterKey(netip.MustParseAddr("192.0.2.1")), lim(1, 0)); rem != 1 {
 		t.Fatal("a forged form counted against the client")
 	}
 	if resp := victim.login(t, h, "ops@example.com", testPassword); resp.StatusCode != http.StatusSeeOther {
@@ -416,7 +416,7 @@ func TestWrongCodesCountAndTheThirdVoidsTheCode(t *testing.T) {
 			t.Fatalf("wrong code %d: status %d", i+1, resp.StatusCode)
 		}
 	}
-	if rem := h.state.limiter.remaining(limiterKey(netip.MustParseAddr("192.0.2.1")), 10); rem != 7 {
+	if rem := h.state.limiter.remaining(limiterKey(netip.MustParseAddr("192.0.2.1")), lim(10, 0)); rem != 7 {
 		t.Fatalf("3 wrong codes left %d attempts of 10, want 7", rem)
 	}
 	tok := csrfOf(t, b.do(t, h, "GET", "/admin/", nil))
@@ -681,7 +681,7 @@ func TestHashingBeyondTheCapGets503AndDoesNotCount(t *testing.T) {
 	if resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get("Retry-After") == "" {
 		t.Fatalf("with the only hashing slot taken: %d, Retry-After %q; want 503 with Retry-After", resp.StatusCode, resp.Header.Get("Retry-After"))
 	}
-	if rem := h.state.limiter.remaining(netip.MustParseAddr("192.0.2.2"), 3); rem != 3 {
+	if rem := h.state.limiter.remaining(netip.MustParseAddr("192.0.2.2"), lim(3, 0)); rem != 3 {
 		t.Fatalf("the refused attempt counted: %d attempts left of 3", rem)
 	}
 	close(bc.release)

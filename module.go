@@ -61,9 +61,10 @@ type App struct {
 	SMTP *SMTPConfig `json:"smtp,omitempty"`
 
 	// How many password checks (bcrypt) may run at once across all handlers.
-	// A sign-in that cannot start within 2s gets 503 and does not count as
-	// a failed attempt. Default: half the CPUs, at least 1, so that a flood
-	// of sign-ins never takes every core.
+	// Waiting sign-ins are served by the client's failures in its window
+	// (none first), then in order; one that cannot start within 2s gets 503
+	// and does not count as a failed attempt. Default: half the CPUs, at
+	// least 1, so that a flood of sign-ins never takes every core.
 	MaxConcurrentHashes int `json:"max_concurrent_hashes,omitempty"`
 
 	// How many clients the limiter tracks at once. When full, a new client
@@ -86,14 +87,16 @@ type App struct {
 	// max_uses counts and the last TOTP step per credential: in the
 	// config's storage (kept across restarts whatever the state mode), or
 	// in the state when there is none.
-	uses      usesBackend
-	totp      totpReplay
-	hashSlots chan struct{}
-	handlers  *handlerRegistry // provisioned with this app, for the admin API
-	stateKey  string
-	state     *state
-	mailer    *mailer
-	logger    *zap.Logger
+	uses     usesBackend
+	totp     totpReplay
+	hashes   *hashGate
+	lim      limits           // the per-client limits, from the settings above
+	codeLim  codeLimits       // the per-credential bound on codes
+	handlers *handlerRegistry // provisioned with this app, for the admin API
+	stateKey string
+	state    *state
+	mailer   *mailer
+	logger   *zap.Logger
 }
 
 // CaddyModule returns the Caddy module information.
@@ -156,7 +159,9 @@ func (a *App) setup(logger *zap.Logger, st certmagic.Storage) error {
 	if a.MaxTrackedClients == 0 {
 		a.MaxTrackedClients = defaultMaxTrackedClients
 	}
-	a.hashSlots = make(chan struct{}, a.MaxConcurrentHashes)
+	a.hashes = newHashGate(a.MaxConcurrentHashes)
+	a.lim = limits{maxAttempts: a.MaxAttempts, window: time.Duration(a.Lockout), codesPerClient: defaultCodesPerClient}
+	a.codeLim = codeLimits{perCredential: defaultCodesPerCredential, window: time.Duration(a.Lockout)}
 	a.handlers = new(handlerRegistry)
 	if a.SMTP != nil {
 		m, err := a.SMTP.provision(caddy.NewReplacer(), "smtp")
@@ -201,26 +206,13 @@ func (a *App) setup(logger *zap.Logger, st certmagic.Storage) error {
 // hashWait is how long a sign-in waits for a password-checking slot.
 var hashWait = 2 * time.Second
 
-// acquireHash waits up to hashWait for a password-checking slot.
-func (a *App) acquireHash(ctx context.Context) bool {
-	select {
-	case a.hashSlots <- struct{}{}:
-		return true
-	default:
-	}
-	t := time.NewTimer(hashWait)
-	defer t.Stop()
-	select {
-	case a.hashSlots <- struct{}{}:
-		return true
-	case <-t.C:
-		return false
-	case <-ctx.Done():
-		return false
-	}
+// acquireHash waits up to hashWait for a password-checking slot; a client
+// with fewer failures (prio) is served first.
+func (a *App) acquireHash(ctx context.Context, prio int) bool {
+	return a.hashes.acquire(ctx, prio, hashWait)
 }
 
-func (a *App) releaseHash() { <-a.hashSlots }
+func (a *App) releaseHash() { a.hashes.release() }
 
 // Start is part of caddy.App; the state's background work is started with
 // the state itself, so that it keeps running across reloads.

@@ -3,6 +3,7 @@
 package breakglass
 
 import (
+	"encoding/json"
 	"net/netip"
 	"strings"
 	"testing"
@@ -63,7 +64,7 @@ const flowA, flowB = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa", "bbbbbbbbbbbbbbbbbbbbbb
 func TestCodeWorksOnce(t *testing.T) {
 	useTestClock(t)
 	s := newCodeStore([]byte("k"))
-	s.put("ops@example.com", "123456", flowA, clientA, time.Minute, "")
+	s.put("ops@example.com", "123456", flowA, clientA, time.Minute, "", codeLimits{})
 	if r, _, _ := s.verify("ops@example.com", flowA, clientA, "123456", nil); r != codeOK {
 		t.Fatalf("right code: %v, want codeOK", r)
 	}
@@ -75,7 +76,7 @@ func TestCodeWorksOnce(t *testing.T) {
 func TestCodeExpires(t *testing.T) {
 	clk := useTestClock(t)
 	s := newCodeStore([]byte("k"))
-	s.put("ops@example.com", "123456", flowA, clientA, 10*time.Minute, "")
+	s.put("ops@example.com", "123456", flowA, clientA, 10*time.Minute, "", codeLimits{})
 	clk.Advance(10 * time.Minute)
 	if _, ok := s.pending("ops@example.com", flowA, clientA); ok {
 		t.Fatal("code still pending at its expiry")
@@ -88,7 +89,7 @@ func TestCodeExpires(t *testing.T) {
 func TestCodeIsBoundToItsLoginAndClient(t *testing.T) {
 	useTestClock(t)
 	s := newCodeStore([]byte("k"))
-	s.put("ops@example.com", "123456", flowA, clientA, time.Minute, "")
+	s.put("ops@example.com", "123456", flowA, clientA, time.Minute, "", codeLimits{})
 	if r, _, _ := s.verify("ops@example.com", flowB, clientA, "123456", nil); r != codeNotFound {
 		t.Fatalf("another step-1 cookie: %v, want codeNotFound", r)
 	}
@@ -106,8 +107,8 @@ func TestCodeIsBoundToItsLoginAndClient(t *testing.T) {
 func TestNewLoginReplacesPendingCode(t *testing.T) {
 	useTestClock(t)
 	s := newCodeStore([]byte("k"))
-	s.put("ops@example.com", "111111", flowA, clientA, time.Minute, "")
-	s.put("ops@example.com", "222222", flowB, clientA, time.Minute, "")
+	s.put("ops@example.com", "111111", flowA, clientA, time.Minute, "", codeLimits{})
+	s.put("ops@example.com", "222222", flowB, clientA, time.Minute, "", codeLimits{})
 	if r, _, _ := s.verify("ops@example.com", flowA, clientA, "111111", nil); r != codeNotFound {
 		t.Fatalf("the replaced code: %v, want codeNotFound", r)
 	}
@@ -119,7 +120,7 @@ func TestNewLoginReplacesPendingCode(t *testing.T) {
 func TestThreeWrongCodesVoidThePendingCode(t *testing.T) {
 	useTestClock(t)
 	s := newCodeStore([]byte("k"))
-	s.put("ops@example.com", "123456", flowA, clientA, time.Minute, "")
+	s.put("ops@example.com", "123456", flowA, clientA, time.Minute, "", codeLimits{})
 	for i, want := range []codeResult{codeWrong, codeWrong, codeVoided} {
 		if r, _, _ := s.verify("ops@example.com", flowA, clientA, "000000", nil); r != want {
 			t.Fatalf("wrong code %d: %v, want %v", i+1, r, want)
@@ -132,17 +133,17 @@ func TestThreeWrongCodesVoidThePendingCode(t *testing.T) {
 
 func TestCodeStoreKeepsNoCode(t *testing.T) {
 	s := newCodeStore([]byte("k"))
-	s.put("ops@example.com", "987654", flowA, clientA, time.Minute, "")
-	p := s.m["ops@example.com"]
-	if strings.Contains(string(p.mac[:]), "987654") {
-		t.Fatal("the code is stored in clear")
+	s.put("ops@example.com", "987654", flowA, clientA, time.Minute, "", codeLimits{})
+	b, err := json.Marshal(s.m["ops@example.com"])
+	if err != nil || strings.Contains(string(b), "987654") || !strings.Contains(string(b), `"mac":"`) {
+		t.Fatalf("the code record %s (%v): the code is kept in clear, or no MAC of it", b, err)
 	}
 }
 
 func TestCancelDropsOnlyThatFlowsCode(t *testing.T) {
 	useTestClock(t)
 	s := newCodeStore([]byte("k"))
-	s.put("ops@example.com", "123456", flowA, clientA, time.Minute, "")
+	s.put("ops@example.com", "123456", flowA, clientA, time.Minute, "", codeLimits{})
 	s.cancel("ops@example.com", flowB)
 	if _, ok := s.pending("ops@example.com", flowA, clientA); !ok {
 		t.Fatal("another flow cancelled the code")

@@ -52,7 +52,7 @@ func TestLockoutIsNotExtendedDuringLockout(t *testing.T) {
 	if _, locked, _ := l.lockedUntil(k); locked {
 		t.Fatal("still locked after the lockout ended")
 	}
-	if rem := l.remaining(k, 3); rem != 3 {
+	if rem := l.remaining(k, lim(3, 0)); rem != 3 {
 		t.Fatalf("after the lockout the client has %d attempts, want a fresh 3", rem)
 	}
 }
@@ -69,16 +69,18 @@ func TestFailuresOutsideTheWindowAreForgotten(t *testing.T) {
 	}
 }
 
-func TestResetForgetsFailures(t *testing.T) {
+func TestUnlockForgetsFailures(t *testing.T) {
 	useTestClock(t)
 	l := newLimiter()
 	k := netip.MustParseAddr("192.0.2.1")
 	for range 4 {
 		l.fail(k, 5, time.Minute)
 	}
-	l.reset(k)
-	if rem := l.remaining(k, 5); rem != 5 {
-		t.Fatalf("remaining after reset = %d, want 5", rem)
+	if ok, _ := l.unlock(k); !ok {
+		t.Fatal("unlock did not find the client")
+	}
+	if rem := l.remaining(k, lim(5, 0)); rem != 5 {
+		t.Fatalf("remaining after unlock = %d, want 5", rem)
 	}
 }
 
@@ -92,7 +94,7 @@ func TestClientsAreCountedSeparately(t *testing.T) {
 	if _, locked, _ := l.lockedUntil(b); locked {
 		t.Fatal("another client's failures locked this one")
 	}
-	if rem := l.remaining(b, 3); rem != 3 {
+	if rem := l.remaining(b, lim(3, 0)); rem != 3 {
 		t.Fatalf("remaining for the other client = %d, want 3", rem)
 	}
 }
@@ -137,7 +139,7 @@ func TestSweepDropsOnlyExpiredEntries(t *testing.T) {
 	if n := l.sweep(); n != 1 {
 		t.Fatalf("sweep kept %d entries, want 1", n)
 	}
-	if rem := l.remaining(counting, 5); rem != 4 {
+	if rem := l.remaining(counting, lim(5, 0)); rem != 4 {
 		t.Fatalf("the sweep lost a live failure count: remaining %d, want 4", rem)
 	}
 }
@@ -149,7 +151,7 @@ func TestReservationsInFlightCountTowardsTheLimit(t *testing.T) {
 	l.fail(k, 3, time.Minute)
 	granted := 0
 	for range 10 {
-		if res, _, _ := l.reserve(k, 3, time.Minute); res == reserved {
+		if res, _ := reserveRes(l, k, 3, time.Minute); res == reserved {
 			granted++
 		}
 	}
@@ -159,12 +161,12 @@ func TestReservationsInFlightCountTowardsTheLimit(t *testing.T) {
 	if n := l.sweep(); n != 1 {
 		t.Fatal("an entry with attempts in flight was swept")
 	}
-	l.settle(k, true, 3, time.Minute)
-	_, until, _ := l.settle(k, true, 3, time.Minute)
+	l.settle(k, attemptCode, outcomeFailed, lim(3, time.Minute))
+	_, until, _ := l.settle(k, attemptCode, outcomeFailed, lim(3, time.Minute))
 	if until.IsZero() {
 		t.Fatal("the failures of the reserved attempts did not lock the client")
 	}
-	if res, _, _ := l.reserve(k, 3, time.Minute); res != refusedLocked {
+	if res, _ := reserveRes(l, k, 3, time.Minute); res != refusedLocked {
 		t.Fatal("a locked client reserved an attempt")
 	}
 }
@@ -174,19 +176,19 @@ func TestSettlingASuccessFreesTheReservation(t *testing.T) {
 	l := newLimiter()
 	k := netip.MustParseAddr("192.0.2.1")
 	for range 5 {
-		if res, _, _ := l.reserve(k, 1, time.Minute); res != reserved {
+		if res, _ := reserveRes(l, k, 1, time.Minute); res != reserved {
 			t.Fatal("a settled success still held the only attempt")
 		}
-		l.settle(k, false, 1, time.Minute)
+		l.settle(k, attemptCode, outcomeNone, lim(1, time.Minute))
 	}
 }
 
 // fail records one failure the way the handler does: reserve, then settle.
 func (l *limiter) fail(key netip.Addr, maxAttempts int, window time.Duration) (int, time.Time) {
-	if res, _, _ := l.reserve(key, maxAttempts, window); res != reserved {
+	if res, _ := reserveRes(l, key, maxAttempts, window); res != reserved {
 		return 0, time.Time{}
 	}
-	rem, until, _ := l.settle(key, true, maxAttempts, window)
+	rem, until, _ := l.settle(key, attemptCode, outcomeFailed, lim(maxAttempts, window))
 	return rem, until
 }
 
@@ -197,13 +199,24 @@ func TestAFullLimiterRefusesNewClientsAndKeepsTrackedOnes(t *testing.T) {
 	a, b, c := netip.MustParseAddr("192.0.2.1"), netip.MustParseAddr("192.0.2.2"), netip.MustParseAddr("192.0.2.3")
 	l.fail(a, 1, time.Minute) // locked
 	l.fail(b, 5, time.Minute)
-	if res, _, _ := l.reserve(c, 5, time.Minute); res != refusedFull {
+	if res, _ := reserveRes(l, c, 5, time.Minute); res != refusedFull {
 		t.Fatalf("a new client with the limiter full: %v, want refusedFull", res)
 	}
-	if res, _, _ := l.reserve(a, 5, time.Minute); res != refusedLocked {
+	if res, _ := reserveRes(l, a, 5, time.Minute); res != refusedLocked {
 		t.Fatalf("the locked client was evicted: %v", res)
 	}
-	if res, _, _ := l.reserve(b, 5, time.Minute); res != reserved {
+	if res, _ := reserveRes(l, b, 5, time.Minute); res != reserved {
 		t.Fatalf("a tracked client was refused: %v", res)
 	}
+}
+
+// lim is limits with no bound on codes, as most tests want.
+func lim(maxAttempts int, window time.Duration) limits {
+	return limits{maxAttempts: maxAttempts, window: window}
+}
+
+// reserveRes reserves a code attempt and returns only what was decided.
+func reserveRes(l limiterBackend, key netip.Addr, maxAttempts int, window time.Duration) (reservation, error) {
+	c, err := l.reserve(key, attemptCode, lim(maxAttempts, window))
+	return c.res, err
 }

@@ -6,10 +6,8 @@ package breakglass
 
 import (
 	"context"
-	"crypto/hmac"
 	"crypto/rand"
 	"encoding/base64"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -108,12 +106,6 @@ type storageLimiter struct {
 	st certmagic.Storage
 }
 
-type clientRecord struct {
-	Failures    int   `json:"failures"`
-	WindowEnd   int64 `json:"window_end"`   // Unix nanoseconds
-	LockedUntil int64 `json:"locked_until"` // Unix nanoseconds, 0 if not locked
-}
-
 func clientPath(key netip.Addr) string {
 	return clientsDir + "/" + strings.NewReplacer(":", "-", ".", "_").Replace(key.String())
 }
@@ -140,88 +132,68 @@ func (l *storageLimiter) lockedUntil(key netip.Addr) (time.Time, bool, error) {
 	if err != nil {
 		return time.Time{}, false, err
 	}
-	until := time.Unix(0, rec.LockedUntil)
-	if rec.LockedUntil == 0 || !now().Before(until) {
-		return time.Time{}, false, nil
-	}
-	return until, true, nil
+	until, locked := rec.locked(now())
+	return until, locked, nil
 }
 
-func (l *storageLimiter) remaining(key netip.Addr, maxAttempts int) int {
+func (l *storageLimiter) remaining(key netip.Addr, lim limits) int {
 	ctx, cancel := opCtx()
 	defer cancel()
 	rec, err := l.load(ctx, key)
-	t := now().UnixNano()
-	if err != nil || (t >= rec.WindowEnd && t >= rec.LockedUntil) {
-		return maxAttempts
+	if err != nil {
+		return lim.maxAttempts
 	}
-	return max(maxAttempts-rec.Failures, 0)
+	return rec.remaining(now(), lim)
 }
 
-func (l *storageLimiter) reserve(key netip.Addr, maxAttempts int, window time.Duration) (reservation, time.Time, error) {
+func (l *storageLimiter) failures(key netip.Addr, lim limits) int {
+	return lim.maxAttempts - l.remaining(key, lim)
+}
+
+// reserve takes the client's storage lock and keeps it until settle, so
+// that nothing is ever in flight in the stored record.
+func (l *storageLimiter) reserve(key netip.Addr, kind attemptKind, lim limits) (claim, error) {
 	lctx, cancel := context.WithTimeout(context.Background(), attemptLockWait)
 	defer cancel()
 	name := clientPath(key)
 	if err := l.st.Lock(lctx, name); err != nil {
 		if errors.Is(err, context.DeadlineExceeded) {
-			return refusedInFlight, time.Time{}, nil
+			return claim{res: refusedInFlight}, nil
 		}
-		return 0, time.Time{}, err
+		return claim{}, err
 	}
 	ctx, cancel2 := opCtx()
 	defer cancel2()
 	rec, err := l.load(ctx, key)
 	if err != nil {
-		return 0, time.Time{}, errors.Join(err, unlock(l.st, name))
+		return claim{}, errors.Join(err, unlock(l.st, name))
 	}
-	t := now()
-	if until := time.Unix(0, rec.LockedUntil); rec.LockedUntil != 0 && t.Before(until) {
-		return refusedLocked, until, unlock(l.st, name)
+	res, until := rec.reserve(now(), kind, lim)
+	c := claim{res: res, until: until, failures: rec.Failures}
+	if res != reserved {
+		return c, unlock(l.st, name)
 	}
-	if t.UnixNano() < rec.WindowEnd && rec.Failures >= maxAttempts {
-		return refusedInFlight, time.Time{}, unlock(l.st, name)
-	}
-	return reserved, time.Time{}, nil // the lock is held until settle
+	return c, nil // the lock is held until settle
 }
 
-func (l *storageLimiter) settle(key netip.Addr, failed bool, maxAttempts int, window time.Duration) (rem int, until time.Time, err error) {
+func (l *storageLimiter) settle(key netip.Addr, kind attemptKind, o outcome, lim limits) (rem int, until time.Time, err error) {
 	ctx, cancel := opCtx()
 	defer cancel()
 	name := clientPath(key)
 	defer func() { err = errors.Join(err, unlock(l.st, name)) }()
-	if !failed {
-		return maxAttempts, time.Time{}, nil
+	if o == outcomeNone {
+		return lim.maxAttempts, time.Time{}, nil
 	}
 	rec, err := l.load(ctx, key)
 	if err != nil {
 		return 0, time.Time{}, err
 	}
-	t := now()
-	if rec.LockedUntil != 0 && t.UnixNano() < rec.LockedUntil {
-		return 0, time.Time{}, nil
-	}
-	if t.UnixNano() >= rec.WindowEnd {
-		rec = clientRecord{WindowEnd: t.Add(window).UnixNano()}
-	}
-	rec.Failures++
-	if rec.Failures >= maxAttempts {
-		until = t.Add(window)
-		rec.LockedUntil = until.UnixNano()
-	}
+	rem, until = rec.settle(now(), kind, o, lim)
 	b, _ := json.Marshal(rec)
 	if err := l.st.Store(ctx, name, b); err != nil {
 		return 0, time.Time{}, err
 	}
-	return max(maxAttempts-rec.Failures, 0), until, nil
-}
-
-func (l *storageLimiter) reset(key netip.Addr) error {
-	ctx, cancel := opCtx()
-	defer cancel()
-	if err := l.st.Delete(ctx, clientPath(key)); err != nil && !notExist(err) {
-		return err
-	}
-	return nil
+	return rem, until, nil
 }
 
 func (l *storageLimiter) locked() ([]lockedClient, error) {
@@ -234,7 +206,7 @@ func (l *storageLimiter) locked() ([]lockedClient, error) {
 	if err != nil {
 		return nil, err
 	}
-	t := now().UnixNano()
+	t := now()
 	var out []lockedClient
 	for _, k := range keys {
 		b, err := l.st.Load(ctx, k)
@@ -242,11 +214,13 @@ func (l *storageLimiter) locked() ([]lockedClient, error) {
 			continue
 		}
 		var rec clientRecord
-		if json.Unmarshal(b, &rec) != nil || t >= rec.LockedUntil {
+		if json.Unmarshal(b, &rec) != nil {
 			continue
 		}
-		name := strings.NewReplacer("-", ":", "_", ".").Replace(path.Base(k))
-		out = append(out, lockedClient{Client: name, Failures: rec.Failures, LockedUntil: time.Unix(0, rec.LockedUntil)})
+		if until, ok := rec.locked(t); ok {
+			name := strings.NewReplacer("-", ":", "_", ".").Replace(path.Base(k))
+			out = append(out, lockedClient{Client: name, Failures: rec.Failures, LockedUntil: until})
+		}
 	}
 	return out, nil
 }
@@ -262,8 +236,7 @@ func (l *storageLimiter) unlock(key netip.Addr) (bool, error) {
 	if err != nil {
 		return false, err
 	}
-	t := now().UnixNano()
-	if rec.WindowEnd == 0 || (t >= rec.WindowEnd && t >= rec.LockedUntil) {
+	if rec.WindowEnd == 0 || rec.expired(now()) {
 		return false, nil
 	}
 	return true, l.st.Delete(ctx, clientPath(key))
@@ -285,98 +258,87 @@ type storageCodes struct {
 	key []byte
 }
 
-type codeRecord struct {
-	MAC     string `json:"mac"`
-	Flow    string `json:"flow"`
-	Client  string `json:"client"`
-	Expires int64  `json:"expires"` // Unix nanoseconds
-	Wrong   int    `json:"wrong"`
-	Reason  string `json:"reason,omitempty"`
-}
-
 func codePath(scope string) string { return codesDir + "/" + scope }
 
 func (s *storageCodes) load(ctx context.Context, scope string) (*codeRecord, error) {
+	rec := &codeRecord{}
 	b, err := s.st.Load(ctx, codePath(scope))
 	if notExist(err) {
-		return nil, nil
+		return rec, nil
 	}
 	if err != nil {
 		return nil, err
 	}
-	var rec codeRecord
-	if err := json.Unmarshal(b, &rec); err != nil {
+	if err := json.Unmarshal(b, rec); err != nil {
 		return nil, fmt.Errorf("%s: %v", codePath(scope), err)
 	}
-	return &rec, nil
+	return rec, nil
 }
 
-func (rec *codeRecord) bound(flow string, client netip.Addr, t time.Time) bool {
-	return t.UnixNano() < rec.Expires && hmac.Equal([]byte(rec.Flow), []byte(flow)) && rec.Client == client.String()
+// save stores rec, or deletes it when nothing in it matters any more.
+func (s *storageCodes) save(ctx context.Context, scope string, rec *codeRecord, t time.Time) error {
+	if rec.empty(t) {
+		if err := s.st.Delete(ctx, codePath(scope)); err != nil && !notExist(err) {
+			return err
+		}
+		return nil
+	}
+	b, _ := json.Marshal(rec)
+	return s.st.Store(ctx, codePath(scope), b)
 }
 
-// locked runs fn holding the scope's storage lock.
-func (s *storageCodes) locked(scope string, fn func(ctx context.Context) error) (err error) {
+// change runs fn on the credential's record holding its storage lock, and
+// stores the record when fn says it changed.
+func (s *storageCodes) change(scope string, fn func(ctx context.Context, rec *codeRecord, t time.Time) (bool, error)) (err error) {
 	ctx, cancel := opCtx()
 	defer cancel()
 	if err := s.st.Lock(ctx, codePath(scope)); err != nil {
 		return err
 	}
 	defer func() { err = errors.Join(err, unlock(s.st, codePath(scope))) }()
-	return fn(ctx)
+	rec, err := s.load(ctx, scope)
+	if err != nil {
+		return err
+	}
+	t := now()
+	changed, err := fn(ctx, rec, t)
+	if err != nil || !changed {
+		return err
+	}
+	return s.save(ctx, scope, rec, t)
 }
 
-func (s *storageCodes) put(scope, code, flow string, client netip.Addr, ttl time.Duration, reason string) (time.Time, error) {
-	exp := now().Add(ttl)
-	mac := codeMAC(s.key, scope, code)
-	b, _ := json.Marshal(codeRecord{MAC: hex.EncodeToString(mac[:]), Flow: flow, Client: client.String(), Expires: exp.UnixNano(), Reason: reason})
-	return exp, s.locked(scope, func(ctx context.Context) error { return s.st.Store(ctx, codePath(scope), b) })
+func (s *storageCodes) put(scope, code, flow string, client netip.Addr, ttl time.Duration, reason string, lim codeLimits) (time.Time, error) {
+	var exp time.Time
+	err := s.change(scope, func(_ context.Context, rec *codeRecord, t time.Time) (bool, error) {
+		exp = t.Add(ttl)
+		if !rec.issue(t, newPending(s.key, scope, code, flow, client, exp, reason), lim) {
+			return false, errCodeBudget
+		}
+		return true, nil
+	})
+	return exp, err
 }
 
 func (s *storageCodes) pending(scope, flow string, client netip.Addr) (time.Time, bool) {
 	ctx, cancel := opCtx()
 	defer cancel()
 	rec, err := s.load(ctx, scope)
-	if err != nil || rec == nil || !rec.bound(flow, client, now()) {
+	if err != nil {
 		return time.Time{}, false
 	}
-	return time.Unix(0, rec.Expires), true
+	if i := rec.find(now(), flow, client); i >= 0 {
+		return time.Unix(0, rec.Pending[i].Expires), true
+	}
+	return time.Time{}, false
 }
 
 func (s *storageCodes) verify(scope, flow string, client netip.Addr, code string, alt altCheck) (codeResult, string, error) {
 	mac := codeMAC(s.key, scope, code)
 	res, reason := codeNotFound, ""
-	err := s.locked(scope, func(ctx context.Context) error {
-		rec, err := s.load(ctx, scope)
-		if err != nil || rec == nil {
-			return err
-		}
-		t := now()
-		if t.UnixNano() >= rec.Expires {
-			return s.st.Delete(ctx, codePath(scope))
-		}
-		if !rec.bound(flow, client, t) {
-			return nil
-		}
-		want, _ := hex.DecodeString(rec.MAC)
-		ok := hmac.Equal(mac[:], want)
-		if !ok && alt != nil {
-			if ok, err = alt(ctx, code); err != nil {
-				return err
-			}
-		}
-		if ok {
-			res, reason = codeOK, rec.Reason
-			return s.st.Delete(ctx, codePath(scope))
-		}
-		rec.Wrong++
-		if rec.Wrong >= maxWrongCodes {
-			res = codeVoided
-			return s.st.Delete(ctx, codePath(scope))
-		}
-		res = codeWrong
-		b, _ := json.Marshal(rec)
-		return s.st.Store(ctx, codePath(scope), b)
+	err := s.change(scope, func(ctx context.Context, rec *codeRecord, t time.Time) (changed bool, err error) {
+		res, reason, changed, err = rec.check(ctx, t, flow, client, mac, code, alt)
+		return changed, err
 	})
 	if err != nil {
 		return codeNotFound, "", err
@@ -385,23 +347,27 @@ func (s *storageCodes) verify(scope, flow string, client netip.Addr, code string
 }
 
 func (s *storageCodes) cancel(scope, flow string) error {
-	return s.locked(scope, func(ctx context.Context) error {
-		rec, err := s.load(ctx, scope)
-		if err != nil || rec == nil || !hmac.Equal([]byte(rec.Flow), []byte(flow)) {
-			return err
-		}
-		return s.st.Delete(ctx, codePath(scope))
+	return s.change(scope, func(_ context.Context, rec *codeRecord, _ time.Time) (bool, error) {
+		return rec.cancel(flow), nil
 	})
 }
 
-func (s *storageCodes) pendingFor(scope string) (time.Time, bool) {
+func (s *storageCodes) cancelAll(scope string) error {
+	return s.change(scope, func(_ context.Context, rec *codeRecord, _ time.Time) (bool, error) {
+		changed := len(rec.Pending) > 0
+		rec.Pending = nil
+		return changed, nil
+	})
+}
+
+func (s *storageCodes) pendingFor(scope string) (int, time.Time) {
 	ctx, cancel := opCtx()
 	defer cancel()
 	rec, err := s.load(ctx, scope)
-	if err != nil || rec == nil || now().UnixNano() >= rec.Expires {
-		return time.Time{}, false
+	if err != nil {
+		return 0, time.Time{}
 	}
-	return time.Unix(0, rec.Expires), true
+	return rec.live(now())
 }
 
 func (s *storageCodes) sweep() int { return 0 }
@@ -524,7 +490,7 @@ func sweepStorage(ctx context.Context, st certmagic.Storage, log *zap.Logger) er
 		}),
 		expired(codesDir, true, func(b []byte) bool {
 			var r codeRecord
-			return json.Unmarshal(b, &r) == nil && tn >= r.Expires
+			return json.Unmarshal(b, &r) == nil && r.empty(t)
 		}),
 		expired(revokedDir, false, func(b []byte) bool {
 			exp, err := strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64)

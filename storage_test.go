@@ -39,22 +39,22 @@ func TestStorageStatesOnOneFolderShareLockoutsCodesKeysAndLogouts(t *testing.T) 
 
 	// A lockout earned on a holds on b.
 	for range 3 {
-		if res, _, err := a.limiter.reserve(k, 3, time.Hour); err != nil || res != reserved {
+		if res, err := reserveRes(a.limiter, k, 3, time.Hour); err != nil || res != reserved {
 			t.Fatalf("reserve on a: %v %v", res, err)
 		}
-		if _, _, err := a.limiter.settle(k, true, 3, time.Hour); err != nil {
+		if _, _, err := a.limiter.settle(k, attemptCode, outcomeFailed, lim(3, time.Hour)); err != nil {
 			t.Fatal(err)
 		}
 	}
 	if _, locked, err := b.limiter.lockedUntil(k); err != nil || !locked {
 		t.Fatalf("b does not see the lockout made on a: %v %v", locked, err)
 	}
-	if res, _, _ := b.limiter.reserve(k, 3, time.Hour); res != refusedLocked {
+	if res, _ := reserveRes(b.limiter, k, 3, time.Hour); res != refusedLocked {
 		t.Fatalf("b let a locked client try: %v", res)
 	}
 
 	// A code issued on a works on b, once.
-	if _, err := a.codes.put("scope", "123456", flowA, clientA, time.Minute, ""); err != nil {
+	if _, err := a.codes.put("scope", "123456", flowA, clientA, time.Minute, "", codeLimits{}); err != nil {
 		t.Fatal(err)
 	}
 	if _, ok := b.codes.pending("scope", flowA, clientA); !ok {
@@ -94,8 +94,8 @@ func TestStorageStateSurvivesARestartOfEveryInstance(t *testing.T) {
 	}
 	first := d.(*state)
 	k := netip.MustParseAddr("192.0.2.7")
-	first.limiter.reserve(k, 1, time.Hour)
-	first.limiter.settle(k, true, 1, time.Hour)
+	first.limiter.reserve(k, attemptCode, lim(1, time.Hour))
+	first.limiter.settle(k, attemptCode, outcomeFailed, lim(1, time.Hour))
 	sess := session{ID: "fedcba9876543210fedcba9876543210", Issued: now(), Expires: now().Add(time.Hour), Client: clientA, Scope: "s"}
 	cookie := first.sessions.encode(sess)
 	_ = first.Destruct()
@@ -125,11 +125,11 @@ func TestStorageRaceLosesNoFailureAndUsesNoCodeTwice(t *testing.T) {
 			go func() {
 				defer wg.Done()
 				for range perWorker {
-					if res, _, err := s.limiter.reserve(k, 1000, time.Hour); err != nil || res != reserved {
+					if res, err := reserveRes(s.limiter, k, 1000, time.Hour); err != nil || res != reserved {
 						t.Errorf("reserve: %v %v", res, err)
 						return
 					}
-					if _, _, err := s.limiter.settle(k, true, 1000, time.Hour); err != nil {
+					if _, _, err := s.limiter.settle(k, attemptCode, outcomeFailed, lim(1000, time.Hour)); err != nil {
 						t.Error(err)
 					}
 				}
@@ -138,12 +138,12 @@ func TestStorageRaceLosesNoFailureAndUsesNoCodeTwice(t *testing.T) {
 	}
 	wg.Wait()
 	want := 1000 - len(insts)*workers*perWorker
-	if rem := insts[0].limiter.remaining(k, 1000); rem != want {
+	if rem := insts[0].limiter.remaining(k, lim(1000, 0)); rem != want {
 		t.Fatalf("%d attempts left after %d failures of 1000: failures were lost", rem, 1000-want)
 	}
 
 	// The right code, sent to both instances at once, signs in once.
-	if _, err := insts[0].codes.put("scope", "424242", flowA, clientA, time.Minute, ""); err != nil {
+	if _, err := insts[0].codes.put("scope", "424242", flowA, clientA, time.Minute, "", codeLimits{}); err != nil {
 		t.Fatal(err)
 	}
 	var ok atomic.Int32
@@ -168,7 +168,7 @@ func TestStorageKeepsNoCode(t *testing.T) {
 	dir := t.TempDir()
 	st := &certmagic.FileStorage{Path: dir}
 	s := newStorageTestState(t, st)
-	if _, err := s.codes.put("scope", "987654", flowA, clientA, time.Minute, ""); err != nil {
+	if _, err := s.codes.put("scope", "987654", flowA, clientA, time.Minute, "", codeLimits{}); err != nil {
 		t.Fatal(err)
 	}
 	b, err := st.Load(context.Background(), codePath("scope"))
@@ -245,7 +245,7 @@ func TestStorageDownFailsSignInsClosedAndKeepsSessions(t *testing.T) {
 	}
 
 	st.down.Store(false)
-	if rem := h.state.limiter.remaining(limiterKey(netip.MustParseAddr("192.0.2.2")), 3); rem != 3 {
+	if rem := h.state.limiter.remaining(limiterKey(netip.MustParseAddr("192.0.2.2")), lim(3, 0)); rem != 3 {
 		t.Fatalf("the refused attempt was counted: %d left", rem)
 	}
 }
@@ -256,12 +256,12 @@ func TestStorageSweepDropsOnlyExpiredRecordsAndSkipsOnesInUse(t *testing.T) {
 	s := newStorageTestState(t, st)
 	old, busy, live := netip.MustParseAddr("192.0.2.1"), netip.MustParseAddr("192.0.2.2"), netip.MustParseAddr("192.0.2.3")
 	for _, k := range []netip.Addr{old, busy} {
-		s.limiter.reserve(k, 5, time.Minute)
-		s.limiter.settle(k, true, 5, time.Minute)
+		s.limiter.reserve(k, attemptCode, lim(5, time.Minute))
+		s.limiter.settle(k, attemptCode, outcomeFailed, lim(5, time.Minute))
 	}
 	clk.Advance(2 * time.Minute) // both records have expired
-	s.limiter.reserve(live, 5, time.Minute)
-	s.limiter.settle(live, true, 5, time.Minute)
+	s.limiter.reserve(live, attemptCode, lim(5, time.Minute))
+	s.limiter.settle(live, attemptCode, outcomeFailed, lim(5, time.Minute))
 
 	ctx := context.Background()
 	if err := st.Lock(ctx, clientPath(busy)); err != nil { // another instance is at it
@@ -277,7 +277,7 @@ func TestStorageSweepDropsOnlyExpiredRecordsAndSkipsOnesInUse(t *testing.T) {
 	if !st.Exists(ctx, clientPath(busy)) {
 		t.Error("a record under another instance's lock was deleted")
 	}
-	if rem := s.limiter.remaining(live, 5); rem != 4 {
+	if rem := s.limiter.remaining(live, lim(5, 0)); rem != 4 {
 		t.Errorf("the sweep lost a live failure: %d left", rem)
 	}
 }

@@ -1,0 +1,207 @@
+// One conformance suite for the limiter and the code store: every behaviour
+// runs against both backends, this process's memory and Caddy's file
+// storage, with the movable clock.
+
+package breakglass
+
+import (
+	"errors"
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/caddyserver/certmagic"
+	"go.uber.org/zap"
+)
+
+type backends struct {
+	limiter limiterBackend
+	codes   codeBackend
+}
+
+// eachBackend runs fn against a fresh memory state and a fresh storage
+// state.
+func eachBackend(t *testing.T, fn func(t *testing.T, b backends)) {
+	t.Run("memory", func(t *testing.T) {
+		fn(t, backends{newLimiter(), newCodeStore([]byte("k"))})
+	})
+	t.Run("storage", func(t *testing.T) {
+		d, err := newStorageState(&certmagic.FileStorage{Path: t.TempDir()}, zap.NewNop(), time.Hour)
+		if err != nil {
+			t.Fatal(err)
+		}
+		s := d.(*state)
+		t.Cleanup(func() { _ = s.Destruct() })
+		fn(t, backends{s.limiter, s.codes})
+	})
+}
+
+var confClient = netip.MustParseAddr("192.0.2.1")
+
+// attempt reserves and settles one attempt, returning what reserve said
+// and, when reserved, what settle said.
+func attempt(t *testing.T, l limiterBackend, kind attemptKind, o outcome, lm limits) (reservation, int, time.Time) {
+	t.Helper()
+	c, err := l.reserve(confClient, kind, lm)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.res != reserved {
+		return c.res, 0, c.until
+	}
+	rem, until, err := l.settle(confClient, kind, o, lm)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return reserved, rem, until
+}
+
+func TestConformanceLockoutAtMaxAttemptsAndNotExtended(t *testing.T) {
+	eachBackend(t, func(t *testing.T, b backends) {
+		clk := useTestClock(t)
+		lm := limits{maxAttempts: 3, window: 10 * time.Minute}
+		var until time.Time
+		for i := 1; i <= 3; i++ {
+			res, rem, u := attempt(t, b.limiter, attemptCode, outcomeFailed, lm)
+			if res != reserved || rem != 3-i {
+				t.Fatalf("failure %d: %v, %d left", i, res, rem)
+			}
+			until = u
+		}
+		if !until.Equal(clk.Now().Add(10 * time.Minute)) {
+			t.Fatalf("locked until %v", until)
+		}
+		clk.Advance(5 * time.Minute)
+		if res, _, u := attempt(t, b.limiter, attemptPassword, outcomeFailed, lm); res != refusedLocked || !u.Equal(until) {
+			t.Fatalf("during the lockout: %v until %v, want refusedLocked until %v", res, u, until)
+		}
+		clk.Advance(5 * time.Minute)
+		if res, rem, _ := attempt(t, b.limiter, attemptCode, outcomeFailed, lm); res != reserved || rem != 2 {
+			t.Fatalf("after the lockout: %v, %d left; want a fresh window", res, rem)
+		}
+	})
+}
+
+func TestConformanceCodesPerClientRefusePasswordsUntilTheWindowEnds(t *testing.T) {
+	eachBackend(t, func(t *testing.T, b backends) {
+		clk := useTestClock(t)
+		lm := limits{maxAttempts: 5, window: 15 * time.Minute, codesPerClient: 2}
+		start := clk.Now()
+		for i := range 2 {
+			if res, _, _ := attempt(t, b.limiter, attemptPassword, outcomeCode, lm); res != reserved {
+				t.Fatalf("code %d: %v", i+1, res)
+			}
+		}
+		res, _, until := attempt(t, b.limiter, attemptPassword, outcomeCode, lm)
+		if res != refusedCodes || !until.Equal(start.Add(15*time.Minute)) {
+			t.Fatalf("third code: %v until %v, want refusedCodes until the window ends", res, until)
+		}
+		// A code attempt is still allowed: the client may type the code it has.
+		if res, _, _ := attempt(t, b.limiter, attemptCode, outcomeNone, lm); res != reserved {
+			t.Fatalf("a code attempt after the codes ran out: %v", res)
+		}
+		if rem := b.limiter.remaining(confClient, lm); rem != 5 {
+			t.Fatalf("codes counted as failures: %d left", rem)
+		}
+		clk.Advance(15 * time.Minute)
+		if res, _, _ := attempt(t, b.limiter, attemptPassword, outcomeCode, lm); res != reserved {
+			t.Fatalf("after the window: %v", res)
+		}
+	})
+}
+
+func TestConformanceFailuresAreReportedForTheHashingQueue(t *testing.T) {
+	eachBackend(t, func(t *testing.T, b backends) {
+		useTestClock(t)
+		lm := limits{maxAttempts: 5, window: time.Minute}
+		attempt(t, b.limiter, attemptPassword, outcomeFailed, lm)
+		attempt(t, b.limiter, attemptPassword, outcomeFailed, lm)
+		c, err := b.limiter.reserve(confClient, attemptPassword, lm)
+		if err != nil || c.res != reserved || c.failures != 2 {
+			t.Fatalf("reserve: %+v %v, want reserved with 2 failures", c, err)
+		}
+		if _, _, err := b.limiter.settle(confClient, attemptPassword, outcomeNone, lm); err != nil {
+			t.Fatal(err)
+		}
+	})
+}
+
+func TestConformanceAPendingCodePerClientAndCredential(t *testing.T) {
+	eachBackend(t, func(t *testing.T, b backends) {
+		useTestClock(t)
+		cl := codeLimits{perCredential: 10, window: time.Hour}
+		other := netip.MustParseAddr("192.0.2.2")
+		if _, err := b.codes.put("s", "111111", flowA, confClient, time.Minute, "first", cl); err != nil {
+			t.Fatal(err)
+		}
+		// Another client's code leaves it; the same client's replaces it.
+		if _, err := b.codes.put("s", "222222", flowB, other, time.Minute, "", cl); err != nil {
+			t.Fatal(err)
+		}
+		if n, _ := b.codes.pendingFor("s"); n != 2 {
+			t.Fatalf("%d codes pending, want 2", n)
+		}
+		if res, reason, _ := b.codes.verify("s", flowA, confClient, "111111", nil); res != codeOK || reason != "first" {
+			t.Fatalf("the first client's code: %v %q", res, reason)
+		}
+		if res, _, _ := b.codes.verify("s", flowA, confClient, "111111", nil); res != codeNotFound {
+			t.Fatalf("a code used twice: %v", res)
+		}
+		if _, err := b.codes.put("s", "333333", flowA, other, time.Minute, "", cl); err != nil {
+			t.Fatal(err)
+		}
+		if res, _, _ := b.codes.verify("s", flowB, other, "222222", nil); res != codeNotFound {
+			t.Fatalf("a client's replaced code: %v", res)
+		}
+		if res, _, _ := b.codes.verify("s", flowA, other, "333333", nil); res != codeOK {
+			t.Fatalf("the replacing code: %v", res)
+		}
+	})
+}
+
+func TestConformanceCodesPerCredentialAndWindow(t *testing.T) {
+	eachBackend(t, func(t *testing.T, b backends) {
+		clk := useTestClock(t)
+		cl := codeLimits{perCredential: 3, window: 15 * time.Minute}
+		for i := range 3 {
+			c := netip.AddrFrom4([4]byte{192, 0, 2, byte(10 + i)})
+			if _, err := b.codes.put("s", "123456", flowA, c, time.Minute, "", cl); err != nil {
+				t.Fatalf("code %d: %v", i+1, err)
+			}
+		}
+		if _, err := b.codes.put("s", "123456", flowA, confClient, time.Minute, "", cl); !errors.Is(err, errCodeBudget) {
+			t.Fatalf("fourth code in the window: %v, want errCodeBudget", err)
+		}
+		if _, err := b.codes.put("t", "123456", flowA, confClient, time.Minute, "", cl); err != nil {
+			t.Fatalf("another credential was refused: %v", err)
+		}
+		clk.Advance(15 * time.Minute)
+		if _, err := b.codes.put("s", "123456", flowA, confClient, time.Minute, "", cl); err != nil {
+			t.Fatalf("after the window: %v", err)
+		}
+	})
+}
+
+func TestConformanceWrongCodesVoidAndCancelAllEndsEveryCode(t *testing.T) {
+	eachBackend(t, func(t *testing.T, b backends) {
+		useTestClock(t)
+		cl := codeLimits{perCredential: 10, window: time.Hour}
+		b.codes.put("s", "123456", flowA, confClient, time.Minute, "", cl)
+		for i, want := range []codeResult{codeWrong, codeWrong, codeVoided} {
+			if res, _, _ := b.codes.verify("s", flowA, confClient, "000000", nil); res != want {
+				t.Fatalf("wrong code %d: %v, want %v", i+1, res, want)
+			}
+		}
+		b.codes.put("s", "123456", flowA, confClient, time.Minute, "", cl)
+		b.codes.put("s", "654321", flowB, netip.MustParseAddr("192.0.2.2"), time.Minute, "", cl)
+		if err := b.codes.cancelAll("s"); err != nil {
+			t.Fatal(err)
+		}
+		if n, _ := b.codes.pendingFor("s"); n != 0 {
+			t.Fatalf("%d codes pending after cancelAll", n)
+		}
+		if res, _, _ := b.codes.verify("s", flowA, confClient, "123456", nil); res != codeNotFound {
+			t.Fatalf("a code after cancelAll: %v", res)
+		}
+	})
+}

@@ -1,0 +1,241 @@
+// The attack suite of the second security review (SECURITY.md, "Second
+// review"): each test failed before its fix. These drive the handler
+// through ServeHTTP; the ones that need a running Caddy are in
+// attack_test.go.
+
+package breakglass
+
+import (
+	"net/http"
+	"net/netip"
+	"net/url"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"golang.org/x/crypto/bcrypt"
+)
+
+// signInAs signs in on h with its own email and password, from b.
+func (b *browser) signInAs(t testing.TB, h testHandler, password string) *http.Response {
+	t.Helper()
+	if resp := b.login(t, h, h.email, password); resp.StatusCode != http.StatusSeeOther {
+		t.Fatalf("right password on %s: status %d", h.email, resp.StatusCode)
+	}
+	tok := csrfOf(t, b.do(t, h, "GET", "/admin/", nil))
+	return b.do(t, h, "POST", "/admin/", url.Values{"break_glass_step": {"code"}, "csrf_token": {tok}, "code": {devCode(t, h)}})
+}
+
+// Finding 1: two handlers share the limiter, and a sign-in on one used to
+// reset the client's whole counter.
+func TestASignInWithAnotherCredentialForgivesNoFailure(t *testing.T) {
+	app := &App{MaxAttempts: 5}
+	guarded := newTestHandler(t, app, nil)
+	ownHash, _ := bcrypt.GenerateFromPassword([]byte("the attacker's own password"), 5)
+	own := newTestHandler(t, app, func(h *Handler) { h.Email, h.Hash = "b@example.com", string(ownHash) })
+
+	b := newBrowser("192.0.2.1")
+	wrong := 0
+	for round := 0; round < 4; round++ {
+		for range 4 {
+			r := b.login(t, guarded, "ops@example.com", "guess")
+			wrong++
+			if r.StatusCode == http.StatusTooManyRequests { // the locked page
+				if wrong != 5 {
+					t.Fatalf("locked out at wrong password %d, want the 5th", wrong)
+				}
+				return
+			}
+			if r.StatusCode != http.StatusUnauthorized {
+				t.Fatalf("wrong password: %d", r.StatusCode)
+			}
+		}
+		if r := newBrowserFrom(b).signInAs(t, own, "the attacker's own password"); r.StatusCode != http.StatusSeeOther && wrong < 5 {
+			t.Fatalf("the sign-in on the other credential: %d", r.StatusCode)
+		}
+	}
+	t.Fatalf("%d wrong passwords from one client with max_attempts 5: a sign-in elsewhere forgave them", wrong)
+}
+
+// newBrowserFrom is a new browser (no cookies) on the same address as b.
+func newBrowserFrom(b *browser) *browser {
+	return &browser{remote: b.remote, cookies: map[string]*http.Cookie{}, tls: b.tls}
+}
+
+// Finding 2: right passwords were never limited. A client now gets
+// codesPerClient codes a window; the next right password is refused before
+// any hashing.
+func TestRightPasswordsAreBoundedPerClientBeforeHashing(t *testing.T) {
+	useTestClock(t)
+	h := newTestHandler(t, &App{MaxAttempts: 5}, nil)
+	codes := 0
+	for i := range 10 {
+		r := newBrowser("192.0.2.1").login(t, h, "ops@example.com", testPassword)
+		switch r.StatusCode {
+		case http.StatusSeeOther:
+			codes++
+		case http.StatusTooManyRequests:
+			if r.Header.Get("Retry-After") == "" {
+				t.Fatal("429 without Retry-After")
+			}
+		default:
+			t.Fatalf("right password %d: %d", i+1, r.StatusCode)
+		}
+	}
+	if codes != defaultCodesPerClient {
+		t.Fatalf("%d codes for 10 right passwords from one client, want %d", codes, defaultCodesPerClient)
+	}
+	if n := len(h.cmp.take()); n != defaultCodesPerClient {
+		t.Fatalf("%d comparisons, want %d: refused right passwords were hashed", n, defaultCodesPerClient)
+	}
+	if n := len(h.logs.FilterMessage("break-glass code (dev_log_code)").All()); n != defaultCodesPerClient {
+		t.Fatalf("%d codes issued, want %d", n, defaultCodesPerClient)
+	}
+}
+
+// Finding 2: each right password replaced the one pending code, so the
+// operator's code stopped working and typing it counted as their failure.
+func TestAnotherClientsSignInNeverVoidsAPendingCode(t *testing.T) {
+	useTestClock(t)
+	h := newTestHandler(t, &App{MaxAttempts: 5}, nil)
+	operator := newBrowser("192.0.2.1")
+	if r := operator.login(t, h, "ops@example.com", testPassword); r.StatusCode != http.StatusSeeOther {
+		t.Fatalf("operator's password: %d", r.StatusCode)
+	}
+	code := devCode(t, h)
+	for range 3 {
+		if r := newBrowser("192.0.2.66").login(t, h, "ops@example.com", testPassword); r.StatusCode != http.StatusSeeOther {
+			t.Fatalf("attacker's password: %d", r.StatusCode)
+		}
+	}
+	tok := csrfOf(t, operator.do(t, h, "GET", "/admin/", nil))
+	r := operator.do(t, h, "POST", "/admin/", url.Values{"break_glass_step": {"code"}, "csrf_token": {tok}, "code": {code}})
+	if r.StatusCode != http.StatusSeeOther {
+		t.Fatalf("the operator's code after another client's sign-ins: %d, want 303", r.StatusCode)
+	}
+	if rem := h.state.limiter.remaining(limiterKey(netip.MustParseAddr("192.0.2.1")), h.app.lim); rem != 5 {
+		t.Fatalf("the operator has %d attempts left, want 5", rem)
+	}
+}
+
+// Finding 2: codes are bounded per credential too, and the bound never
+// voids a code already pending.
+func TestCodesPerCredentialAreBounded(t *testing.T) {
+	useTestClock(t)
+	h := newTestHandler(t, &App{MaxAttempts: 5}, func(h *Handler) { h.AllowedIPs = []string{"192.0.2.0/24"} })
+	first := newBrowser("192.0.2.1")
+	if r := first.login(t, h, "ops@example.com", testPassword); r.StatusCode != http.StatusSeeOther {
+		t.Fatal(r.StatusCode)
+	}
+	code := devCode(t, h)
+	for i := 2; i <= defaultCodesPerCredential+3; i++ {
+		r := newBrowser("192.0.2."+strconv.Itoa(i)).login(t, h, "ops@example.com", testPassword)
+		want := http.StatusSeeOther
+		if i > defaultCodesPerCredential {
+			want = http.StatusTooManyRequests
+		}
+		if r.StatusCode != want {
+			t.Fatalf("code %d for the credential: %d, want %d", i, r.StatusCode, want)
+		}
+	}
+	if n, _ := h.state.codes.pendingFor(h.scope); n != defaultCodesPerCredential {
+		t.Fatalf("%d codes pending, want %d", n, defaultCodesPerCredential)
+	}
+	tok := csrfOf(t, first.do(t, h, "GET", "/admin/", nil))
+	if r := first.do(t, h, "POST", "/admin/", url.Values{"break_glass_step": {"code"}, "csrf_token": {tok}, "code": {code}}); r.StatusCode != http.StatusSeeOther {
+		t.Fatalf("the first code after the bound was reached: %d", r.StatusCode)
+	}
+}
+
+// orderedCompare holds every comparison but the first free ones until
+// released one at a time, and records the order of the passwords.
+type orderedCompare struct {
+	mu      sync.Mutex
+	block   bool
+	order   []string
+	release chan struct{}
+}
+
+func (o *orderedCompare) compare(hash, pw []byte) error {
+	o.mu.Lock()
+	o.order = append(o.order, string(pw))
+	block := o.block
+	o.mu.Unlock()
+	if block {
+		<-o.release
+	}
+	return bcrypt.CompareHashAndPassword(hash, pw)
+}
+
+func (o *orderedCompare) calls() []string {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return append([]string(nil), o.order...)
+}
+
+func (g *hashGate) waiting() int {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return len(g.waiters)
+}
+
+// Finding 3: a flood filled the hashing slots first come, first served.
+// A client with no failures now goes before clients that keep failing.
+func TestAClientWithoutFailuresIsServedBeforeFailingClients(t *testing.T) {
+	h := newTestHandler(t, &App{MaxAttempts: 5, MaxConcurrentHashes: 1}, nil)
+	oc := &orderedCompare{release: make(chan struct{})}
+	h.compare = oc.compare
+	flooder := newBrowser("192.0.2.9")
+	flooder.login(t, h, "ops@example.com", "flood-1") // one failure: priority 1
+	oc.mu.Lock()
+	oc.block = true
+	oc.mu.Unlock()
+
+	var wg sync.WaitGroup
+	post := func(b *browser, pw string) {
+		tok := csrfOf(t, b.do(t, h, "GET", "/admin/", nil))
+		wg.Go(func() {
+			b.do(t, h, "POST", "/admin/", url.Values{"break_glass_step": {"login"}, "csrf_token": {tok}, "email": {"ops@example.com"}, "password": {pw}})
+		})
+	}
+	waitFor := func(cond func() bool) {
+		for deadline := time.Now().Add(5 * time.Second); !cond(); time.Sleep(time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatal("timed out")
+			}
+		}
+	}
+	post(newBrowser("192.0.2.8"), "holder") // takes the only slot
+	waitFor(func() bool { return len(oc.calls()) == 2 })
+	post(flooder, "flood-2") // queued first, with a failure
+	waitFor(func() bool { return h.app.hashes.waiting() == 1 })
+	post(newBrowser("192.0.2.1"), testPassword) // queued second, no failure
+	waitFor(func() bool { return h.app.hashes.waiting() == 2 })
+	for range 3 {
+		oc.release <- struct{}{}
+	}
+	wg.Wait()
+	if got := oc.calls(); len(got) != 4 || got[2] != testPassword || got[3] != "flood-2" {
+		t.Fatalf("comparisons in the order %q; want the operator's before the flooder's", got)
+	}
+}
+
+// Finding 9: code-step posts cost no hashing but each made a limiter
+// entry, so a flood of them filled the limiter and a fresh operator got
+// 429. Without a pending code there is nothing to guess: nothing is kept.
+func TestCodePostsWithoutAPendingCodeCannotFillTheLimiter(t *testing.T) {
+	useTestClock(t)
+	h := newTestHandler(t, &App{MaxAttempts: 5, MaxTrackedClients: 5}, func(h *Handler) { h.AllowedIPs = []string{"192.0.2.0/24"} })
+	for i := 10; i < 60; i++ {
+		b := newBrowser("192.0.2." + strconv.Itoa(i))
+		tok := csrfOf(t, b.do(t, h, "GET", "/admin/", nil))
+		r := b.do(t, h, "POST", "/admin/", url.Values{"break_glass_step": {"code"}, "csrf_token": {tok}, "code": {"123456"}})
+		if r.StatusCode != http.StatusUnauthorized {
+			t.Fatalf("a code post with no code pending: %d, want 401", r.StatusCode)
+		}
+	}
+	if r := newBrowser("192.0.2.1").login(t, h, "ops@example.com", testPassword); r.StatusCode != http.StatusSeeOther {
+		t.Fatalf("a fresh operator after a flood of code posts: %d, want 303", r.StatusCode)
+	}
+}
