@@ -240,3 +240,77 @@ func ourGoroutines() int {
 	}
 	return n
 }
+
+// Finding 9 of the second review: a session was bound to the credential's
+// scope, the same whenever the hash is, so changing the hash and changing it
+// back revived the sessions made before.
+func TestAHashChangedAndChangedBackRevivesNoSession(t *testing.T) {
+	for _, mode := range []string{"memory", "storage"} {
+		t.Run(mode, func(t *testing.T) {
+			w := newWorld(t)
+			cfg := w.caddyfile(5, "")
+			if mode == "storage" {
+				cfg = strings.Replace(cfg, "admin off", "admin off\n\tstorage file_system "+t.TempDir(), 1)
+				cfg = strings.Replace(cfg, "session_ttl 1h", "session_ttl 1h\n\t\tstate storage", 1)
+			}
+			w.load(cfg, "caddyfile")
+			c := w.client("127.0.0.2")
+			c.signIn()
+			if r := c.get("/admin/"); r.status != http.StatusOK {
+				t.Fatalf("no session: %d", r.status)
+			}
+			first := w.hash
+			t.Setenv("BG_TEST_HASH", testHash(t, 6))
+			w.load(cfg, "caddyfile")
+			if r := c.get("/admin/"); r.status != http.StatusUnauthorized {
+				t.Fatalf("the session of the old hash under the new one: %d", r.status)
+			}
+			t.Setenv("BG_TEST_HASH", first)
+			w.load(cfg, "caddyfile")
+			if r := c.get("/admin/"); r.status != http.StatusUnauthorized {
+				t.Fatalf("the hash changed back revived the old session: %d", r.status)
+			}
+			if w.findLog("break-glass credential retired: its sessions and codes are ended", nil) == nil {
+				t.Fatal("no log line for the retired credential")
+			}
+			// A reload that keeps the hash keeps the sessions.
+			c2 := w.client("127.0.0.3")
+			c2.signIn()
+			w.load(cfg, "caddyfile")
+			if r := c2.get("/admin/"); r.status != http.StatusOK {
+				t.Fatalf("a reload with the same hash ended a session: %d", r.status)
+			}
+		})
+	}
+}
+
+// Finding 5 of the second review: behind a proxy that appends to the
+// client's own X-Forwarded-For, Caddy without trusted_proxies_strict takes
+// the left-most entry, which the client wrote. Strict mode takes the
+// right-most untrusted one; without it, the load warns.
+func TestTrustedProxiesWithoutStrictModeAreWarnedAbout(t *testing.T) {
+	for _, strict := range []bool{false, true} {
+		t.Run(fmt.Sprintf("strict=%v", strict), func(t *testing.T) {
+			w := newWorld(t)
+			servers := "servers {\n\t\ttrusted_proxies static 127.0.0.1/32\n\t}"
+			if strict {
+				servers = "servers {\n\t\ttrusted_proxies static 127.0.0.1/32\n\t\ttrusted_proxies_strict\n\t}"
+			}
+			w.load(strings.Replace(w.caddyfile(5, ""), "admin off", "admin off\n\t"+servers, 1), "caddyfile")
+			warned := w.findLog("break-glass: this server trusts proxies without trusted_proxies_strict: a client behind a proxy that appends to X-Forwarded-For can choose the address the allow-list and the limiter see; set trusted_proxies_strict", nil) != nil
+			if warned == strict {
+				t.Fatalf("strict %v: warned %v", strict, warned)
+			}
+			// The proxy (127.0.0.1) appended the real client, 198.51.100.7,
+			// to what the client sent.
+			r := w.client("127.0.0.1").do("GET", "/admin/", nil, map[string]string{"X-Forwarded-For": "127.0.0.2, 198.51.100.7"})
+			want := http.StatusUnauthorized // the spoofed 127.0.0.2 is allowed
+			if strict {
+				want = http.StatusForbidden // 198.51.100.7 is not
+			}
+			if r.status != want {
+				t.Fatalf("strict %v: a spoofed left-most entry got %d, want %d", strict, r.status, want)
+			}
+		})
+	}
+}

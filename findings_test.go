@@ -10,10 +10,13 @@ import (
 	"net/netip"
 	"net/url"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/caddyserver/certmagic"
+	"go.uber.org/zap"
 	"golang.org/x/crypto/bcrypt"
 )
 
@@ -237,5 +240,36 @@ func TestCodePostsWithoutAPendingCodeCannotFillTheLimiter(t *testing.T) {
 	}
 	if r := newBrowser("192.0.2.1").login(t, h, "ops@example.com", testPassword); r.StatusCode != http.StatusSeeOther {
 		t.Fatalf("a fresh operator after a flood of code posts: %d, want 303", r.StatusCode)
+	}
+}
+
+// Finding 9: a revoke ended the sessions and left pending codes working.
+func TestRevokeEndsPendingCodesToo(t *testing.T) {
+	for _, mode := range []string{"memory", "storage"} {
+		t.Run(mode, func(t *testing.T) {
+			useTestClock(t)
+			app := &App{MaxAttempts: 5}
+			if mode == "storage" {
+				app.State = "storage"
+				if err := app.setup(zap.NewNop(), &certmagic.FileStorage{Path: t.TempDir()}); err != nil {
+					t.Fatal(err)
+				}
+				t.Cleanup(func() { _ = app.Cleanup() })
+			}
+			h := newTestHandler(t, app, nil)
+			b := newBrowser("192.0.2.1")
+			if r := b.login(t, h, "ops@example.com", testPassword); r.StatusCode != http.StatusSeeOther {
+				t.Fatal(r.StatusCode)
+			}
+			code := devCode(t, h)
+			if _, err := h.state.endSessions(h.scope); err != nil { // what revoke does
+				t.Fatal(err)
+			}
+			tok := csrfOf(t, b.do(t, h, "GET", "/admin/", nil))
+			r := b.do(t, h, "POST", "/admin/", url.Values{"break_glass_step": {"code"}, "csrf_token": {tok}, "code": {code}})
+			if r.StatusCode == http.StatusSeeOther || r.Header.Get("Set-Cookie") != "" && strings.Contains(r.Header.Get("Set-Cookie"), sessionCookie+"=") {
+				t.Fatalf("a code pending before the revoke signed in: %d", r.StatusCode)
+			}
+		})
 	}
 }

@@ -10,13 +10,17 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"reflect"
 	"runtime"
+	"slices"
 	"sync"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/caddyserver/certmagic"
 	"go.uber.org/zap"
 )
@@ -83,6 +87,7 @@ type App struct {
 	// a change takes effect at the next restart.
 	RefreshInterval caddy.Duration `json:"refresh_interval,omitempty"`
 
+	ctx     caddy.Context
 	storage certmagic.Storage // the config's storage, where drills are recorded
 	// max_uses counts and the last TOTP step per credential: in the
 	// config's storage (kept across restarts whatever the state mode), or
@@ -110,6 +115,7 @@ func (App) CaddyModule() caddy.ModuleInfo {
 // Provision sets defaults, resolves the SMTP settings and attaches the shared
 // state.
 func (a *App) Provision(ctx caddy.Context) error {
+	a.ctx = ctx
 	a.storage = ctx.Storage()
 	var st certmagic.Storage
 	if a.State == "storage" {
@@ -215,8 +221,121 @@ func (a *App) acquireHash(ctx context.Context, prio int) bool {
 func (a *App) releaseHash() { a.hashes.release() }
 
 // Start is part of caddy.App; the state's background work is started with
-// the state itself, so that it keeps running across reloads.
-func (a *App) Start() error { return nil }
+// the state itself, so that it keeps running across reloads. Once every
+// handler of this config is known, it retires the credentials the config
+// no longer has, and warns of a proxy setup that lets clients choose their
+// address.
+func (a *App) Start() error {
+	if a.state != nil {
+		a.retireCredentials()
+	}
+	if a.ctx.Context != nil {
+		a.warnUntrustedForwarding()
+	}
+	return nil
+}
+
+// credentialsKey is where, with state storage, the credentials of the last
+// config started are kept.
+const credentialsKey = storagePrefix + "credentials"
+
+// retireCredentials ends the sessions and codes of every credential (email
+// and hash) that the last config started had and this one has not, so that
+// changing a hash and changing it back never revives the sessions made
+// before (each credential's scope is the same whenever its hash is).
+func (a *App) retireCredentials() {
+	current := map[string][]string{}
+	for _, h := range a.handlers.all() {
+		if !slices.Contains(current[h.identity], h.scope) {
+			current[h.identity] = append(current[h.identity], h.scope)
+		}
+	}
+	prev, err := a.state.swapCredentials(current)
+	if err != nil {
+		a.logger.Error("break-glass: reading the credentials of the last config; sessions of a changed hash end only by their scope", zap.Error(err))
+		return
+	}
+	for identity, scopes := range prev {
+		for _, scope := range scopes {
+			if slices.Contains(current[identity], scope) {
+				continue
+			}
+			n, err := a.state.endSessions(scope)
+			if err != nil {
+				a.logger.Error("break-glass: ending the sessions of a credential no longer configured", zap.String("email", identity), zap.Error(err))
+				continue
+			}
+			a.logger.Info("break-glass credential retired: its sessions and codes are ended", zap.String("email", identity), zap.Int("sessions_ended", n))
+		}
+	}
+}
+
+// swapCredentials records the credentials of the config being started and
+// returns those of the one before it.
+func (s *state) swapCredentials(current map[string][]string) (map[string][]string, error) {
+	if s.storage == nil {
+		s.credMu.Lock()
+		defer s.credMu.Unlock()
+		prev := s.credentials
+		s.credentials = current
+		return prev, nil
+	}
+	ctx, cancel := opCtx()
+	defer cancel()
+	if err := s.storage.Lock(ctx, credentialsKey); err != nil {
+		return nil, err
+	}
+	defer func() { _ = unlock(s.storage, credentialsKey) }()
+	prev := map[string][]string{}
+	b, err := s.storage.Load(ctx, credentialsKey)
+	switch {
+	case err == nil:
+		if err := json.Unmarshal(b, &prev); err != nil {
+			return nil, fmt.Errorf("%s: %v", credentialsKey, err)
+		}
+	case !notExist(err):
+		return nil, err
+	}
+	b, _ = json.Marshal(current)
+	return prev, s.storage.Store(ctx, credentialsKey, b)
+}
+
+// trustsProxies reports whether a provisioned server has trusted_proxies.
+// Caddy drops the raw setting once the module is loaded and keeps the
+// module unexported, so it is read by reflection (a test checks it against
+// the Caddy this is built with).
+func trustsProxies(srv *caddyhttp.Server) bool {
+	if len(srv.TrustedProxiesRaw) > 0 {
+		return true
+	}
+	f := reflect.ValueOf(srv).Elem().FieldByName("trustedProxies")
+	return f.IsValid() && f.Kind() == reflect.Interface && !f.IsNil()
+}
+
+// warnUntrustedForwarding warns when a server trusts proxies without
+// trusted_proxies_strict: Caddy then takes the left-most address of
+// X-Forwarded-For, which a proxy that appends to the client's own header
+// lets the client choose — an allowed address, and a fresh limiter key at
+// each request.
+func (a *App) warnUntrustedForwarding() {
+	if len(a.handlers.all()) == 0 {
+		return
+	}
+	v, err := a.ctx.AppIfConfigured("http")
+	if err != nil {
+		return
+	}
+	httpApp, ok := v.(*caddyhttp.App)
+	if !ok {
+		return
+	}
+	for name, srv := range httpApp.Servers {
+		if trustsProxies(srv) && srv.TrustedProxiesStrict == 0 {
+			a.logger.Warn("break-glass: this server trusts proxies without trusted_proxies_strict: a client behind a proxy that appends to X-Forwarded-For can choose the address the allow-list and the limiter see; set trusted_proxies_strict",
+				zap.String("server", name))
+		}
+	}
+}
 
 // Stop is part of caddy.App. Deliveries in flight belong to the shared state
 // and are ended by Cleanup when the last app lets go of it.
@@ -259,6 +378,11 @@ type state struct {
 	lockouts lockoutAlerts
 	totp     totpReplay
 	uses     usesBackend
+
+	// With state memory: the credentials (identity → scopes) of the last
+	// config started; with state storage they are in storage.
+	credMu      sync.Mutex
+	credentials map[string][]string
 
 	stopSweep context.CancelFunc
 	loops     sync.WaitGroup
@@ -325,18 +449,20 @@ func (s *state) start() {
 	}
 }
 
-// endSessions ends every session of a credential issued until now, here
-// and, with state storage, on every instance (at their next refresh). It
-// returns how many live sessions issued by this process it ended.
+// endSessions ends every session of a credential issued until now, and
+// every code pending for it, here and, with state storage, on every
+// instance (sessions at their next refresh). It returns how many live
+// sessions issued by this process it ended.
 func (s *state) endSessions(scope string) (int, error) {
 	t := now()
 	n := s.sessions.endAll(scope, t)
+	err := s.codes.cancelAll(scope)
 	if s.storage != nil {
 		ctx, cancel := opCtx()
 		defer cancel()
-		return n, s.storage.Store(ctx, epochsDir+"/"+scope, []byte(t.UTC().Format(issuedLayout)))
+		err = errors.Join(err, s.storage.Store(ctx, epochsDir+"/"+scope, []byte(t.UTC().Format(issuedLayout))))
 	}
-	return n, nil
+	return n, err
 }
 
 // revoke ends a session here and, with state storage, on every instance.
