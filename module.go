@@ -410,6 +410,9 @@ func newState() (caddy.Destructor, error) {
 // newStorageState makes the state of a cluster: keys from storage, limiter
 // and codes in storage, revocations refreshed from storage.
 func newStorageState(st certmagic.Storage, log *zap.Logger, refresh time.Duration) (caddy.Destructor, error) {
+	if err := checkLockExcludes(st); err != nil {
+		return nil, err
+	}
 	root, err := loadOrCreateRootKey(st)
 	if err != nil {
 		return nil, fmt.Errorf("loading the signing key from storage: %v", err)

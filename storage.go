@@ -8,6 +8,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/base64"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -96,6 +97,34 @@ func loadOrCreateRootKey(st certmagic.Storage) ([]byte, error) {
 		return nil, err
 	}
 	return k, st.Store(ctx, storageKeyPath, []byte(base64.StdEncoding.EncodeToString(k)))
+}
+
+// lockProbeWait is how long the lock check waits for a second Lock of a
+// name already locked to block.
+var lockProbeWait = 300 * time.Millisecond
+
+// checkLockExcludes refuses a storage whose Lock does not exclude (some
+// storage modules implement it as a no-op): it takes a lock, then tries to
+// take it again. Cluster mode's "a code works once" and "no failure lost"
+// rest on that exclusion.
+func checkLockExcludes(st certmagic.Storage) error {
+	var b [8]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return err
+	}
+	name := storagePrefix + "lock_check_" + hex.EncodeToString(b[:])
+	ctx, cancel := opCtx()
+	defer cancel()
+	if err := st.Lock(ctx, name); err != nil {
+		return fmt.Errorf("taking a storage lock: %v", err)
+	}
+	defer func() { _ = unlock(st, name) }()
+	pctx, pcancel := context.WithTimeout(ctx, lockProbeWait)
+	defer pcancel()
+	if err := st.Lock(pctx, name); err == nil {
+		return fmt.Errorf("the storage (%T) let a lock be taken twice: its Lock does not exclude, so codes could be used twice and failures lost; use a storage whose Lock excludes (Caddy's file_system does)", st)
+	}
+	return nil
 }
 
 // storageLimiter keeps each client's failures in storage. An attempt holds

@@ -303,3 +303,24 @@ func TestStorageRevokeAllReachesOtherInstancesWithoutAnyLogout(t *testing.T) {
 		t.Fatalf("after the revoke on a and a refresh, on b: %v, want errSessionRevoked", err)
 	}
 }
+
+// noLockStorage is a storage whose Lock is a no-op, as some storage modules'
+// are.
+type noLockStorage struct{ certmagic.Storage }
+
+func (noLockStorage) Lock(context.Context, string) error   { return nil }
+func (noLockStorage) Unlock(context.Context, string) error { return nil }
+
+// Finding 9 of the second review: cluster mode needs a Lock that excludes.
+func TestStateStorageRefusesAStorageWhoseLockDoesNotExclude(t *testing.T) {
+	_, err := newStorageState(noLockStorage{&certmagic.FileStorage{Path: t.TempDir()}}, zap.NewNop(), time.Hour)
+	if err == nil || !strings.Contains(err.Error(), "Lock does not exclude") {
+		t.Fatalf("a storage with a no-op Lock: %v, want it refused", err)
+	}
+	app := &App{State: "storage"}
+	if err := app.setup(zap.NewNop(), noLockStorage{&certmagic.FileStorage{Path: t.TempDir()}}); err == nil {
+		_ = app.Cleanup()
+		t.Fatal("the app took state storage on a storage whose Lock does not exclude")
+	}
+	newStorageTestState(t, &certmagic.FileStorage{Path: t.TempDir()}) // file_system passes
+}
