@@ -111,6 +111,14 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if err := oneArg(d, &h.AuditLog); err != nil {
 				return err
 			}
+		case "cookie_path":
+			if err := oneArg(d, &h.CookiePath); err != nil {
+				return err
+			}
+		case "site_name":
+			if err := oneArg(d, &h.SiteName); err != nil {
+				return err
+			}
 		case "max_uses":
 			if err := countArg(d, &h.MaxUses); err != nil {
 				return err

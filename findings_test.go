@@ -6,7 +6,9 @@
 package breakglass
 
 import (
+	"crypto/tls"
 	"net/http"
+	"net/http/httptest"
 	"net/netip"
 	"net/url"
 	"strconv"
@@ -271,5 +273,80 @@ func TestRevokeEndsPendingCodesToo(t *testing.T) {
 				t.Fatalf("a code pending before the revoke signed in: %d", r.StatusCode)
 			}
 		})
+	}
+}
+
+// Finding 4: the cookies had Path=/, so after a sign-in the session cookie
+// went to every unguarded route of the site. cookie_path keeps them to the
+// guarded path; over TLS with Path=/, they carry the __Host- prefix.
+func TestCookiePathKeepsTheCookiesToTheGuardedPath(t *testing.T) {
+	for _, overTLS := range []bool{false, true} {
+		h := newTestHandler(t, nil, func(h *Handler) { h.CookiePath = "/admin" })
+		b := newBrowser("192.0.2.1")
+		b.tls = overTLS
+		login := b.login(t, h, "ops@example.com", testPassword)
+		if login.StatusCode != http.StatusSeeOther || len(login.Cookies()) == 0 {
+			t.Fatal(login.StatusCode)
+		}
+		for _, c := range login.Cookies() {
+			if c.Path != "/admin" || c.Name != flowCookie {
+				t.Fatalf("TLS %v: flow cookie %+v, want %s with Path=/admin", overTLS, c, flowCookie)
+			}
+		}
+		tok := csrfOf(t, b.do(t, h, "GET", "/admin/", nil))
+		r := b.do(t, h, "POST", "/admin/", url.Values{"break_glass_step": {"code"}, "csrf_token": {tok}, "code": {devCode(t, h)}})
+		var sess *http.Cookie
+		for _, c := range r.Cookies() {
+			if c.Name == sessionCookie {
+				sess = c
+			}
+		}
+		if sess == nil || sess.Path != "/admin" || sess.Secure != overTLS {
+			t.Fatalf("TLS %v: session cookie %+v, want Path=/admin", overTLS, sess)
+		}
+	}
+	for _, bad := range []string{"admin", "/a;b", "/a b", "/a\"", "/a\n"} {
+		h := &Handler{Email: "ops@example.com", Hash: testHash(t, 5), DevLogCode: true, CookiePath: bad}
+		app := &App{}
+		if err := app.setup(zap.NewNop(), nil); err != nil {
+			t.Fatal(err)
+		}
+		err := h.setup(app, zap.NewNop())
+		_ = app.Cleanup()
+		if err == nil || !strings.Contains(err.Error(), "cookie_path") {
+			t.Fatalf("cookie_path %q: %v, want an error naming cookie_path", bad, err)
+		}
+	}
+}
+
+// Finding 6: over TLS the alerts named the TLS server name (SNI), which a
+// client may choose among the names of one certificate, not the site whose
+// route it reached.
+func TestAlertsNameTheRoutedHostNotTheSNI(t *testing.T) {
+	for _, siteName := range []string{"", "Admin portal"} {
+		h := newTestHandler(t, nil, func(h *Handler) { h.SiteName = siteName })
+		r := httptest.NewRequest("GET", "https://admin.test/admin/", nil)
+		r.TLS = &tls.ConnectionState{HandshakeComplete: true, ServerName: "www.test"}
+		want := "admin.test"
+		if siteName != "" {
+			want = siteName
+		}
+		if got := h.site(r); got != want {
+			t.Fatalf("site_name %q: alerts name %q, want %q", siteName, got, want)
+		}
+		r.Host = strings.Repeat("a", 2100) + ".test"
+		if got := h.site(r); siteName == "" && len(got) != maxSiteName {
+			t.Fatalf("a 2,100-character Host: %d characters in alerts, want %d", len(got), maxSiteName)
+		}
+	}
+}
+
+// Finding 9: bidirectional controls in the reason reached alerts and logs,
+// so that an alert could read otherwise than it is.
+func TestReasonLosesBidiControls(t *testing.T) {
+	in := "INC-42 \u202eetadpu\u202c ok \u2066x\u2069\u200f\u061c"
+	got := cleanReason(in)
+	if strings.ContainsFunc(got, isBidiControl) || got != "INC-42 etadpu ok x" {
+		t.Fatalf("cleanReason(%q) = %q", in, got)
 	}
 }

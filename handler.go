@@ -22,6 +22,7 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unicode"
 	"unicode/utf8"
 
 	"github.com/caddyserver/caddy/v2"
@@ -113,6 +114,18 @@ type Handler struct {
 	// The mail transport of this handler; replaces the app's smtp.
 	SMTP *SMTPConfig `json:"smtp,omitempty"`
 
+	// The path of the break-glass cookies (session and sign-in), e.g.
+	// /admin when only /admin* is guarded on a site that serves other
+	// routes: a browser then sends them only to /admin and below, never to
+	// the site's other routes and their upstreams. Every guarded path
+	// should be under it. Default: /. Over TLS with the path /, the cookies
+	// carry the __Host- prefix (this host only, Secure).
+	CookiePath string `json:"cookie_path,omitempty"`
+
+	// The site's name in mails and alerts. Default: the request's host
+	// (the Host header the route matched), at most 253 characters.
+	SiteName string `json:"site_name,omitempty"`
+
 	// Development only: write each code to the log at WARN, so the flow can
 	// be tried without a mail server.
 	DevLogCode bool `json:"dev_log_code,omitempty"`
@@ -143,6 +156,10 @@ type Handler struct {
 	auditPath    string
 	auditRelease func() error // once
 	mailer       *mailer
+	cookiePath   string
+	// cookie names over plain HTTP and over TLS (with __Host- when the
+	// path is /), made once so that the pass-through path allocates none.
+	plainNames, tlsNames cookieNames
 
 	// compare checks a password against a bcrypt hash; tests replace it to
 	// count comparisons.
@@ -294,6 +311,17 @@ func (h *Handler) setup(app *App, logger *zap.Logger) error {
 	default:
 		h.mailer = h.app.mailer
 	}
+	if err := h.setupCookies(); err != nil {
+		return err
+	}
+	if h.SiteName != "" {
+		if h.SiteName, err = resolve(repl, h.SiteName); err != nil {
+			return fmt.Errorf("site_name: %v", err)
+		}
+		if len(h.SiteName) > maxSiteName || strings.ContainsFunc(h.SiteName, unicode.IsControl) {
+			return fmt.Errorf("site_name: at most %d characters, and no control character", maxSiteName)
+		}
+	}
 	if h.mailer == nil && !h.DevLogCode {
 		return errors.New("no way to deliver the code: configure smtp (in this handler or in the global break_glass options), or dev_log_code for local development")
 	}
@@ -374,7 +402,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		return render(w, r, http.StatusForbidden, h.page(r, client, "forbidden", "Access not allowed"))
 	}
 	logout := isLogout(r)
-	if value, ok := cookieValue(r.Header, sessionCookie); ok {
+	if value, ok := cookieValue(r.Header, h.names(r).session); ok {
 		// The path of every request of a signed-in operator: one cookie, one
 		// HMAC, three placeholders. It allocates only what the placeholders
 		// and the cookie stripping need.
@@ -417,7 +445,7 @@ func (h *Handler) serveLogin(w http.ResponseWriter, r *http.Request, client neti
 	}
 
 	if r.Method != http.MethodPost {
-		flow := flowFrom(r)
+		flow := h.flowFrom(r)
 		if exp, ok := h.state.codes.pending(h.scope, flow, client); ok {
 			return h.renderCode(w, r, client, flow, exp, "", http.StatusOK)
 		}
@@ -450,7 +478,7 @@ func (h *Handler) serveLogin(w http.ResponseWriter, r *http.Request, client neti
 		// A POST meant for the guarded application, without a session.
 		return h.renderLogin(w, r, h.page(r, client, "login", "Break-glass sign-in"), http.StatusUnauthorized)
 	}
-	flow := flowFrom(r)
+	flow := h.flowFrom(r)
 	if flow == "" || !h.validCSRF(flow, r.PostForm.Get("csrf_token")) {
 		log.Info("break-glass form refused: missing or wrong CSRF token")
 		p := h.page(r, client, "login", "Break-glass sign-in")
@@ -564,7 +592,7 @@ func (h *Handler) stepPassword(w http.ResponseWriter, r *http.Request, client ne
 	log.Info("break-glass password accepted: code issued", zap.String("email", h.email), zap.Time("code_expires", exp), zap.String("reason", reason))
 	head := h.audit(auditRecord{Event: auditCodeIssued, Client: client.String(), Reason: reason})
 	if h.alertOn["code_issued"] {
-		ev := newEvent(eventCodeIssued, h.email, client.String(), siteName(r), reason, now())
+		ev := newEvent(eventCodeIssued, h.email, client.String(), h.site(r), reason, now())
 		ev.AuditHead = head
 		h.sendAlerts(ev, log)
 	}
@@ -572,7 +600,7 @@ func (h *Handler) stepPassword(w http.ResponseWriter, r *http.Request, client ne
 		log.Warn("break-glass code (dev_log_code)", zap.String("email", h.email), zap.String("code", code), zap.Time("code_expires", exp))
 	}
 	if h.mailer != nil {
-		msg := codeMail(h.email, code, client.String(), siteName(r), exp)
+		msg := codeMail(h.email, code, client.String(), h.site(r), exp)
 		h.deliver("code_email", log.With(zap.String("recipient", h.email)),
 			func(ctx context.Context) error { return h.mailer.send(ctx, msg) })
 	}
@@ -716,7 +744,7 @@ func (h *Handler) failed(w http.ResponseWriter, r *http.Request, client netip.Ad
 		log.Warn("break-glass client locked out", zap.Time("locked_until", lockedUntil), zap.Int("max_attempts", h.app.MaxAttempts))
 		head := h.audit(auditRecord{Event: auditLockout, Client: client.String(), Detail: "until " + lockedUntil.UTC().Format(time.RFC3339)})
 		if h.alertOn["lockout"] {
-			ev := newEvent(eventLockout, h.email, client.String(), siteName(r), "", now())
+			ev := newEvent(eventLockout, h.email, client.String(), h.site(r), "", now())
 			ev.AuditHead = head
 			h.alertLockout(ev, log)
 		}
@@ -727,7 +755,7 @@ func (h *Handler) failed(w http.ResponseWriter, r *http.Request, client netip.Ad
 	if p.Kind == "login" {
 		return h.renderLogin(w, r, p, status)
 	}
-	p.CSRF = h.csrfToken(flowFrom(r))
+	p.CSRF = h.csrfToken(h.flowFrom(r))
 	return render(w, r, status, p)
 }
 
@@ -755,7 +783,7 @@ func (h *Handler) succeed(w http.ResponseWriter, r *http.Request, client netip.A
 		uses = n
 	}
 	t := now()
-	ev := newEvent(eventLogin, h.email, client.String(), siteName(r), reason, t)
+	ev := newEvent(eventLogin, h.email, client.String(), h.site(r), reason, t)
 	if h.RequireAlert {
 		// The alert must cover this login: its head is that of a line
 		// written for it.
@@ -783,10 +811,7 @@ func (h *Handler) succeed(w http.ResponseWriter, r *http.Request, client netip.A
 	}
 	ttl := time.Duration(h.app.SessionTTL)
 	s := session{ID: id, Issued: t, Expires: t.Add(ttl), Client: client, Scope: h.scope}
-	http.SetCookie(w, &http.Cookie{
-		Name: sessionCookie, Value: h.state.sessions.encode(s), Path: "/",
-		MaxAge: int(math.Ceil(ttl.Seconds())), HttpOnly: true, Secure: r.TLS != nil, SameSite: http.SameSiteStrictMode,
-	})
+	http.SetCookie(w, h.cookie(r, h.names(r).session, h.state.sessions.encode(s), int(math.Ceil(ttl.Seconds()))))
 	h.clearFlowCookie(w, r)
 	h.state.sessions.track(s)
 	metricAttempts.WithLabelValues(resultSuccess).Inc()
@@ -799,7 +824,7 @@ func (h *Handler) succeed(w http.ResponseWriter, r *http.Request, client netip.A
 	}
 	if h.MaxUses > 0 && uses >= h.MaxUses {
 		log.Warn("break-glass credential spent: max_uses reached; set a new hash", zap.String("email", h.email), zap.Int("max_uses", h.MaxUses))
-		spent := newEvent(eventSpent, h.email, client.String(), siteName(r), reason, t)
+		spent := newEvent(eventSpent, h.email, client.String(), h.site(r), reason, t)
 		spent.AuditHead = h.audit(auditRecord{Event: auditSpent, Client: client.String(), Detail: fmt.Sprintf("after %d uses", uses)})
 		h.sendAlerts(spent, log)
 	}
@@ -825,15 +850,27 @@ func (h *Handler) renderSpent(w http.ResponseWriter, r *http.Request, client net
 // maxReason is the longest reason the login form takes, in characters.
 const maxReason = 200
 
-// cleanReason trims the reason and turns control characters (line breaks,
-// tabs, escapes) into spaces, so it stays one line in logs and mails.
+// cleanReason trims the reason, turns control characters (line breaks,
+// tabs, escapes) into spaces, so it stays one line in logs and mails, and
+// drops the bidirectional controls, which would make an alert read
+// otherwise than it is.
 func cleanReason(s string) string {
 	return strings.TrimSpace(strings.Map(func(r rune) rune {
-		if r < 0x20 || r == 0x7f || (r >= 0x80 && r < 0xa0) || r == 0x2028 || r == 0x2029 {
+		switch {
+		case isBidiControl(r):
+			return -1
+		case r < 0x20 || r == 0x7f || (r >= 0x80 && r < 0xa0) || r == 0x2028 || r == 0x2029:
 			return ' '
 		}
 		return r
 	}, s))
+}
+
+// isBidiControl reports the Unicode bidirectional formatting characters:
+// embeddings and overrides (U+202A–U+202E), isolates (U+2066–U+2069) and
+// the marks (U+200E, U+200F, U+061C).
+func isBidiControl(r rune) bool {
+	return (r >= 0x202a && r <= 0x202e) || (r >= 0x2066 && r <= 0x2069) || r == 0x200e || r == 0x200f || r == 0x061c
 }
 
 // reasonProblem says what is wrong with a reason, or "".
@@ -855,8 +892,7 @@ func (h *Handler) logout(w http.ResponseWriter, r *http.Request, client netip.Ad
 		h.logger.Error("break-glass logout not written to storage: other instances accept the session until it expires",
 			zap.String("client_ip", client.String()), zap.Error(err))
 	}
-	http.SetCookie(w, &http.Cookie{Name: sessionCookie, Value: "", Path: "/", MaxAge: -1,
-		HttpOnly: true, Secure: r.TLS != nil, SameSite: http.SameSiteStrictMode})
+	http.SetCookie(w, h.cookie(r, h.names(r).session, "", -1))
 	h.logger.Info("break-glass logout", zap.String("client_ip", client.String()), zap.String("email", h.email))
 	h.audit(auditRecord{Event: auditLogout, Client: client.String()})
 	p := h.page(r, client, "login", "Break-glass sign-in")
@@ -888,7 +924,7 @@ func (h *Handler) message(r *http.Request, client netip.Addr, title, text string
 // renderLogin serves the login page with a CSRF token, starting a new flow
 // (the step-1 cookie) when the request has none.
 func (h *Handler) renderLogin(w http.ResponseWriter, r *http.Request, p page, status int) error {
-	flow := flowFrom(r)
+	flow := h.flowFrom(r)
 	if flow == "" {
 		var err error
 		if flow, err = newFlowID(); err != nil {
@@ -933,8 +969,8 @@ func newFlowID() (string, error) {
 
 // flowFrom returns the request's flow ID, or "" if it has none or a
 // malformed one.
-func flowFrom(r *http.Request) string {
-	c, err := r.Cookie(flowCookie)
+func (h *Handler) flowFrom(r *http.Request) string {
+	c, err := r.Cookie(h.names(r).flow)
 	if err != nil || len(c.Value) != 32 {
 		return ""
 	}
@@ -945,13 +981,52 @@ func flowFrom(r *http.Request) string {
 }
 
 func (h *Handler) setFlowCookie(w http.ResponseWriter, r *http.Request, flow string) {
-	http.SetCookie(w, &http.Cookie{Name: flowCookie, Value: flow, Path: "/",
-		HttpOnly: true, Secure: r.TLS != nil, SameSite: http.SameSiteStrictMode})
+	http.SetCookie(w, h.cookie(r, h.names(r).flow, flow, 0))
 }
 
 func (h *Handler) clearFlowCookie(w http.ResponseWriter, r *http.Request) {
-	http.SetCookie(w, &http.Cookie{Name: flowCookie, Value: "", Path: "/", MaxAge: -1,
-		HttpOnly: true, Secure: r.TLS != nil, SameSite: http.SameSiteStrictMode})
+	http.SetCookie(w, h.cookie(r, h.names(r).flow, "", -1))
+}
+
+// cookieNames are the names of the handler's two cookies.
+type cookieNames struct{ session, flow string }
+
+// hostPrefix is the cookie prefix a browser accepts only from the host that
+// set it, over TLS, with Path=/ and no Domain: a sibling subdomain cannot
+// plant or overwrite such a cookie.
+const hostPrefix = "__Host-"
+
+// setupCookies checks cookie_path and makes the cookie names.
+func (h *Handler) setupCookies() error {
+	h.cookiePath = "/"
+	if h.CookiePath != "" {
+		p := h.CookiePath
+		if !strings.HasPrefix(p, "/") || strings.ContainsAny(p, ";,\\ \"") || strings.ContainsFunc(p, unicode.IsControl) || len(p) > 1024 {
+			return fmt.Errorf("cookie_path %q: must be a path starting with /, without spaces, quotes, commas or semicolons", p)
+		}
+		h.cookiePath = p
+	}
+	h.plainNames = cookieNames{sessionCookie, flowCookie}
+	h.tlsNames = h.plainNames
+	if h.cookiePath == "/" {
+		h.tlsNames = cookieNames{hostPrefix + sessionCookie, hostPrefix + flowCookie}
+	}
+	return nil
+}
+
+// names are the cookie names of this request.
+func (h *Handler) names(r *http.Request) *cookieNames {
+	if r.TLS != nil {
+		return &h.tlsNames
+	}
+	return &h.plainNames
+}
+
+// cookie makes every cookie the handler sets, so that their attributes
+// cannot drift apart. maxAge 0 is a browser-session cookie, -1 deletes it.
+func (h *Handler) cookie(r *http.Request, name, value string, maxAge int) *http.Cookie {
+	return &http.Cookie{Name: name, Value: value, Path: h.cookiePath, MaxAge: maxAge,
+		HttpOnly: true, Secure: r.TLS != nil, SameSite: http.SameSiteStrictMode}
 }
 
 func (h *Handler) csrfToken(flow string) string {
@@ -1040,7 +1115,7 @@ func stripOwnCookies(h http.Header) {
 		var b strings.Builder
 		for part := range strings.SplitSeq(line, ";") {
 			part = strings.TrimSpace(part)
-			if part == "" || strings.HasPrefix(part, "break_glass_") {
+			if part == "" || strings.HasPrefix(part, "break_glass_") || strings.HasPrefix(part, hostPrefix+"break_glass_") {
 				continue
 			}
 			if b.Len() == 0 {
@@ -1061,14 +1136,27 @@ func stripOwnCookies(h http.Header) {
 	h["Cookie"] = kept
 }
 
-// siteName names the site in mails and alerts: the TLS server name when
-// there is one, else the Host header (which, on a catch-all site, the client
-// chooses).
-func siteName(r *http.Request) string {
-	if r.TLS != nil && r.TLS.ServerName != "" {
-		return r.TLS.ServerName
+// maxSiteName bounds the site's name in mails and alerts: the length of a
+// DNS name.
+const maxSiteName = 253
+
+// site names the site in mails and alerts: site_name, else the host the
+// route matched (the Host header, not the TLS server name, which a client
+// may send for another site of the same certificate; on a catch-all site
+// the client chooses either), cut to maxSiteName bytes.
+func (h *Handler) site(r *http.Request) string {
+	if h.SiteName != "" {
+		return h.SiteName
 	}
-	return hostOnly(r.Host)
+	host := hostOnly(r.Host)
+	if len(host) > maxSiteName {
+		cut := maxSiteName
+		for cut > 0 && !utf8.RuneStart(host[cut]) {
+			cut--
+		}
+		host = host[:cut]
+	}
+	return host
 }
 
 // hostOnly is the request's host without a port, for pages and alerts.

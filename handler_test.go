@@ -368,9 +368,13 @@ func TestSessionCookieAttributesAndPassThrough(t *testing.T) {
 		if resp.StatusCode != http.StatusSeeOther || resp.Header.Get("Location") != "/admin/" {
 			t.Fatalf("right code: status %d, Location %q", resp.StatusCode, resp.Header.Get("Location"))
 		}
+		name := sessionCookie
+		if overTLS {
+			name = hostPrefix + sessionCookie // this host only: no sibling subdomain can plant it
+		}
 		var c *http.Cookie
 		for _, rc := range resp.Cookies() {
-			if rc.Name == sessionCookie {
+			if rc.Name == name {
 				c = rc
 			}
 		}
