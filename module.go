@@ -268,6 +268,10 @@ type state struct {
 	totp     totpReplay
 	uses     usesBackend
 
+	// codeAlerts holds back the code_issued alerts of a credential past
+	// the first of each lockout window (they too run on notices).
+	codeAlerts codeAlerts
+
 	stopSweep context.CancelFunc
 	loops     sync.WaitGroup
 
