@@ -167,9 +167,12 @@ type alertEvent struct {
 	AuditHead string `json:"audit_head,omitempty"`
 }
 
-// newEvent makes the alert of one event of a sign-in.
+// newEvent makes the alert of one event of a sign-in. Each value is cleaned
+// and bounded (see alertbounds.go) before the message is made of it, so
+// that a huge Host header cannot push the reason out of the message.
 func newEvent(event, identity, ip, host, reason string, at time.Time) alertEvent {
 	ts := at.UTC().Format(time.RFC3339)
+	identity, ip, host, reason = safeEmail(identity), safeIP(ip), safeHost(host), safeReason(reason)
 	var msg string
 	switch event {
 	case eventLogin:
@@ -188,25 +191,10 @@ func newEvent(event, identity, ip, host, reason string, at time.Time) alertEvent
 		Email: identity, Host: host, Reason: reason}
 }
 
-// text is the event as one line of chat (the slack and discord formats).
-func (ev alertEvent) text() string {
-	prefix := ":rotating_light: "
-	if ev.Severity != "critical" {
-		prefix = ":warning: "
-	}
-	if ev.Severity == "info" {
-		prefix = ":information_source: "
-	}
-	t := prefix + "[break-glass] " + ev.Message
-	if ev.AuditHead != "" {
-		t += " (audit head " + ev.AuditHead + ")"
-	}
-	return t
-}
-
 // drillEvent is the alert of a drill: a test, no one signed in.
 func drillEvent(identity, host string, at time.Time) alertEvent {
 	ts := at.UTC().Format(time.RFC3339)
+	identity, host = safeEmail(identity), safeHost(host)
 	return alertEvent{
 		Event:     eventDrill,
 		Timestamp: ts,
@@ -255,8 +243,11 @@ var mailWordings = map[string]mailWording{
 	},
 }
 
-// alertMail is the email an alert recipient gets.
+// alertMail is the email an alert recipient gets. Every value in it is
+// cleaned and bounded: the subject and each line stay far under the 998
+// octets a mail line may have.
 func alertMail(to string, ev alertEvent) mailMessage {
+	ev = ev.clean()
 	wd, ok := mailWordings[ev.Event]
 	if !ok {
 		wd = mailWordings[eventLogin]
@@ -276,8 +267,8 @@ func alertMail(to string, ev alertEvent) mailMessage {
 	text.WriteString(wd.heading + "\n\n")
 	esc := html.EscapeString
 	for _, r := range rows {
-		fmt.Fprintf(&text, "%-11s %s\n", r[0]+":", r[1])
-		fmt.Fprintf(&table, "<tr><th align=\"left\">%s</th><td>%s</td></tr>\n", esc(r[0]), esc(r[1]))
+		text.WriteString(mailTextRow(r[0], r[1]))
+		table.WriteString(mailHTMLRow(r[0], r[1]))
 	}
 	text.WriteString("\n" + wd.advice + "\n")
 	color := "#b00020"
@@ -292,7 +283,7 @@ func alertMail(to string, ev alertEvent) mailMessage {
 </body></html>`, color, esc(wd.heading), table.String(), esc(strings.ReplaceAll(wd.advice, "\n", " ")))
 	return mailMessage{
 		to:      to,
-		subject: fmt.Sprintf(wd.subject, ev.Host, ev.IP),
+		subject: clip(fmt.Sprintf(wd.subject, ev.Host, ev.IP), maxMailSubjectBytes, byteUnit),
 		text:    text.String(),
 		html:    htmlBody,
 	}
@@ -342,9 +333,12 @@ func (c alertChannel) logField() zap.Field {
 }
 
 // sendAlerts queues an event's alerts on every channel. Nothing here waits.
+// The alerts anyone who is allowed can cause (lockouts, and codes issued,
+// which ask only for the password) go on the notices dispatcher, so that a
+// burst of them never crowds out a code mail or a login alert.
 func (h *Handler) sendAlerts(ev alertEvent, log *zap.Logger) {
 	d := h.state.deliveries
-	if ev.Event == eventLockout {
+	if ev.Event == eventLockout || ev.Event == eventCodeIssued {
 		d = h.state.notices
 	}
 	for _, c := range h.alertChannels() {
@@ -363,6 +357,31 @@ func (h *Handler) alertLockout(ev alertEvent, log *zap.Logger) {
 	}
 	if held > 0 {
 		ev.Message += fmt.Sprintf(". %s were not alerted one by one since %s", plural(held, "other lockout"), since.UTC().Format(time.RFC3339))
+	}
+	h.sendAlerts(ev, log)
+}
+
+// alertCodeIssued sends the alert of a code issued, unless one already went
+// for this credential (h.scope) within the lockout duration; the next one
+// sent after that counts those held back.
+func (h *Handler) alertCodeIssued(ev alertEvent, log *zap.Logger) {
+	window := defaultLockout
+	if h.app != nil && h.app.Lockout > 0 {
+		window = time.Duration(h.app.Lockout)
+	}
+	ok, held, since := h.state.codeAlerts.allow(h.scope, now(), window)
+	if !ok {
+		log.Warn("break-glass code_issued alert held back: one already went for this credential in this window; the next one will count it",
+			zap.Duration("window", window))
+		return
+	}
+	if held > 0 {
+		verb := "were"
+		if held == 1 {
+			verb = "was"
+		}
+		ev.Message += fmt.Sprintf(". %s for this credential %s not alerted one by one since %s",
+			plural(held, "other code request"), verb, since.UTC().Format(time.RFC3339))
 	}
 	h.sendAlerts(ev, log)
 }

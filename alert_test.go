@@ -8,14 +8,18 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/caddyserver/caddy/v2"
+	"github.com/emersion/go-smtp"
 	"go.uber.org/goleak"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
@@ -243,4 +247,230 @@ func TestStoppingCancelsSlowDeliveriesAndLeavesNoGoroutine(t *testing.T) {
 	close(hang)
 	silent.Close()
 	srv.Close()
+}
+
+// rawSMTP is an SMTP server that keeps each message as it came, bytes and
+// lines as the client wrote them, with no line limit of its own.
+type rawSMTP struct {
+	Addr string
+	mu   sync.Mutex
+	raws [][]byte
+}
+
+func startRawSMTP(t *testing.T) *rawSMTP {
+	t.Helper()
+	s := &rawSMTP{}
+	srv := smtp.NewServer(s)
+	srv.Domain = "localhost"
+	srv.AllowInsecureAuth = true
+	srv.MaxLineLength = 0 // no limit: the test judges the lines
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Addr = ln.Addr().String()
+	go func() { _ = srv.Serve(ln) }()
+	t.Cleanup(func() { _ = srv.Close() })
+	return s
+}
+
+func (s *rawSMTP) NewSession(*smtp.Conn) (smtp.Session, error) { return rawSession{s}, nil }
+
+func (s *rawSMTP) Raws() [][]byte {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([][]byte(nil), s.raws...)
+}
+
+type rawSession struct{ s *rawSMTP }
+
+func (rawSession) Mail(string, *smtp.MailOptions) error { return nil }
+func (rawSession) Rcpt(string, *smtp.RcptOptions) error { return nil }
+func (rawSession) Reset()                               {}
+func (rawSession) Logout() error                        { return nil }
+func (r rawSession) Data(in io.Reader) error {
+	b, err := io.ReadAll(in)
+	if err != nil {
+		return err
+	}
+	r.s.mu.Lock()
+	r.s.raws = append(r.s.raws, b)
+	r.s.mu.Unlock()
+	return nil
+}
+
+func TestAlertMailsAreBoundedWhateverTheInputs(t *testing.T) {
+	srv := startRawSMTP(t)
+	m := plainMailer(srv.Addr)
+	for name, ev := range hostileInputs() {
+		t.Run(name, func(t *testing.T) {
+			before := len(srv.Raws())
+			// The real path: alertMail, then go-mail, then SMTP.
+			if err := m.send(context.Background(), alertMail("sec@example.com", ev)); err != nil {
+				t.Fatal(err)
+			}
+			raws := srv.Raws()
+			if len(raws) != before+1 {
+				t.Fatalf("%d mails arrived, want 1", len(raws)-before)
+			}
+			raw := raws[before]
+			// RFC 5322 §2.1.1: a line is at most 998 octets.
+			for i, line := range strings.Split(string(raw), "\r\n") {
+				if len(line) > 998 {
+					t.Fatalf("line %d of the mail is %d bytes: %.120q…", i+1, len(line), line)
+				}
+			}
+			var got receivedMail
+			if err := parseMail(raw, &got); err != nil {
+				t.Fatal(err)
+			}
+			if len(got.Subject) > 998 || !utf8.ValidString(got.Subject) || !strings.HasPrefix(got.Subject, "[break-glass]") {
+				t.Errorf("subject (%d bytes): %q", len(got.Subject), got.Subject)
+			}
+			got.Text = strings.ReplaceAll(got.Text, "\r\n", "\n")
+			for part, body := range map[string]string{"text": got.Text, "html": got.HTML} {
+				if !utf8.ValidString(body) {
+					t.Errorf("the %s part is not valid UTF-8", part)
+				}
+				for _, line := range strings.Split(body, "\n") {
+					if len(line) > 998 {
+						t.Errorf("a decoded %s line is %d bytes", part, len(line))
+					}
+				}
+			}
+			if ev.Event == eventLogin && !strings.Contains(got.Text, "Reason:     "+ev.Reason+"\n") {
+				t.Errorf("the text part lost the reason: %q", got.Text)
+			}
+		})
+	}
+}
+
+// countingHook is a webhook receiver that keeps the messages it got, by
+// host.
+type countingHook struct {
+	*httptest.Server
+	mu   sync.Mutex
+	msgs map[string][]string
+	got  chan struct{}
+}
+
+func startCountingHook(t *testing.T) *countingHook {
+	c := &countingHook{msgs: map[string][]string{}, got: make(chan struct{}, 100)}
+	c.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var ev alertEvent
+		_ = json.NewDecoder(r.Body).Decode(&ev)
+		c.mu.Lock()
+		c.msgs[ev.Host] = append(c.msgs[ev.Host], ev.Message)
+		c.mu.Unlock()
+		c.got <- struct{}{}
+	}))
+	t.Cleanup(c.Close)
+	return c
+}
+
+func (c *countingHook) messages(host string) []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return append([]string(nil), c.msgs[host]...)
+}
+
+// wait waits (up to a liveness bound, not a timing claim) for n more POSTs.
+func (c *countingHook) wait(t *testing.T, n int) {
+	t.Helper()
+	for range n {
+		select {
+		case <-c.got:
+		case <-time.After(15 * time.Second):
+			t.Fatal("a webhook POST never came")
+		}
+	}
+}
+
+func TestCodeIssuedAlertsGoOncePerCredentialPerWindow(t *testing.T) {
+	clk := useTestClock(t)
+	hook := startCountingHook(t)
+	st := newTestState(t)
+	log, logs := observedLogger()
+	app := &App{Lockout: caddy.Duration(15 * time.Minute)}
+	a := &Handler{state: st, app: app, scope: "scope-a", webhooks: []*webhook{{url: hook.URL, host: "hook"}}}
+	b := &Handler{state: st, app: app, scope: "scope-b", webhooks: []*webhook{{url: hook.URL, host: "hook"}}}
+	ev := func(host string) alertEvent {
+		return newEvent(eventCodeIssued, "ops@example.com", "192.0.2.10", host, "INC-7", now())
+	}
+
+	// A burst of 20 code requests for one credential, one a second.
+	for range 20 {
+		a.alertCodeIssued(ev("a.example.com"), log)
+		clk.Advance(time.Second)
+	}
+	// Another credential is not held back by the first.
+	b.alertCodeIssued(ev("b.example.com"), log)
+	held := logs.FilterMessage("break-glass code_issued alert held back: one already went for this credential in this window; the next one will count it").All()
+	if len(held) != 19 || held[0].Level != zapcore.WarnLevel {
+		t.Fatalf("%d held back logged, want 19 WARN", len(held))
+	}
+	hook.wait(t, 2)
+	// After the window, the next alert counts those held back, since the
+	// first of them (at 12:00:01).
+	clk.Advance(15 * time.Minute)
+	a.alertCodeIssued(ev("a.example.com"), log)
+	hook.wait(t, 1)
+	st.notices.close(time.Minute) // every alert sent has arrived
+
+	msgs := hook.messages("a.example.com")
+	if len(msgs) != 2 {
+		t.Fatalf("%d alerts for the first credential, want 2: %q", len(msgs), msgs)
+	}
+	if strings.Contains(msgs[0], "not alerted") {
+		t.Errorf("the first alert counts held-back ones: %q", msgs[0])
+	}
+	if want := "19 other code requests for this credential were not alerted one by one since 2026-11-25T12:00:01Z"; !strings.Contains(msgs[1], want) {
+		t.Errorf("the alert after the window: %q, want it to say %q", msgs[1], want)
+	}
+	if n := len(hook.messages("b.example.com")); n != 1 {
+		t.Errorf("%d alerts for the second credential, want 1", n)
+	}
+}
+
+func TestCodeIssuedAlertsDoNotDependOnTheDeliveriesQueue(t *testing.T) {
+	hook := startCountingHook(t)
+	st := newTestState(t)
+	log, logs := observedLogger()
+	h := &Handler{state: st, app: &App{}, scope: "s", webhooks: []*webhook{{url: hook.URL, host: "hook"}}}
+	// With the queue of code mails and login alerts refusing everything,
+	// a code_issued alert still goes: it has its own queue.
+	st.deliveries.close(0)
+	h.sendAlerts(newEvent(eventCodeIssued, "ops@example.com", "192.0.2.10", "a.example.com", "", time.Now()), log)
+	st.notices.close(time.Minute)
+	if n := len(hook.messages("a.example.com")); n != 1 {
+		t.Fatalf("%d code_issued alerts delivered, want 1; logs: %v", n, logs.All())
+	}
+}
+
+func TestCodeAlertLimiterStaysBounded(t *testing.T) {
+	var l codeAlerts
+	t0 := time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)
+	for i := range maxCodeAlertScopes + 500 {
+		if ok, _, _ := l.allow(fmt.Sprint("scope-", i), t0, time.Minute); !ok {
+			t.Fatalf("the first alert of scope %d was held back", i)
+		}
+	}
+	if n := l.size(); n > maxCodeAlertScopes {
+		t.Fatalf("%d scopes tracked, want at most %d", n, maxCodeAlertScopes)
+	}
+	// Entries end with their window: the next insert sweeps them.
+	if ok, _, _ := l.allow("late", t0.Add(time.Minute), time.Minute); !ok {
+		t.Fatal("held back")
+	}
+	if n := l.size(); n != 1 {
+		t.Fatalf("%d scopes tracked after their windows ended, want 1", n)
+	}
+	// An ended entry that still counts held-back alerts is kept until the
+	// next alert of its scope reports them.
+	l.allow("held", t0, time.Minute)
+	l.allow("held", t0.Add(time.Second), time.Minute)
+	l.allow("other", t0.Add(2*time.Minute), time.Minute)
+	if ok, held, since := l.allow("held", t0.Add(3*time.Minute), time.Minute); !ok || held != 1 || !since.Equal(t0.Add(time.Second)) {
+		t.Fatalf("allow = %v, %d, %v; want true, 1, %v", ok, held, since, t0.Add(time.Second))
+	}
 }

@@ -594,7 +594,7 @@ func (h *Handler) stepPassword(w http.ResponseWriter, r *http.Request, client ne
 	if h.alertOn["code_issued"] {
 		ev := newEvent(eventCodeIssued, h.email, client.String(), h.site(r), reason, now())
 		ev.AuditHead = head
-		h.sendAlerts(ev, log)
+		h.alertCodeIssued(ev, log) // one per credential and window: a burst raises one alert
 	}
 	if h.DevLogCode {
 		log.Warn("break-glass code (dev_log_code)", zap.String("email", h.email), zap.String("code", code), zap.Time("code_expires", exp))
@@ -864,13 +864,6 @@ func cleanReason(s string) string {
 		}
 		return r
 	}, s))
-}
-
-// isBidiControl reports the Unicode bidirectional formatting characters:
-// embeddings and overrides (U+202A–U+202E), isolates (U+2066–U+2069) and
-// the marks (U+200E, U+200F, U+061C).
-func isBidiControl(r rune) bool {
-	return (r >= 0x202a && r <= 0x202e) || (r >= 0x2066 && r <= 0x2069) || r == 0x200e || r == 0x200f || r == 0x061c
 }
 
 // reasonProblem says what is wrong with a reason, or "".

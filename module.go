@@ -371,9 +371,9 @@ type state struct {
 	codes      codeBackend
 	sessions   *sessions
 	deliveries *dispatcher
-	// notices runs the alerts anyone allowed can cause (lockouts), apart
-	// from deliveries, so that a flood of them never crowds out a code
-	// mail or a login alert.
+	// notices runs the alerts anyone allowed can cause in bursts
+	// (lockouts, codes issued), apart from deliveries, so that a flood of
+	// them never crowds out a code mail or a login alert.
 	notices  *dispatcher
 	lockouts lockoutAlerts
 	totp     totpReplay
@@ -383,6 +383,10 @@ type state struct {
 	// config started; with state storage they are in storage.
 	credMu      sync.Mutex
 	credentials map[string][]string
+
+	// codeAlerts holds back the code_issued alerts of a credential past
+	// the first of each lockout window (they too run on notices).
+	codeAlerts codeAlerts
 
 	stopSweep context.CancelFunc
 	loops     sync.WaitGroup

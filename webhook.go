@@ -138,18 +138,25 @@ func validHeaderName(s string) bool {
 	return true
 }
 
-// body is the payload of ev in the webhook's format.
+// body is the payload of ev in the webhook's format. Every field is
+// cleaned (no bidi control, no line break) and bounded first, and each
+// chat text is bounded again after its escaping: see alertbounds.go.
 func (wh *webhook) body(ev alertEvent) ([]byte, error) {
+	ev = ev.clean()
 	switch wh.format {
 	case "slack":
 		// Slack reads <…> as links and mentions: the text is escaped as
-		// its API asks.
-		esc := strings.NewReplacer("&", "&amp;", "<", "&lt;", ">", "&gt;")
-		return json.Marshal(map[string]string{"text": esc.Replace(ev.text())})
+		// its API asks, and a URL typed in a reason is defanged.
+		return json.Marshal(map[string]string{"text": ev.chatText(maxSlackText, utf16Unit, slackEscape)})
 	case "discord":
-		// A reason typed as "@everyone" must not ping a whole server.
-		return json.Marshal(map[string]any{"content": ev.text(), "allowed_mentions": map[string][]string{"parse": {}}})
+		// A reason typed as "@everyone" must not ping a whole server, nor
+		// "[click](https://…)" make a link: mentions are off, markdown is
+		// escaped and a URL typed in a reason is defanged.
+		return json.Marshal(map[string]any{"content": ev.chatText(maxDiscordContent, utf16Unit, discordEscape),
+			"allowed_mentions": map[string][]string{"parse": {}}})
 	default:
+		// The event as it is (cleaned and bounded): a JSON consumer
+		// escapes for its own display.
 		return json.Marshal(ev)
 	}
 }

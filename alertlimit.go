@@ -1,0 +1,91 @@
+// The limiter of code_issued alerts: one alert per credential per window,
+// however many codes are asked for; the next one sent counts those held
+// back.
+
+package breakglass
+
+import (
+	"sync"
+	"time"
+)
+
+// maxCodeAlertScopes bounds how many credentials the code_issued limiter
+// tracks. There is one per configured credential (a scope is never chosen
+// by a client), so the bound is only a backstop: past it, an alert goes
+// untracked (never held back) rather than dropped.
+const maxCodeAlertScopes = 10000
+
+// codeAlerts limits the code_issued alerts of each credential, by scope. Its
+// zero value is ready to use. It is kept per process: with state storage,
+// each instance limits its own alerts.
+type codeAlerts struct {
+	mu      sync.Mutex
+	m       map[string]*codeAlertEntry
+	sweepAt int // the size at which adding a scope sweeps first
+}
+
+type codeAlertEntry struct {
+	until     time.Time // the end of the window opened by the last alert sent
+	held      int       // alerts held back since that one
+	heldSince time.Time // when the first of them was held back
+}
+
+// allow says whether a code_issued alert of scope may go at t and, if so,
+// how many were held back before it (and since when). An alert sent opens a
+// window of the given length in which the scope's further alerts are held
+// back.
+func (l *codeAlerts) allow(scope string, t time.Time, window time.Duration) (ok bool, held int, since time.Time) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	e := l.m[scope]
+	if e != nil && t.Before(e.until) {
+		if e.held == 0 {
+			e.heldSince = t
+		}
+		e.held++
+		return false, 0, time.Time{}
+	}
+	if e == nil {
+		if l.m == nil {
+			l.m = map[string]*codeAlertEntry{}
+		}
+		if len(l.m) >= min(max(l.sweepAt, 64), maxCodeAlertScopes) {
+			l.sweep(t)
+			l.sweepAt = 2 * len(l.m) // amortized: sweeps cost O(1) an insert
+		}
+		if len(l.m) >= maxCodeAlertScopes {
+			return true, 0, time.Time{}
+		}
+		e = &codeAlertEntry{}
+		l.m[scope] = e
+	}
+	held, since = e.held, e.heldSince
+	*e = codeAlertEntry{until: t.Add(window)}
+	return true, held, since
+}
+
+// sweep drops the entries whose window has ended and that hold nothing back;
+// when that leaves the map full, it drops the ended ones that do (their
+// count is lost, not their alert: each was logged when held back).
+func (l *codeAlerts) sweep(t time.Time) {
+	for k, e := range l.m {
+		if !t.Before(e.until) && e.held == 0 {
+			delete(l.m, k)
+		}
+	}
+	if len(l.m) < maxCodeAlertScopes {
+		return
+	}
+	for k, e := range l.m {
+		if !t.Before(e.until) {
+			delete(l.m, k)
+		}
+	}
+}
+
+// size is how many scopes are tracked.
+func (l *codeAlerts) size() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return len(l.m)
+}
