@@ -20,9 +20,10 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
+	"unicode/utf8"
 
-	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
 )
@@ -63,140 +64,245 @@ const (
 	auditContinued  = "chain_continued"
 )
 
-// auditLog appends to one file. Every handler (and every config, across
-// reloads) naming the same file shares one auditLog, so that the chain has
-// one writer.
 // auditFile is what the audit log needs of its file (an *os.File; tests
 // put faults in between).
 type auditFile interface {
 	io.Writer
+	io.ReaderAt
 	Truncate(size int64) error
 	Stat() (os.FileInfo, error)
+	SyscallConn() (syscall.RawConn, error)
 	Close() error
 }
 
+// auditLog appends to one file. Every handler (and every config, across
+// reloads) naming the same file, by any path, shares one auditLog (see
+// openAuditLog). Other processes may append to the file too: each append
+// holds the file's lock (lockAuditFile) and first reads the chain head
+// from the end of the file (readAuditTail), so that the chain goes on from
+// whatever line is last, whoever wrote it.
 type auditLog struct {
 	path string
 	mu   sync.Mutex
 	f    auditFile
-	head string // SHA-256 of the last line
-	size int64  // of the file, as written by us
+	head string // SHA-256 of the last line, as last read or written
+	size int64  // of the file, after our last append (under the lock)
 
-	// After a write that failed partway and could not be undone: the line
-	// it cut, to be ended and followed by a "recovered" line at the next
-	// write, and the head before it.
-	cut    bool
-	before string
+	// Of auditWriters, under its lock.
+	id   auditFileID
+	uses int
 }
 
-var auditPool = caddy.NewUsagePool()
+// auditMaxLine bounds an audit line: the writer clips long fields
+// (clipAuditField) so that its lines stay well below it, and the end of
+// the file is read at most two such lines back to find the chain head.
+const auditMaxLine = 1 << 20
+
+// auditMaxField is the most bytes of one field kept on a line: six such
+// fields, every byte escaped to six in JSON, stay below auditMaxLine.
+const auditMaxField = 16 << 10
+
+// auditRegistry pools the open audit logs: by file identity (device and
+// inode; see auditFileKey), so that two paths to one file (through a
+// symlinked directory, say) share one writer and one head; and by each path
+// opened, so that a path whose file was moved aside finds the writer that
+// follows it to the new file (reopenIfMoved).
+type auditRegistry struct {
+	mu     sync.Mutex
+	byID   map[auditFileID]*auditLog
+	byPath map[string]*auditPathUse
+}
+
+// auditPathUse is a path's writer, and how many users opened it by that
+// path.
+type auditPathUse struct {
+	a    *auditLog
+	refs int
+}
+
+var auditWriters = &auditRegistry{byID: map[auditFileID]*auditLog{}, byPath: map[string]*auditPathUse{}}
 
 // openAuditLog opens (or shares) the audit log at p. The caller releases it
-// with closeAuditLog. A file that was moved aside (rotated) since it was
-// opened is replaced by a new one at p, whose first line names the chain
-// head of the one before.
+// with closeAuditLog of the path returned. A file that was moved aside
+// (rotated) since it was opened is replaced by a new one at p, whose first
+// line names the chain head of the one before.
 func openAuditLog(p string) (*auditLog, string, error) {
 	abs, err := filepath.Abs(p)
 	if err != nil {
 		return nil, "", err
 	}
-	v, loaded, err := auditPool.LoadOrNew(abs, func() (caddy.Destructor, error) { return newAuditLog(abs) })
+	w := auditWriters
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if u := w.byPath[abs]; u != nil {
+		a := u.a
+		moved, err := a.reopenIfMoved(abs)
+		if err != nil {
+			return nil, "", err
+		}
+		if moved {
+			w.reindex(a)
+		}
+		u.refs++
+		a.uses++
+		return a, abs, nil
+	}
+	// The file is created first: only a file has an identity.
+	f, err := openAuditFile(abs)
 	if err != nil {
 		return nil, "", err
 	}
-	a := v.(*auditLog)
-	if loaded {
-		if err := a.reopenIfMoved(); err != nil {
-			_, _ = auditPool.Delete(abs)
+	id, err := auditFileKey(abs, f)
+	if err != nil {
+		f.Close()
+		return nil, "", err
+	}
+	a := w.byID[id]
+	if a != nil {
+		f.Close() // open already, by another path
+	} else {
+		a = &auditLog{path: abs, id: id}
+		if err := a.use(f, auditGenesis); err != nil {
+			f.Close()
 			return nil, "", err
 		}
+		w.byID[id] = a
 	}
+	w.byPath[abs] = &auditPathUse{a: a, refs: 1}
+	a.uses++
 	return a, abs, nil
 }
 
+// reindex files a under the identity of the file it has open now, after it
+// followed a path to a new file. Should another writer have that file open
+// already (the path was made to point to it), both go on appending to it,
+// the file's lock keeping the chain whole, and later openings share that
+// one.
+func (w *auditRegistry) reindex(a *auditLog) {
+	if w.byID[a.id] == a {
+		delete(w.byID, a.id)
+	}
+	a.mu.Lock()
+	id, err := auditFileKey(a.path, a.f)
+	a.mu.Unlock()
+	if err != nil {
+		a.id = auditFileID{}
+		return
+	}
+	a.id = id
+	if w.byID[id] == nil {
+		w.byID[id] = a
+	}
+}
+
+// closeAuditLog releases a use of the audit log opened at abs (a path that
+// openAuditLog returned), and closes the file after the last one.
 func closeAuditLog(abs string) error {
-	_, err := auditPool.Delete(abs)
-	return err
+	w := auditWriters
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	u := w.byPath[abs]
+	if u == nil {
+		return nil
+	}
+	if u.refs--; u.refs == 0 {
+		delete(w.byPath, abs)
+	}
+	a := u.a
+	if a.uses--; a.uses > 0 {
+		return nil
+	}
+	if w.byID[a.id] == a {
+		delete(w.byID, a.id)
+	}
+	return a.Destruct()
+}
+
+func openAuditFile(path string) (*os.File, error) {
+	return os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_APPEND, 0o600)
 }
 
 // newAuditLog opens the file for appending and finds the chain head: the
 // hash of its last line. A last line cut short (a crash mid-write) is ended
 // and followed by a "recovered" line, so that the chain goes on from it.
+// It is not pooled: openAuditLog is.
 func newAuditLog(path string) (*auditLog, error) {
+	f, err := openAuditFile(path)
+	if err != nil {
+		return nil, err
+	}
 	a := &auditLog{path: path}
-	if err := a.openFile(); err != nil {
+	if err := a.use(f, auditGenesis); err != nil {
+		f.Close()
 		return nil, err
 	}
 	return a, nil
 }
 
-// openFile opens a.path, reads its chain head, and recovers a cut last line.
-func (a *auditLog) openFile() error {
-	f, err := os.OpenFile(a.path, os.O_RDWR|os.O_CREATE|os.O_APPEND, 0o600)
+// use makes f the file appended to: under its lock, it reads the chain
+// head, recovers a cut last line and, when the file is empty and carried
+// is the head of a file before (moved aside), writes a "chain_continued"
+// line naming it. On failure, a is as before (f is the caller's to close).
+func (a *auditLog) use(f auditFile, carried string) error {
+	oldF, oldHead, oldSize := a.f, a.head, a.size
+	a.f, a.head, a.size = f, auditGenesis, 0
+	err := a.locked(func() error {
+		if _, err := a.appendLocked(auditRecord{}); err != nil {
+			return err
+		}
+		if a.head == auditGenesis && carried != auditGenesis {
+			_, err := a.appendLine(auditRecord{Event: auditContinued, Detail: "the file before this one (moved aside) ended with the chain head " + carried})
+			return err
+		}
+		return nil
+	})
 	if err != nil {
-		return err
+		a.f, a.head, a.size = oldF, oldHead, oldSize
 	}
-	head, before := auditGenesis, auditGenesis
-	var size int64
-	rd := bufio.NewReader(f)
-	var last []byte
-	for {
-		line, err := rd.ReadBytes('\n')
-		size += int64(len(line))
-		if len(line) > 0 {
-			if last != nil && last[len(last)-1] == '\n' {
-				before = lineHash(last[:len(last)-1])
-			}
-			last = line
-		}
-		if err == io.EOF {
-			break
-		}
-		if err != nil {
-			f.Close()
-			return err
-		}
-	}
-	a.f, a.size, a.cut = f, size, false
-	switch {
-	case len(last) == 0:
-		a.head = head
-	case last[len(last)-1] == '\n':
-		a.head = lineHash(last[:len(last)-1])
-	default:
-		a.head, a.cut, a.before = lineHash(last), true, before
-		if _, err := a.writeLocked(auditRecord{}); err != nil {
-			f.Close()
-			return err
-		}
-	}
-	return nil
+	return err
 }
 
-// reopenIfMoved starts a new file when the one at the path is no longer the
-// one open (it was moved aside or deleted).
-func (a *auditLog) reopenIfMoved() error {
+// reopenIfMoved starts a new file when the one at p is no longer the one
+// open (it was moved aside or deleted). It reports whether it did.
+func (a *auditLog) reopenIfMoved(p string) (bool, error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	held, err := a.f.Stat()
 	if err != nil {
-		return err
+		return false, err
 	}
-	if cur, err := os.Stat(a.path); err == nil && os.SameFile(held, cur) {
-		return nil
+	if cur, err := os.Stat(p); err == nil && os.SameFile(held, cur) {
+		return false, nil
 	} else if err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return err
+		return false, err
 	}
-	old, oldHead, oldSize, oldCut, oldBefore := a.f, a.head, a.size, a.cut, a.before
-	if err := a.openFile(); err != nil {
-		a.f, a.head, a.size, a.cut, a.before = old, oldHead, oldSize, oldCut, oldBefore
+	// The head of the file moved aside as it is now: another process may
+	// have appended to it since we did.
+	oldHead := a.head
+	_ = a.locked(func() error {
+		fi, err := a.f.Stat()
+		if err != nil {
+			return err
+		}
+		t, err := readAuditTail(a.f, fi.Size())
+		if err == nil {
+			oldHead = t.head
+		}
 		return err
+	})
+	f, err := openAuditFile(p)
+	if err != nil {
+		return false, err
+	}
+	old, oldPath := a.f, a.path
+	a.path = p
+	if err := a.use(f, oldHead); err != nil {
+		a.path = oldPath
+		f.Close()
+		return false, err
 	}
 	_ = old.Close()
-	if a.head == auditGenesis && oldHead != auditGenesis {
-		_, err = a.appendLine(auditRecord{Event: auditContinued, Detail: "the file before this one (moved aside) ended with the chain head " + oldHead})
-	}
-	return err
+	return true, nil
 }
 
 func lineHash(line []byte) string {
@@ -215,36 +321,64 @@ func (a *auditLog) Destruct() error {
 func (a *auditLog) write(rec auditRecord) (string, error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	return a.writeLocked(rec)
+	var head string
+	err := a.locked(func() error {
+		var err error
+		head, err = a.appendLocked(rec)
+		return err
+	})
+	if head == "" {
+		head = a.head
+	}
+	return head, err
 }
 
-// writeLocked appends rec (nothing, for an empty rec), first repairing
-// what the file went through since the last write: emptied in place (a
-// copytruncate rotation) starts a new chain; a line cut by a failed write is
-// ended and followed by a "recovered" line.
-func (a *auditLog) writeLocked(rec auditRecord) (string, error) {
-	if fi, err := a.f.Stat(); err == nil && fi.Size() < a.size {
-		old := a.head
-		a.head, a.size, a.cut = auditGenesis, fi.Size(), false
-		if fi.Size() > 0 {
-			if _, err := a.f.Write([]byte{'\n'}); err != nil {
-				return a.head, err
-			}
-			a.size++
-		}
-		if _, err := a.appendLine(auditRecord{Event: auditContinued, Detail: "the file was emptied in place (a copytruncate rotation); the chain before ended with the head " + old}); err != nil {
-			return a.head, err
-		}
+// locked runs fn (under a.mu) holding the lock of a's file, which every
+// writer of the file, in any process, takes to append.
+func (a *auditLog) locked(fn func() error) error {
+	unlock, err := lockAuditFile(a.f)
+	if err != nil {
+		return fmt.Errorf("locking the audit log: %w", err)
 	}
-	if a.cut {
+	err = fn()
+	if uerr := unlock(); err == nil && uerr != nil {
+		err = fmt.Errorf("unlocking the audit log: %w", uerr)
+	}
+	return err
+}
+
+// appendLocked appends rec (nothing, for an empty rec), under the file's
+// lock. It first reads the chain head from the end of the file, and repairs
+// what the file went through since our last append: a line cut short (by a
+// crash, or a failed write of any writer) is ended and followed by a
+// "recovered" line; a file emptied in place (a copytruncate rotation) goes
+// on with a "chain_continued" line naming the head before.
+func (a *auditLog) appendLocked(rec auditRecord) (string, error) {
+	fi, err := a.f.Stat()
+	if err != nil {
+		return a.head, err
+	}
+	t, err := readAuditTail(a.f, fi.Size())
+	if err != nil {
+		return a.head, err
+	}
+	// Every writer only appends (or undoes its own append) under the lock,
+	// so a file smaller than after our last append was emptied in place.
+	emptied, old := fi.Size() < a.size, a.head
+	a.head, a.size = t.head, fi.Size()
+	if t.cut {
 		n, err := a.f.Write([]byte{'\n'})
 		a.size += int64(n)
 		if err != nil {
 			return a.head, err
 		}
-		a.cut = false
-		if _, err := a.appendLine(auditRecord{Event: auditRecovered, Before: a.before,
+		if _, err := a.appendLine(auditRecord{Event: auditRecovered, Before: t.before,
 			Detail: "the line before was cut short (a crash, or a failed write); the chain goes on from its hash"}); err != nil {
+			return a.head, err
+		}
+	}
+	if emptied {
+		if _, err := a.appendLine(auditRecord{Event: auditContinued, Detail: "the file was emptied in place (a copytruncate rotation); the chain before ended with the head " + old}); err != nil {
 			return a.head, err
 		}
 	}
@@ -254,11 +388,82 @@ func (a *auditLog) writeLocked(rec auditRecord) (string, error) {
 	return a.appendLine(rec)
 }
 
-// appendLine writes one record. A write that fails partway is undone, or,
-// when it cannot be, remembered for writeLocked to repair.
+// auditTail is what the end of an audit file says: the chain head (the
+// hash of the last line, whole or cut short), whether the last line was
+// cut short (has no end of line), and then the head before it.
+type auditTail struct {
+	head   string
+	cut    bool
+	before string
+}
+
+// readAuditTail reads the end of f, of the given size, backwards in
+// growing chunks until it has the last line (and, for a cut one, the line
+// before), at most two lines of auditMaxLine.
+func readAuditTail(f io.ReaderAt, size int64) (auditTail, error) {
+	t := auditTail{head: auditGenesis, before: auditGenesis}
+	if size == 0 {
+		return t, nil
+	}
+	const limit = 2*auditMaxLine + 2
+	for n := int64(4 << 10); ; n = min(2*n, limit) {
+		off := max(size-n, 0)
+		buf := make([]byte, size-off)
+		if m, err := f.ReadAt(buf, off); m < len(buf) {
+			if err == nil || err == io.EOF {
+				err = io.ErrUnexpectedEOF // the file shrank meanwhile
+			}
+			return t, err
+		}
+		body := buf
+		whole := body[len(body)-1] == '\n'
+		if whole {
+			body = body[:len(body)-1]
+		}
+		i := bytes.LastIndexByte(body, '\n') // the end of the line before
+		j := -1                              // the end of the one before that, for a cut line
+		if !whole && i >= 0 {
+			j = bytes.LastIndexByte(body[:i], '\n')
+		}
+		if off > 0 && (i < 0 || !whole && j < 0) {
+			if n >= limit {
+				return t, fmt.Errorf("the last line of the audit log, or the one before, is longer than %d bytes (is it an audit log?)", auditMaxLine)
+			}
+			continue
+		}
+		t.head = lineHash(body[i+1:])
+		if !whole {
+			t.cut = true
+			if i >= 0 {
+				t.before = lineHash(body[j+1 : i])
+			}
+		}
+		return t, nil
+	}
+}
+
+// clipAuditField keeps the first auditMaxField bytes of s (to a whole
+// character), and says how many more there were.
+func clipAuditField(s string) string {
+	if len(s) <= auditMaxField {
+		return s
+	}
+	n := auditMaxField
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
+	}
+	return fmt.Sprintf("%s…[%d more bytes]", s[:n], len(s)-n)
+}
+
+// appendLine writes one record, under the file's lock. A write that fails
+// partway is undone, or, when it cannot be, left for the next append (by
+// any writer) to repair.
 func (a *auditLog) appendLine(rec auditRecord) (string, error) {
 	if rec.Time == "" {
 		rec.Time = now().UTC().Format(time.RFC3339Nano)
+	}
+	for _, s := range []*string{&rec.Email, &rec.Client, &rec.Reason, &rec.Method, &rec.Path, &rec.Detail} {
+		*s = clipAuditField(*s)
 	}
 	rec.Prev = a.head
 	body, err := json.Marshal(rec)
@@ -276,7 +481,6 @@ func (a *auditLog) appendLine(rec auditRecord) (string, error) {
 		if n > 0 {
 			if a.f.Truncate(a.size) != nil {
 				a.size += int64(n)
-				a.cut, a.before = true, a.head
 				a.head = lineHash(line[:min(n, len(line))])
 			}
 		}

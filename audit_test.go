@@ -1,15 +1,20 @@
 // The audit log's hash chain: appending, reopening, and a changed byte, a
-// removed line or a cut line found at that line.
+// removed line or a cut line found at that line; one file written by two
+// processes, or through two paths, keeps one chain.
 
 package breakglass
 
 import (
+	"bufio"
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 )
 
@@ -308,5 +313,271 @@ func TestAuditFileEmptiedInPlaceStartsANewChain(t *testing.T) {
 	rep, err := verifyAudit(bytes.NewReader(b))
 	if err != nil || rep.Lines != 2 || rep.Head != head || !strings.Contains(string(b), `"event":"chain_continued"`) || !strings.Contains(string(b), old) {
 		t.Fatalf("after copytruncate: %+v, %v\n%s", rep, err, b)
+	}
+}
+
+// auditHelperEnv names the file that TestAuditHelperProcess appends to.
+const auditHelperEnv = "BREAK_GLASS_AUDIT_HELPER"
+
+// auditPerWriter is how many lines each writer appends in the tests of
+// shared files.
+const auditPerWriter = 200
+
+// TestAuditHelperProcess is the other process of
+// TestAuditTwoProcessesAppendingToOneFileKeepOneChain; run by itself, it
+// does nothing. It opens the file and says "ready"; on "go" it appends half
+// its lines and says "half"; on "half" (the other process has appended its
+// first half) it appends the rest.
+func TestAuditHelperProcess(t *testing.T) {
+	path := os.Getenv(auditHelperEnv)
+	if path == "" {
+		return
+	}
+	fail := func(err error) {
+		fmt.Fprintln(os.Stderr, "helper:", err)
+		os.Exit(2)
+	}
+	a, abs, err := openAuditLog(path)
+	if err != nil {
+		fail(err)
+	}
+	in := bufio.NewReader(os.Stdin)
+	fmt.Println("ready")
+	for i := range auditPerWriter {
+		if i == 0 || i == auditPerWriter/2 {
+			if i > 0 {
+				fmt.Println("half")
+			}
+			if _, err := in.ReadString('\n'); err != nil {
+				fail(err)
+			}
+		}
+		if _, err := a.write(auditRecord{Event: auditRequest, Method: "GET", Path: fmt.Sprintf("/child/%d", i), Status: 200}); err != nil {
+			fail(err)
+		}
+	}
+	if err := closeAuditLog(abs); err != nil {
+		fail(err)
+	}
+	os.Exit(0)
+}
+
+// auditPaths counts the lines of an audit file by the first part of their
+// path ("/child/1": "child"), and the runs of lines of one writer.
+func auditPaths(t *testing.T, b []byte) (n map[string]int, runs int) {
+	t.Helper()
+	n = map[string]int{}
+	last := ""
+	for _, l := range strings.Split(strings.TrimSpace(string(b)), "\n") {
+		var rec auditRecord
+		if err := json.Unmarshal([]byte(l), &rec); err != nil {
+			t.Fatalf("line %q: %v", l, err)
+		}
+		w := strings.Split(rec.Path, "/")[1]
+		if w != last {
+			runs++
+		}
+		n[w]++
+		last = w
+	}
+	return n, runs
+}
+
+func TestAuditTwoProcessesAppendingToOneFileKeepOneChain(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "audit.jsonl")
+	a, abs, err := openAuditLog(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer closeAuditLog(abs)
+	cmd := exec.Command(os.Args[0], "-test.run=^TestAuditHelperProcess$", "-test.count=1")
+	cmd.Env = append(os.Environ(), auditHelperEnv+"="+path)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	// Both processes have the file open before either appends; both append
+	// at once, and each appends its second half only after the other
+	// appended its first: the lines interleave.
+	sc := bufio.NewScanner(stdout)
+	await := func(word string) {
+		for sc.Scan() {
+			if sc.Text() == word {
+				return
+			}
+		}
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+		t.Fatalf("the other process did not say %q: %v\n%s", word, sc.Err(), stderr.Bytes())
+	}
+	await("ready")
+	if _, err := io.WriteString(stdin, "go\n"); err != nil {
+		t.Fatal(err)
+	}
+	for i := range auditPerWriter {
+		if i == auditPerWriter/2 {
+			if _, err := io.WriteString(stdin, "half\n"); err != nil {
+				t.Fatal(err)
+			}
+			await("half")
+		}
+		if _, err := a.write(auditRecord{Event: auditRequest, Method: "GET", Path: fmt.Sprintf("/parent/%d", i), Status: 200}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	_ = stdin.Close()
+	drained := make(chan struct{})
+	go func() { _, _ = io.Copy(io.Discard, stdout); close(drained) }()
+	<-drained
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("the other process: %v\n%s", err, stderr.Bytes())
+	}
+	b, _ := os.ReadFile(path)
+	rep, err := verifyAudit(bytes.NewReader(b))
+	if err != nil || rep.Lines != 2*auditPerWriter {
+		t.Fatalf("after two processes appended: %+v, %v (want %d lines)", rep, err, 2*auditPerWriter)
+	}
+	if n, runs := auditPaths(t, b); n["parent"] != auditPerWriter || n["child"] != auditPerWriter || runs < 3 {
+		t.Fatalf("lines per process: %v, in %d runs (want at least 3: interleaved)", n, runs)
+	}
+}
+
+func TestAuditOneFileThroughASymlinkedDirectoryKeepsOneChain(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "logs")
+	if err := os.Mkdir(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	link := filepath.Join(t.TempDir(), "logs-link")
+	if err := os.Symlink(dir, link); err != nil {
+		t.Skipf("no symbolic links here: %v", err)
+	}
+	var hs []testHandler
+	for _, p := range []string{filepath.Join(dir, "audit.jsonl"), filepath.Join(link, "audit.jsonl")} {
+		h := newTestHandler(t, nil, func(h *Handler) { h.AuditLog = p })
+		t.Cleanup(func() { _ = h.Cleanup() })
+		hs = append(hs, h)
+	}
+	var wg sync.WaitGroup
+	for i, h := range hs {
+		wg.Go(func() {
+			for j := range auditPerWriter {
+				h.audit(auditRecord{Event: auditRequest, Method: "GET", Path: fmt.Sprintf("/h%d/%d", i, j), Status: 200})
+			}
+		})
+	}
+	wg.Wait()
+	for _, h := range hs {
+		if n := h.logs.FilterMessage("break-glass: writing the audit log").Len(); n > 0 {
+			t.Fatalf("%d failed writes: %v", n, h.logs.All()[0].ContextMap())
+		}
+	}
+	b, _ := os.ReadFile(filepath.Join(dir, "audit.jsonl"))
+	rep, err := verifyAudit(bytes.NewReader(b))
+	if err != nil || rep.Lines != 2*auditPerWriter {
+		t.Fatalf("after two handlers appended, by two paths: %+v, %v (want %d lines)", rep, err, 2*auditPerWriter)
+	}
+	if n, _ := auditPaths(t, b); n["h0"] != auditPerWriter || n["h1"] != auditPerWriter {
+		t.Fatalf("lines per handler: %v", n)
+	}
+	if hs[0].auditLog != hs[1].auditLog {
+		t.Fatal("the two paths to one file have two writers")
+	}
+}
+
+func TestAuditLongLinesAreClippedAndTheTailIsReadAcrossChunks(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "audit.jsonl")
+	a, err := newAuditLog(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A 2 MiB path, each byte escaped to six: clipped, the line stays short
+	// enough for the next append to find its end.
+	if _, err := a.write(auditRecord{Event: auditRequest, Path: "/" + strings.Repeat("<", 2<<20)}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.write(auditRecord{Event: auditRequest, Path: "/" + strings.Repeat("é", 20<<10)}); err != nil {
+		t.Fatal(err)
+	}
+	a.Destruct()
+	b, _ := os.ReadFile(path)
+	lines := strings.Split(strings.TrimSuffix(string(b), "\n"), "\n")
+	if len(lines) != 2 || len(lines[0]) >= auditMaxLine || !strings.Contains(lines[0], "…[2080769 more bytes]") || !strings.Contains(lines[1], "é…[") {
+		t.Fatalf("%d lines, the first of %d bytes: %.200s", len(lines), len(lines[0]), lines[0])
+	}
+	// The last line cut by a crash: the line before it (of many 4 KiB
+	// chunks) is what the "recovered" line names.
+	if err := os.WriteFile(path, b[:len(b)-30], 0o600); err != nil {
+		t.Fatal(err)
+	}
+	head := writeAudit(t, path, 1)
+	f, _ := os.Open(path)
+	defer f.Close()
+	rep, err := verifyAudit(f)
+	if err != nil || rep.Lines != 4 || len(rep.Recovered) != 1 || rep.Recovered[0] != 2 || rep.Head != head {
+		t.Fatalf("after recovery: %+v, %v", rep, err)
+	}
+}
+
+func TestAuditRotationThroughASymlinkedDirectoryKeepsOneWriter(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "logs")
+	if err := os.Mkdir(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	link := filepath.Join(t.TempDir(), "logs-link")
+	if err := os.Symlink(dir, link); err != nil {
+		t.Skipf("no symbolic links here: %v", err)
+	}
+	real, via := filepath.Join(dir, "audit.jsonl"), filepath.Join(link, "audit.jsonl")
+	var opened []string
+	open := func(p string) *auditLog {
+		a, abs, err := openAuditLog(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		opened = append(opened, abs)
+		return a
+	}
+	t.Cleanup(func() {
+		for _, abs := range opened {
+			_ = closeAuditLog(abs)
+		}
+	})
+	a := open(real)
+	if open(via) != a {
+		t.Fatal("two writers for one file")
+	}
+	oldHead, _ := a.write(auditRecord{Event: auditLogin})
+	if err := os.Rename(real, real+".1"); err != nil {
+		t.Fatal(err)
+	}
+	// The reload opens the new file by the symlinked path first, then by
+	// the real one: one writer, one chain_continued.
+	if open(via) != a || open(real) != a {
+		t.Fatal("the rotated file has another writer")
+	}
+	if _, err := a.write(auditRecord{Event: auditLogout}); err != nil {
+		t.Fatal(err)
+	}
+	b, _ := os.ReadFile(real)
+	if _, err := verifyAudit(bytes.NewReader(b)); err != nil || strings.Count(string(b), `"event":"chain_continued"`) != 1 || !strings.Contains(string(b), oldHead) {
+		t.Fatalf("the new file: %v\n%s", err, b)
+	}
+	// The new file's identity is the writer's: yet another path to it
+	// shares it too.
+	hard := filepath.Join(dir, "audit-hard.jsonl")
+	if err := os.Link(real, hard); err != nil {
+		t.Skipf("no hard links here: %v", err)
+	}
+	if open(hard) != a {
+		t.Fatal("a hard link to the new file has another writer")
 	}
 }
