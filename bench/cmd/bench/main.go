@@ -1,10 +1,12 @@
 // Command bench measures, in one run on one Caddy binary built with the
 // plugin, what the break_glass guard costs a signed-in request (side by side
 // with no guard and with basic_auth), what a flood of sign-ins does to an
-// unrelated route (with the hashing cap at its default and lifted), and the
-// limiter's memory per tracked client. It prints a Markdown report.
+// unrelated route (with the hashing cap at its default and lifted), the
+// limiter's memory per tracked client, and the operator's own password step
+// during a flood (the "jammed door", jam.go). It prints a Markdown report.
 //
-//	go run ./bench/cmd/bench               # the full run (about 3 minutes)
+//	go run ./bench/cmd/bench               # the full run (about 4-5 minutes)
+//	go run ./bench/cmd/bench -only jam     # only the jammed-door figure
 //	go run ./bench/cmd/bench -smoke        # a tiny run, to keep the tool working
 package main
 
@@ -50,6 +52,8 @@ var (
 	cost       = flag.Int("cost", 10, "bcrypt cost of the benchmark's password")
 	smoke      = flag.Bool("smoke", false, "a tiny run that only checks the tool works")
 	pprofDir   = flag.String("pprof", "", "save Caddy's CPU profile of each pass-through case and flood in this folder")
+	jamSamples = flag.Int("jam-samples", 15, "operator password steps per case (idle, flooded) and round of the jammed-door figure")
+	only       = flag.String("only", "", "run only these parts, comma-separated: pass, flood, memory, jam (default: all)")
 	workDir    string
 	passwdHash string
 )
@@ -57,7 +61,20 @@ var (
 func main() {
 	flag.Parse()
 	if *smoke {
-		*duration, *warmup, *conc, *flooders, *floodTime = time.Second, 200*time.Millisecond, 2, 8, time.Second
+		*duration, *warmup, *conc, *flooders, *floodTime, *jamSamples = time.Second, 200*time.Millisecond, 2, 8, time.Second, 2
+	}
+	parts := map[string]bool{"pass": true, "flood": true, "memory": true, "jam": true}
+	if *only != "" {
+		for k := range parts {
+			parts[k] = false
+		}
+		for _, p := range strings.Split(*only, ",") {
+			p = strings.TrimSpace(p)
+			if _, ok := parts[p]; !ok {
+				fatal(fmt.Errorf("-only: unknown part %q (pass, flood, memory, jam)", p))
+			}
+			parts[p] = true
+		}
 	}
 	var err error
 	if workDir, err = os.MkdirTemp("", "break-glass-bench-"); err != nil {
@@ -74,9 +91,18 @@ func main() {
 	passwdHash = strings.TrimSpace(string(out))
 
 	r := report{}
-	r.passThrough()
-	r.flood()
-	r.memory()
+	if parts["pass"] {
+		r.passThrough()
+	}
+	if parts["flood"] {
+		r.flood()
+	}
+	if parts["memory"] {
+		r.memory()
+	}
+	if parts["jam"] {
+		r.jam()
+	}
 	r.print()
 }
 
@@ -84,6 +110,7 @@ type report struct {
 	runs   []runResult
 	floods []floodResult
 	mem    []string
+	jammed *jamResult
 }
 
 // --- Caddy processes ---
@@ -107,11 +134,16 @@ func freePort() int {
 // startCaddy runs one Caddy with the routes the benchmark needs:
 // /plain (no guard), /guarded (break_glass), /basic (basic_auth).
 func startCaddy(state string, maxHashes int) *caddy {
-	c := &caddy{port: freePort(), admin: fmt.Sprintf("127.0.0.1:%d", freePort()), log: filepath.Join(workDir, fmt.Sprintf("caddy-%d.log", time.Now().UnixNano()))}
 	app := map[string]any{"max_attempts": 1_000_000_000, "lockout": "1m"}
 	if maxHashes > 0 {
 		app["max_concurrent_hashes"] = maxHashes
 	}
+	return startCaddyApp(state, app)
+}
+
+// startCaddyApp is startCaddy with the break_glass app's settings as given.
+func startCaddyApp(state string, app map[string]any) *caddy {
+	c := &caddy{port: freePort(), admin: fmt.Sprintf("127.0.0.1:%d", freePort()), log: filepath.Join(workDir, fmt.Sprintf("caddy-%d.log", time.Now().UnixNano()))}
 	cfg := map[string]any{
 		"admin":   map[string]any{"listen": c.admin},
 		"logging": map[string]any{"logs": map[string]any{"default": map[string]any{"level": "WARN", "writer": map[string]any{"output": "file", "filename": c.log}, "encoder": map[string]any{"format": "json"}}}},
@@ -495,11 +527,31 @@ func (r *report) print() {
 	fmt.Fprintf(&b, "Machine: %d CPUs (%s); %s; Caddy %s\n", runtime.NumCPU(), cpu, strings.TrimSpace(string(goVer)), strings.Fields(string(caddyVer) + " ?")[0])
 	fmt.Fprintf(&b, "Settings: %d clients × %v per pass-through run (after %v warm-up), each run twice, interleaved; flood: %d clients × %v, bcrypt cost %d\n\n", *conc, *duration, *warmup, *flooders, *floodTime, *cost)
 
-	fmt.Fprintln(&b, "### Pass-through (a signed-in request)")
-	fmt.Fprintln(&b, "\n| run | requests/s | p50 ms | p99 ms | errors |\n|---|---|---|---|---|")
+	if len(r.runs) > 0 {
+		r.printPassThrough(&b)
+	}
+	if len(r.floods) > 0 {
+		r.printFlood(&b)
+	}
+	if len(r.mem) > 0 {
+		fmt.Fprintln(&b, "\n### Memory per tracked client (limiter, heap)")
+		fmt.Fprintln(&b, "\n| clients | bytes/client |\n|---|---|")
+		for _, m := range r.mem {
+			fmt.Fprintln(&b, m)
+		}
+	}
+	if r.jammed != nil {
+		r.printJam(&b)
+	}
+	os.Stdout.Write(b.Bytes())
+}
+
+func (r *report) printPassThrough(b *bytes.Buffer) {
+	fmt.Fprintln(b, "### Pass-through (a signed-in request)")
+	fmt.Fprintln(b, "\n| run | requests/s | p50 ms | p99 ms | errors |\n|---|---|---|---|---|")
 	sum := map[string]float64{}
 	for _, x := range r.runs {
-		fmt.Fprintf(&b, "| %s | %.0f | %s | %s | %d |\n", x.name, x.rps, ms(x.p50), ms(x.p99), x.errors)
+		fmt.Fprintf(b, "| %s | %.0f | %s | %s | %d |\n", x.name, x.rps, ms(x.p50), ms(x.p99), x.errors)
 		sum[strings.SplitN(x.name, " #", 2)[0]] += x.rps
 	}
 	ratio := func(x, y string) string {
@@ -508,26 +560,22 @@ func (r *report) print() {
 		}
 		return fmt.Sprintf("%.3f", sum[x]/sum[y])
 	}
-	fmt.Fprintf(&b, "\nRatios of requests/s (both rounds): **b/a = %s**, **c/a = %s**, **d/a = %s** (d against the unguarded route of its own instance); control: e/a = %s, so the guard's own share is b/e = %s.\n\n",
+	fmt.Fprintf(b, "\nRatios of requests/s (both rounds): **b/a = %s**, **c/a = %s**, **d/a = %s** (d against the unguarded route of its own instance); control: e/a = %s, so the guard's own share is b/e = %s.\n\n",
 		ratio("b: break_glass, session", "a: unguarded"), ratio("c: basic_auth (bcrypt, cached)", "a: unguarded"),
 		ratio("d: break_glass state storage, session", "a: unguarded (storage instance)"),
 		ratio("e: a no-op handler (vars)", "a: unguarded"), ratio("b: break_glass, session", "e: a no-op handler (vars)"))
+}
 
-	fmt.Fprintln(&b, "### Flood: an unrelated route while clients post wrong passwords")
-	fmt.Fprintln(&b, "\n| hashing cap | idle p50 ms | idle p99 ms | flooded p50 ms | flooded p99 ms | p99 flooded/idle | hashes/s | 503/s | 429/s |\n|---|---|---|---|---|---|---|---|---|")
+func (r *report) printFlood(b *bytes.Buffer) {
+	fmt.Fprintln(b, "### Flood: an unrelated route while clients post wrong passwords")
+	fmt.Fprintln(b, "\n| hashing cap | idle p50 ms | idle p99 ms | flooded p50 ms | flooded p99 ms | p99 flooded/idle | hashes/s | 503/s | 429/s |\n|---|---|---|---|---|---|---|---|---|")
 	for _, f := range r.floods {
 		q := 0.0
 		if f.idle.p99 > 0 {
 			q = float64(f.flooded.p99) / float64(f.idle.p99)
 		}
-		fmt.Fprintf(&b, "| %s | %s | %s | %s | %s | %.2f | %.1f | %.1f | %.1f |\n", f.name, ms(f.idle.p50), ms(f.idle.p99), ms(f.flooded.p50), ms(f.flooded.p99), q, f.hashesPerSec, f.busyPerSec, f.lockedPS)
+		fmt.Fprintf(b, "| %s | %s | %s | %s | %s | %.2f | %.1f | %.1f | %.1f |\n", f.name, ms(f.idle.p50), ms(f.idle.p99), ms(f.flooded.p50), ms(f.flooded.p99), q, f.hashesPerSec, f.busyPerSec, f.lockedPS)
 	}
-	fmt.Fprintln(&b, "\n### Memory per tracked client (limiter, heap)")
-	fmt.Fprintln(&b, "\n| clients | bytes/client |\n|---|---|")
-	for _, m := range r.mem {
-		fmt.Fprintln(&b, m)
-	}
-	os.Stdout.Write(b.Bytes())
 }
 
 // --- building ---
