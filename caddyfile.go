@@ -149,6 +149,8 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 //		max_attempts <n>
 //		max_concurrent_hashes <n>
 //		max_tracked_clients <n>
+//		codes_per_client <n>
+//		codes_per_credential <n>
 //		lockout <duration>
 //		code_ttl <duration>
 //		session_ttl <duration>
@@ -177,6 +179,14 @@ func parseGlobalOption(d *caddyfile.Dispenser, existing any) (any, error) {
 			}
 		case "max_tracked_clients":
 			if err := countArg(d, &app.MaxTrackedClients); err != nil {
+				return nil, err
+			}
+		case "codes_per_client":
+			if err := countArg(d, &app.CodesPerClient); err != nil {
+				return nil, err
+			}
+		case "codes_per_credential":
+			if err := countArg(d, &app.CodesPerCredential); err != nil {
 				return nil, err
 			}
 		case "lockout":

@@ -76,6 +76,16 @@ type App struct {
 	// not, is never evicted. Default: 100000 (about 12-15 MB).
 	MaxTrackedClients int `json:"max_tracked_clients,omitempty"`
 
+	// How many codes (right passwords) a client may be issued within the
+	// lockout window, whatever the credential; the next right password is
+	// refused (429) before any hashing until the window ends. Default: 3.
+	CodesPerClient int `json:"codes_per_client,omitempty"`
+
+	// How many codes a credential may be issued within the lockout window,
+	// whoever asks; it bounds the code mails and the pending codes (one per
+	// client). The next one gets 429. Default: 10.
+	CodesPerCredential int `json:"codes_per_credential,omitempty"`
+
 	// Where the limiter, pending codes, the signing key and revocations live:
 	// "memory" (default: this process; kept across reloads, lost on restart)
 	// or "storage" (Caddy's configured storage, shared by every instance
@@ -134,7 +144,7 @@ func (a *App) setup(logger *zap.Logger, st certmagic.Storage) error {
 	for _, n := range []struct {
 		name string
 		val  int
-	}{{"max_attempts", a.MaxAttempts}, {"max_concurrent_hashes", a.MaxConcurrentHashes}, {"max_tracked_clients", a.MaxTrackedClients}} {
+	}{{"max_attempts", a.MaxAttempts}, {"max_concurrent_hashes", a.MaxConcurrentHashes}, {"max_tracked_clients", a.MaxTrackedClients}, {"codes_per_client", a.CodesPerClient}, {"codes_per_credential", a.CodesPerCredential}} {
 		if n.val < 0 {
 			return fmt.Errorf("%s: must be at least 1, got %d", n.name, n.val)
 		}
@@ -165,9 +175,15 @@ func (a *App) setup(logger *zap.Logger, st certmagic.Storage) error {
 	if a.MaxTrackedClients == 0 {
 		a.MaxTrackedClients = defaultMaxTrackedClients
 	}
+	if a.CodesPerClient == 0 {
+		a.CodesPerClient = defaultCodesPerClient
+	}
+	if a.CodesPerCredential == 0 {
+		a.CodesPerCredential = defaultCodesPerCredential
+	}
 	a.hashes = newHashGate(a.MaxConcurrentHashes)
-	a.lim = limits{maxAttempts: a.MaxAttempts, window: time.Duration(a.Lockout), codesPerClient: defaultCodesPerClient}
-	a.codeLim = codeLimits{perCredential: defaultCodesPerCredential, window: time.Duration(a.Lockout)}
+	a.lim = limits{maxAttempts: a.MaxAttempts, window: time.Duration(a.Lockout), codesPerClient: a.CodesPerClient}
+	a.codeLim = codeLimits{perCredential: a.CodesPerCredential, window: time.Duration(a.Lockout)}
 	a.handlers = new(handlerRegistry)
 	if a.SMTP != nil {
 		m, err := a.SMTP.provision(caddy.NewReplacer(), "smtp")
