@@ -855,15 +855,7 @@ const maxReason = 200
 // drops the bidirectional controls, which would make an alert read
 // otherwise than it is.
 func cleanReason(s string) string {
-	return strings.TrimSpace(strings.Map(func(r rune) rune {
-		switch {
-		case isBidiControl(r):
-			return -1
-		case r < 0x20 || r == 0x7f || (r >= 0x80 && r < 0xa0) || r == 0x2028 || r == 0x2029:
-			return ' '
-		}
-		return r
-	}, s))
+	return strings.TrimSpace(cleanText(s))
 }
 
 // reasonProblem says what is wrong with a reason, or "".
