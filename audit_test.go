@@ -452,14 +452,7 @@ func TestAuditTwoProcessesAppendingToOneFileKeepOneChain(t *testing.T) {
 }
 
 func TestAuditOneFileThroughASymlinkedDirectoryKeepsOneChain(t *testing.T) {
-	dir := filepath.Join(t.TempDir(), "logs")
-	if err := os.Mkdir(dir, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	link := filepath.Join(t.TempDir(), "logs-link")
-	if err := os.Symlink(dir, link); err != nil {
-		t.Skipf("no symbolic links here: %v", err)
-	}
+	dir, link := symlinkedDir(t)
 	var hs []testHandler
 	for _, p := range []string{filepath.Join(dir, "audit.jsonl"), filepath.Join(link, "audit.jsonl")} {
 		h := newTestHandler(t, nil, func(h *Handler) { h.AuditLog = p })
@@ -528,14 +521,7 @@ func TestAuditLongLinesAreClippedAndTheTailIsReadAcrossChunks(t *testing.T) {
 }
 
 func TestAuditRotationThroughASymlinkedDirectoryKeepsOneWriter(t *testing.T) {
-	dir := filepath.Join(t.TempDir(), "logs")
-	if err := os.Mkdir(dir, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	link := filepath.Join(t.TempDir(), "logs-link")
-	if err := os.Symlink(dir, link); err != nil {
-		t.Skipf("no symbolic links here: %v", err)
-	}
+	dir, link := symlinkedDir(t)
 	real, via := filepath.Join(dir, "audit.jsonl"), filepath.Join(link, "audit.jsonl")
 	var opened []string
 	open := func(p string) *auditLog {
@@ -580,4 +566,18 @@ func TestAuditRotationThroughASymlinkedDirectoryKeepsOneWriter(t *testing.T) {
 	if open(hard) != a {
 		t.Fatal("a hard link to the new file has another writer")
 	}
+}
+
+// symlinkedDir makes a folder and a symbolic link to it.
+func symlinkedDir(t *testing.T) (dir, link string) {
+	t.Helper()
+	dir = filepath.Join(t.TempDir(), "logs")
+	if err := os.Mkdir(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	link = filepath.Join(t.TempDir(), "logs-link")
+	if err := os.Symlink(dir, link); err != nil {
+		t.Skipf("no symbolic links here: %v", err)
+	}
+	return dir, link
 }

@@ -335,8 +335,8 @@ func TestAlertsNameTheRoutedHostNotTheSNI(t *testing.T) {
 			t.Fatalf("site_name %q: alerts name %q, want %q", siteName, got, want)
 		}
 		r.Host = strings.Repeat("a", 2100) + ".test"
-		if got := h.site(r); siteName == "" && len(got) != maxSiteName {
-			t.Fatalf("a 2,100-character Host: %d characters in alerts, want %d", len(got), maxSiteName)
+		if got := h.site(r); siteName == "" && len(got) != maxHostBytes {
+			t.Fatalf("a 2,100-character Host: %d characters in alerts, want %d", len(got), maxHostBytes)
 		}
 	}
 }

@@ -318,8 +318,8 @@ func (h *Handler) setup(app *App, logger *zap.Logger) error {
 		if h.SiteName, err = resolve(repl, h.SiteName); err != nil {
 			return fmt.Errorf("site_name: %v", err)
 		}
-		if len(h.SiteName) > maxSiteName || strings.ContainsFunc(h.SiteName, unicode.IsControl) {
-			return fmt.Errorf("site_name: at most %d characters, and no control character", maxSiteName)
+		if len(h.SiteName) > maxHostBytes || strings.ContainsFunc(h.SiteName, unicode.IsControl) {
+			return fmt.Errorf("site_name: at most %d characters, and no control character", maxHostBytes)
 		}
 	}
 	if h.mailer == nil && !h.DevLogCode {
@@ -1121,27 +1121,15 @@ func stripOwnCookies(h http.Header) {
 	h["Cookie"] = kept
 }
 
-// maxSiteName bounds the site's name in mails and alerts: the length of a
-// DNS name.
-const maxSiteName = 253
-
 // site names the site in mails and alerts: site_name, else the host the
 // route matched (the Host header, not the TLS server name, which a client
 // may send for another site of the same certificate; on a catch-all site
-// the client chooses either), cut to maxSiteName bytes.
+// the client chooses either), cleaned and cut to the length of a DNS name.
 func (h *Handler) site(r *http.Request) string {
 	if h.SiteName != "" {
 		return h.SiteName
 	}
-	host := hostOnly(r.Host)
-	if len(host) > maxSiteName {
-		cut := maxSiteName
-		for cut > 0 && !utf8.RuneStart(host[cut]) {
-			cut--
-		}
-		host = host[:cut]
-	}
-	return host
+	return safeHost(hostOnly(r.Host))
 }
 
 // hostOnly is the request's host without a port, for pages and alerts.

@@ -155,8 +155,6 @@ func (c *clientRecord) settle(t time.Time, kind attemptKind, o outcome, l limits
 // come only from a storage backend; callers fail closed on them.
 type limiterBackend interface {
 	lockedUntil(key netip.Addr) (time.Time, bool, error)
-	// failures is the client's failures in its window (0 on an error).
-	failures(key netip.Addr, l limits) int
 	remaining(key netip.Addr, l limits) int
 	reserve(key netip.Addr, kind attemptKind, l limits) (claim, error)
 	settle(key netip.Addr, kind attemptKind, o outcome, l limits) (int, time.Time, error)
@@ -238,10 +236,6 @@ func (l *limiter) remaining(key netip.Addr, lim limits) int {
 		return c.remaining(t, lim)
 	}
 	return lim.maxAttempts
-}
-
-func (l *limiter) failures(key netip.Addr, lim limits) int {
-	return lim.maxAttempts - l.remaining(key, lim)
 }
 
 func (l *limiter) reserve(key netip.Addr, kind attemptKind, lim limits) (claim, error) {

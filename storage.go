@@ -175,10 +175,6 @@ func (l *storageLimiter) remaining(key netip.Addr, lim limits) int {
 	return rec.remaining(now(), lim)
 }
 
-func (l *storageLimiter) failures(key netip.Addr, lim limits) int {
-	return lim.maxAttempts - l.remaining(key, lim)
-}
-
 // reserve takes the client's storage lock and keeps it until settle, so
 // that nothing is ever in flight in the stored record.
 func (l *storageLimiter) reserve(key netip.Addr, kind attemptKind, lim limits) (claim, error) {
