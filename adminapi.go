@@ -112,7 +112,7 @@ func (hr *handlerRegistry) all() []*Handler {
 func (a *App) identities() map[string]*Handler {
 	out := map[string]*Handler{}
 	for _, h := range a.handlers.all() {
-		out[h.scope] = h
+		out[h.account.scope] = h
 	}
 	return out
 }
@@ -157,7 +157,7 @@ func handleStatus(w http.ResponseWriter, r *http.Request) error {
 	}
 	var ids []identityStatus
 	for scope, h := range a.identities() {
-		st := identityStatus{Email: h.email, Sessions: a.state.sessions.active(scope)}
+		st := identityStatus{Email: h.account.email, Sessions: a.state.sessions.active(scope)}
 		if n, exp := a.state.codes.pendingFor(scope); n > 0 {
 			st.CodePending, st.CodesPending, st.CodeExpires = true, n, &exp
 		}
@@ -260,7 +260,7 @@ func handleRevoke(w http.ResponseWriter, r *http.Request) error {
 	var errs []error
 	revoked := map[string]bool{}
 	for scope, h := range a.identities() {
-		if req.Email != "" && h.identity != normalizeEmail(req.Email) {
+		if req.Email != "" && h.account.identity != normalizeEmail(req.Email) {
 			continue
 		}
 		matched++
@@ -286,7 +286,7 @@ func handleRevoke(w http.ResponseWriter, r *http.Request) error {
 func (a *App) auditAll(scopes map[string]bool, rec auditRecord) {
 	done := map[*auditLog]bool{}
 	for _, h := range a.handlers.all() {
-		if h.auditLog == nil || done[h.auditLog] || (scopes != nil && !scopes[h.scope]) {
+		if h.auditLog == nil || done[h.auditLog] || (scopes != nil && !scopes[h.account.scope]) {
 			continue
 		}
 		done[h.auditLog] = true

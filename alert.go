@@ -1,138 +1,15 @@
-// Out-of-band alerts after a successful login (one email per recipient, a JSON
-// webhook), and the bounded background runner every delivery goes through.
+// Alerts: what the team is told of an event (the webhook payload, the alert
+// mail and their wording), and where it goes (one mail per recipient, each
+// webhook).
 
 package breakglass
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"html"
-	"net/http"
-	"strings"
-	"sync"
 	"time"
 
 	"go.uber.org/zap"
-)
-
-// webhookTimeout bounds one webhook POST, connection to answer.
-var webhookTimeout = 10 * time.Second
-
-// deliveryGrace is how long stopping waits for deliveries in flight (an
-// alert for a login made just before a shutdown) before cancelling them.
-var deliveryGrace = 5 * time.Second
-
-// maxInFlightDeliveries bounds the mails and webhooks running at once across
-// the app; a delivery beyond it is dropped and logged at ERROR. Lockout
-// alerts have their own, smaller bound.
-const (
-	maxInFlightDeliveries = 256
-	maxInFlightNotices    = 32
-)
-
-// Lockout alerts are limited across the app: at most lockoutAlertsPerWindow
-// per lockoutAlertWindow; the next one sent says how many were held back.
-const (
-	lockoutAlertsPerWindow = 5
-	lockoutAlertWindow     = time.Minute
-)
-
-// lockoutAlerts counts the lockout alerts of the current window.
-type lockoutAlerts struct {
-	mu        sync.Mutex
-	window    time.Time
-	sent      int
-	held      int
-	heldSince time.Time
-}
-
-// allow says whether a lockout alert may go now and, if so, how many were
-// held back before it (and since when).
-func (l *lockoutAlerts) allow(t time.Time) (ok bool, held int, since time.Time) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if t.Sub(l.window) >= lockoutAlertWindow {
-		l.window, l.sent = t, 0
-	}
-	if l.sent >= lockoutAlertsPerWindow {
-		if l.held == 0 {
-			l.heldSince = t
-		}
-		l.held++
-		return false, 0, time.Time{}
-	}
-	l.sent++
-	held, since = l.held, l.heldSince
-	l.held = 0
-	return true, held, since
-}
-
-// dispatcher runs deliveries in the background so that no response waits on
-// SMTP or a webhook. It bounds how many run at once and, on close, cancels
-// them and waits until every one has returned.
-type dispatcher struct {
-	ctx    context.Context
-	cancel context.CancelFunc
-	slots  chan struct{}
-
-	mu     sync.Mutex
-	closed bool
-	wg     sync.WaitGroup
-}
-
-func newDispatcher(limit int) *dispatcher {
-	ctx, cancel := context.WithCancel(context.Background())
-	return &dispatcher{ctx: ctx, cancel: cancel, slots: make(chan struct{}, limit)}
-}
-
-// run starts fn in the background. It returns false, without running fn, when
-// the dispatcher is closed or full.
-func (d *dispatcher) run(fn func(ctx context.Context)) bool {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if d.closed {
-		return false
-	}
-	select {
-	case d.slots <- struct{}{}:
-	default:
-		return false
-	}
-	d.wg.Add(1)
-	go func() {
-		defer d.wg.Done()
-		defer func() { <-d.slots }()
-		fn(d.ctx)
-	}()
-	return true
-}
-
-// close refuses new deliveries, gives those in flight up to grace to finish,
-// then cancels the rest and waits for them to return.
-func (d *dispatcher) close(grace time.Duration) {
-	d.mu.Lock()
-	d.closed = true
-	d.mu.Unlock()
-	done := make(chan struct{})
-	go func() { d.wg.Wait(); close(done) }()
-	t := time.NewTimer(grace)
-	defer t.Stop()
-	select {
-	case <-done:
-	case <-t.C:
-	}
-	d.cancel()
-	<-done
-}
-
-// Alert events: the `event` of the webhook payload.
-const (
-	eventLogin      = "break_glass_login"
-	eventCodeIssued = "break_glass_code_issued"
-	eventLockout    = "break_glass_lockout"
-	eventSpent      = "break_glass_credential_spent"
-	eventDrill      = "break_glass_drill"
 )
 
 // alertOnEvents maps the alert_on names to their events; defaultAlertOn is
@@ -141,15 +18,6 @@ var (
 	alertOnEvents  = map[string]string{"login": eventLogin, "code_issued": eventCodeIssued, "lockout": eventLockout}
 	defaultAlertOn = []string{"login", "lockout"}
 )
-
-// eventSeverity is the severity of each event.
-var eventSeverity = map[string]string{
-	eventLogin:      "critical",
-	eventCodeIssued: "warning",
-	eventLockout:    "warning",
-	eventSpent:      "critical",
-	eventDrill:      "info",
-}
 
 // alertEvent is the webhook payload, and what the alert email says.
 type alertEvent struct {
@@ -165,82 +33,85 @@ type alertEvent struct {
 	// AuditHead is the SHA-256 of the audit log's last line once this
 	// event was written to it (with audit_log).
 	AuditHead string `json:"audit_head,omitempty"`
+
+	at time.Time // when it happened, for the mail
 }
 
-// newEvent makes the alert of one event of a sign-in. Each value is cleaned
-// and bounded (see alertbounds.go) before the message is made of it, so
-// that a huge Host header cannot push the reason out of the message.
-func newEvent(event, identity, ip, host, reason string, at time.Time) alertEvent {
-	ts := at.UTC().Format(time.RFC3339)
-	identity, ip, host, reason = safeEmail(identity), safeIP(ip), safeHost(host), safeReason(reason)
-	var msg string
-	switch event {
-	case eventLogin:
-		msg = fmt.Sprintf("Break-glass login succeeded for %s from %s on %s at %s", identity, ip, host, ts)
-	case eventCodeIssued:
-		msg = fmt.Sprintf("Break-glass password accepted for %s from %s on %s at %s: a one-time code is pending", identity, ip, host, ts)
-	case eventLockout:
-		msg = fmt.Sprintf("Break-glass client %s locked out after too many failed attempts on %s at %s", ip, host, ts)
-	case eventSpent:
-		msg = fmt.Sprintf("The break-glass credential of %s is spent (max_uses reached) after a login from %s on %s at %s: set a new hash", identity, ip, host, ts)
-	}
-	if reason != "" {
-		msg += ". Reason: " + reason
-	}
-	return alertEvent{Event: event, IP: ip, Timestamp: ts, Severity: eventSeverity[event], Message: msg,
-		Email: identity, Host: host, Reason: reason}
+// alertWording is what the alerts of one event say: the message (with
+// %[1]s the account, %[2]s the client IP, %[3]s the host, %[4]s the time),
+// and the mail's subject (%[1]s the host, %[2]s the client IP), heading and
+// advice.
+type alertWording struct {
+	message, subject, heading, advice string
 }
 
-// drillEvent is the alert of a drill: a test, no one signed in.
-func drillEvent(identity, host string, at time.Time) alertEvent {
-	ts := at.UTC().Format(time.RFC3339)
-	identity, host = safeEmail(identity), safeHost(host)
-	return alertEvent{
-		Event:     eventDrill,
-		Timestamp: ts,
-		Severity:  "info",
-		Message: fmt.Sprintf("DRILL: this is a test of the break-glass alerts for %s, run from %s at %s. Nobody signed in; no action is needed.",
-			identity, host, ts),
-		Email: identity,
-		Host:  host,
-	}
-}
-
-// mailWording is what an alert email of one event says besides its fields.
-type mailWording struct {
-	subject string // with %[1]s the host and %[2]s the client IP
-	heading string
-	advice  string
-}
-
-var mailWordings = map[string]mailWording{
+var alertWordings = map[string]alertWording{
 	eventLogin: {
+		message: "Break-glass login succeeded for %[1]s from %[2]s on %[3]s at %[4]s",
 		subject: "[break-glass] Emergency login used on %[1]s from %[2]s",
 		heading: "Someone used the break-glass emergency login.",
-		advice: "If this was not a planned drill or a known incident, treat it as a security\n" +
+		advice: "If this was not a planned drill or a known incident, treat it as a security " +
 			"incident: find out who used it, and rotate the break-glass password.",
 	},
 	eventCodeIssued: {
+		message: "Break-glass password accepted for %[1]s from %[2]s on %[3]s at %[4]s: a one-time code is pending",
 		subject: "[break-glass] Password accepted on %[1]s from %[2]s: a code is pending",
 		heading: "Someone gave the right break-glass password: a one-time code is pending.",
-		advice: "If this is not a known incident, someone knows the break-glass password: rotate it\n" +
+		advice: "If this is not a known incident, someone knows the break-glass password: rotate it " +
 			"now (the pending code stops working with the old hash).",
 	},
 	eventLockout: {
+		message: "Break-glass client %[2]s locked out after too many failed attempts on %[3]s at %[4]s",
 		subject: "[break-glass] Client %[2]s locked out on %[1]s",
 		heading: "A client was locked out of the break-glass login after too many failed attempts.",
 		advice:  "If nobody on the team was trying to sign in, someone is guessing: find out who.",
 	},
 	eventSpent: {
+		message: "The break-glass credential of %[1]s is spent (max_uses reached) after a login from %[2]s on %[3]s at %[4]s: set a new hash",
 		subject: "[break-glass] Credential spent on %[1]s after a login from %[2]s",
 		heading: "The break-glass credential reached its max_uses and no longer works.",
 		advice:  "Set a new break-glass password (a new hash) so that the door can be used again.",
 	},
 	eventDrill: {
+		message: "DRILL: this is a test of the break-glass alerts for %[1]s, run from %[3]s at %[4]s. Nobody signed in; no action is needed.",
 		subject: "[break-glass DRILL] Test alert from %[1]s: nobody signed in",
 		heading: "DRILL: this is a test of the break-glass alerts. Nobody signed in.",
 		advice:  "Nothing to do: this mail shows that break-glass alerts reach you.",
 	},
+}
+
+// newEvent makes the alert of one event. Each value is cleaned and bounded
+// (see alertbounds.go) before the message is made of it, so that a huge
+// Host header cannot push the reason out of the message.
+func newEvent(name, identity, ip, host, reason string, at time.Time) alertEvent {
+	ts := at.UTC().Format(time.RFC3339)
+	identity, ip, host, reason = safeEmail(identity), safeIP(ip), safeHost(host), safeReason(reason)
+	msg := fmt.Sprintf(alertWordings[name].message, identity, ip, host, ts)
+	if reason != "" {
+		msg += ". Reason: " + reason
+	}
+	return alertEvent{Event: name, IP: ip, Timestamp: ts, Severity: severityOf(name), Message: msg,
+		Email: identity, Host: host, Reason: reason, at: at}
+}
+
+// drillEvent is the alert of a drill: a test, no one signed in.
+func drillEvent(identity, host string, at time.Time) alertEvent {
+	ev := newEvent(eventDrill, identity, "", host, "", at)
+	ev.IP = ""
+	return ev
+}
+
+// severityOf is the severity of the alerts named name.
+func severityOf(name string) string {
+	if name == eventDrill {
+		return "info"
+	}
+	for _, s := range events {
+		if s.name == name && s.severity != "" {
+			return s.severity
+		}
+	}
+	return "warning"
 }
 
 // alertMail is the email an alert recipient gets. Every value in it is
@@ -248,57 +119,29 @@ var mailWordings = map[string]mailWording{
 // octets a mail line may have.
 func alertMail(to string, ev alertEvent) mailMessage {
 	ev = ev.clean()
-	wd, ok := mailWordings[ev.Event]
+	wd, ok := alertWordings[ev.Event]
 	if !ok {
-		wd = mailWordings[eventLogin]
+		wd = alertWordings[eventLogin]
 	}
-	rows := [][2]string{{"Identity", ev.Email}}
+	c := mailContent{Heading: wd.heading, Advice: wd.advice, Info: ev.Severity == "info",
+		Subject: fmt.Sprintf(wd.subject, ev.Host, ev.IP)}
+	c.row("Identity", ev.Email)
 	if ev.IP != "" {
-		rows = append(rows, [2]string{"Client IP", ev.IP})
+		c.row("Client IP", ev.IP)
 	}
-	rows = append(rows, [2]string{"Site", ev.Host}, [2]string{"Time", ev.Timestamp})
+	c.row("Site", ev.Host)
+	when := ev.Timestamp
+	if !ev.at.IsZero() {
+		when = formatTime(ev.at)
+	}
+	c.row("Time", when)
 	if ev.Reason != "" {
-		rows = append(rows, [2]string{"Reason", ev.Reason})
+		c.row("Reason", ev.Reason)
 	}
 	if ev.AuditHead != "" {
-		rows = append(rows, [2]string{"Audit head", ev.AuditHead})
+		c.row("Audit head", ev.AuditHead)
 	}
-	var text, table strings.Builder
-	text.WriteString(wd.heading + "\n\n")
-	esc := html.EscapeString
-	for _, r := range rows {
-		text.WriteString(mailTextRow(r[0], r[1]))
-		table.WriteString(mailHTMLRow(r[0], r[1]))
-	}
-	text.WriteString("\n" + wd.advice + "\n")
-	color := "#b00020"
-	if ev.Severity == "info" {
-		color = "#1a5fb4"
-	}
-	htmlBody := fmt.Sprintf(`<!doctype html><html><body style="font-family:sans-serif">
-<h2 style="color:%s">%s</h2>
-<table cellpadding="4">
-%s</table>
-<p>%s</p>
-</body></html>`, color, esc(wd.heading), table.String(), esc(strings.ReplaceAll(wd.advice, "\n", " ")))
-	return mailMessage{
-		to:      to,
-		subject: clip(fmt.Sprintf(wd.subject, ev.Host, ev.IP), maxMailSubjectBytes, byteUnit),
-		text:    text.String(),
-		html:    htmlBody,
-	}
-}
-
-// webhookClient posts alerts. It follows no redirect: a 3xx is a failed
-// delivery, not a reason to send the alert somewhere else.
-var webhookClient = &http.Client{
-	CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
-}
-
-type webhookStatusError struct{ status int }
-
-func (e *webhookStatusError) Error() string {
-	return fmt.Sprintf("webhook answered %d %s", e.status, http.StatusText(e.status))
+	return c.message(to)
 }
 
 // alertChannel is one place an alert goes: an email recipient or a webhook.
@@ -338,94 +181,19 @@ func (c alertChannel) logField() zap.Field {
 // burst of them never crowds out a code mail or a login alert.
 func (h *Handler) sendAlerts(ev alertEvent, log *zap.Logger) {
 	d := h.state.deliveries
-	if ev.Event == eventLockout || ev.Event == eventCodeIssued {
-		d = h.state.notices
+	for _, s := range events {
+		if s.name == ev.Event && s.notice {
+			d = h.state.notices
+		}
 	}
 	for _, c := range h.alertChannels() {
 		h.deliverOn(d, c.kind, log.With(c.logField()), func(ctx context.Context) error { return c.send(ctx, ev) }, nil)
 	}
 }
 
-// alertLockout sends the alert of a lockout, unless too many went out in
-// this window; the next one sent counts those held back.
-func (h *Handler) alertLockout(ev alertEvent, log *zap.Logger) {
-	ok, held, since := h.state.lockouts.allow(now())
-	if !ok {
-		log.Warn("break-glass lockout alert held back: too many lockouts at once; the next lockout alert will count it",
-			zap.Int("per_minute", lockoutAlertsPerWindow))
-		return
-	}
-	if held > 0 {
-		ev.Message += fmt.Sprintf(". %s were not alerted one by one since %s", plural(held, "other lockout"), since.UTC().Format(time.RFC3339))
-	}
-	h.sendAlerts(ev, log)
-}
-
-// alertCodeIssued sends the alert of a code issued, unless one already went
-// for this credential (h.scope) within the lockout duration; the next one
-// sent after that counts those held back.
-func (h *Handler) alertCodeIssued(ev alertEvent, log *zap.Logger) {
-	window := defaultLockout
-	if h.app != nil && h.app.Lockout > 0 {
-		window = time.Duration(h.app.Lockout)
-	}
-	ok, held, since := h.state.codeAlerts.allow(h.scope, now(), window)
-	if !ok {
-		log.Warn("break-glass code_issued alert held back: one already went for this credential in this window; the next one will count it",
-			zap.Duration("window", window))
-		return
-	}
-	if held > 0 {
-		verb := "were"
-		if held == 1 {
-			verb = "was"
-		}
-		ev.Message += fmt.Sprintf(". %s for this credential %s not alerted one by one since %s",
-			plural(held, "other code request"), verb, since.UTC().Format(time.RFC3339))
-	}
-	h.sendAlerts(ev, log)
-}
-
-// deliver runs one delivery in the background and logs its outcome: INFO when
-// delivered, ERROR when it failed or could not even start.
-func (h *Handler) deliver(channel string, log *zap.Logger, fn func(ctx context.Context) error) {
-	h.deliverOn(h.state.deliveries, channel, log, fn, nil)
-}
-
-// errDropped is the outcome of a delivery that could not start.
-var errDropped = errors.New("dropped: too many deliveries in flight, or the app is stopping")
-
-// deliverOn is deliver on the dispatcher d, calling done (if not nil) with
-// the outcome.
-func (h *Handler) deliverOn(d *dispatcher, channel string, log *zap.Logger, fn func(ctx context.Context) error, done func(error)) {
-	log = log.With(zap.String("channel", channel))
-	ok := d.run(func(ctx context.Context) {
-		start := now()
-		err := fn(ctx)
-		if err != nil {
-			var se *webhookStatusError
-			fields := []zap.Field{zap.Error(err), zap.Duration("duration", now().Sub(start))}
-			if errors.As(err, &se) {
-				fields = append(fields, zap.Int("status", se.status))
-			}
-			metricDeliveries.WithLabelValues(channel, "error").Inc()
-			log.Error("break-glass delivery failed", fields...)
-		} else {
-			metricDeliveries.WithLabelValues(channel, "ok").Inc()
-			log.Info("break-glass delivery succeeded", zap.Duration("duration", now().Sub(start)))
-		}
-		if done != nil {
-			done(err)
-		}
-	})
-	if !ok {
-		metricDeliveries.WithLabelValues(channel, "dropped").Inc()
-		log.Error("break-glass delivery dropped: too many deliveries in flight, or the app is stopping")
-		if done != nil {
-			done(errDropped)
-		}
-	}
-}
+// requireAlertWait bounds how long a login with require_alert waits for an
+// alert channel to confirm.
+var requireAlertWait = 10 * time.Second
 
 // confirmAlerts sends ev on every channel and waits, up to
 // requireAlertWait, until one confirms delivery. The other deliveries go on

@@ -392,19 +392,19 @@ func TestCodeIssuedAlertsGoOncePerCredentialPerWindow(t *testing.T) {
 	st := newTestState(t)
 	log, logs := observedLogger()
 	app := &App{Lockout: caddy.Duration(15 * time.Minute)}
-	a := &Handler{state: st, app: app, scope: "scope-a", webhooks: []*webhook{{url: hook.URL, host: "hook"}}}
-	b := &Handler{state: st, app: app, scope: "scope-b", webhooks: []*webhook{{url: hook.URL, host: "hook"}}}
+	a := &Handler{state: st, app: app, account: &account{scope: "scope-a"}, webhooks: []*webhook{{url: hook.URL, host: "hook"}}}
+	b := &Handler{state: st, app: app, account: &account{scope: "scope-b"}, webhooks: []*webhook{{url: hook.URL, host: "hook"}}}
 	ev := func(host string) alertEvent {
 		return newEvent(eventCodeIssued, "ops@example.com", "192.0.2.10", host, "INC-7", now())
 	}
 
 	// A burst of 20 code requests for one credential, one a second.
 	for range 20 {
-		a.alertCodeIssued(ev("a.example.com"), log)
+		a.alertBounded(ev("a.example.com"), &events[evCodeIssued], log)
 		clk.Advance(time.Second)
 	}
 	// Another credential is not held back by the first.
-	b.alertCodeIssued(ev("b.example.com"), log)
+	b.alertBounded(ev("b.example.com"), &events[evCodeIssued], log)
 	held := logs.FilterMessage("break-glass code_issued alert held back: one already went for this credential in this window; the next one will count it").All()
 	if len(held) != 19 || held[0].Level != zapcore.WarnLevel {
 		t.Fatalf("%d held back logged, want 19 WARN", len(held))
@@ -413,7 +413,7 @@ func TestCodeIssuedAlertsGoOncePerCredentialPerWindow(t *testing.T) {
 	// After the window, the next alert counts those held back, since the
 	// first of them (at 12:00:01).
 	clk.Advance(15 * time.Minute)
-	a.alertCodeIssued(ev("a.example.com"), log)
+	a.alertBounded(ev("a.example.com"), &events[evCodeIssued], log)
 	hook.wait(t, 1)
 	st.notices.close(time.Minute) // every alert sent has arrived
 
@@ -436,7 +436,7 @@ func TestCodeIssuedAlertsDoNotDependOnTheDeliveriesQueue(t *testing.T) {
 	hook := startCountingHook(t)
 	st := newTestState(t)
 	log, logs := observedLogger()
-	h := &Handler{state: st, app: &App{}, scope: "s", webhooks: []*webhook{{url: hook.URL, host: "hook"}}}
+	h := &Handler{state: st, app: &App{}, account: &account{scope: "s"}, webhooks: []*webhook{{url: hook.URL, host: "hook"}}}
 	// With the queue of code mails and login alerts refusing everything,
 	// a code_issued alert still goes: it has its own queue.
 	st.deliveries.close(0)

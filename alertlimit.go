@@ -1,6 +1,6 @@
-// The limiter of code_issued alerts: one alert per credential per window,
-// however many codes are asked for; the next one sent counts those held
-// back.
+// The limits of the alerts anyone allowed can cause: lockout alerts, a few
+// a minute across the app, and code_issued alerts, one per credential per
+// window; the next one sent counts those held back.
 
 package breakglass
 
@@ -88,4 +88,41 @@ func (l *codeAlerts) size() int {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return len(l.m)
+}
+
+// Lockout alerts are limited across the app: at most lockoutAlertsPerWindow
+// per lockoutAlertWindow; the next one sent says how many were held back.
+const (
+	lockoutAlertsPerWindow = 5
+	lockoutAlertWindow     = time.Minute
+)
+
+// lockoutAlerts counts the lockout alerts of the current window.
+type lockoutAlerts struct {
+	mu        sync.Mutex
+	window    time.Time
+	sent      int
+	held      int
+	heldSince time.Time
+}
+
+// allow says whether a lockout alert may go now and, if so, how many were
+// held back before it (and since when).
+func (l *lockoutAlerts) allow(t time.Time) (ok bool, held int, since time.Time) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if t.Sub(l.window) >= lockoutAlertWindow {
+		l.window, l.sent = t, 0
+	}
+	if l.sent >= lockoutAlertsPerWindow {
+		if l.held == 0 {
+			l.heldSince = t
+		}
+		l.held++
+		return false, 0, time.Time{}
+	}
+	l.sent++
+	held, since = l.held, l.heldSince
+	l.held = 0
+	return true, held, since
 }

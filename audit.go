@@ -498,7 +498,7 @@ func (h *Handler) audit(rec auditRecord) string {
 		return ""
 	}
 	if rec.Email == "" {
-		rec.Email = h.email
+		rec.Email = h.account.email
 	}
 	head, err := h.auditLog.write(rec)
 	if err != nil {

@@ -40,7 +40,7 @@ var confClient = netip.MustParseAddr("192.0.2.1")
 
 // attempt reserves and settles one attempt, returning what reserve said
 // and, when reserved, what settle said.
-func attempt(t *testing.T, l limiterBackend, kind attemptKind, o outcome, lm limits) (reservation, int, time.Time) {
+func tryAttempt(t *testing.T, l limiterBackend, kind attemptKind, o charge, lm limits) (reservation, int, time.Time) {
 	t.Helper()
 	c, err := l.reserve(confClient, kind, lm)
 	if err != nil {
@@ -62,7 +62,7 @@ func TestConformanceLockoutAtMaxAttemptsAndNotExtended(t *testing.T) {
 		lm := limits{maxAttempts: 3, window: 10 * time.Minute}
 		var until time.Time
 		for i := 1; i <= 3; i++ {
-			res, rem, u := attempt(t, b.limiter, attemptCode, outcomeFailed, lm)
+			res, rem, u := tryAttempt(t, b.limiter, attemptCode, chargeFailed, lm)
 			if res != reserved || rem != 3-i {
 				t.Fatalf("failure %d: %v, %d left", i, res, rem)
 			}
@@ -72,11 +72,11 @@ func TestConformanceLockoutAtMaxAttemptsAndNotExtended(t *testing.T) {
 			t.Fatalf("locked until %v", until)
 		}
 		clk.Advance(5 * time.Minute)
-		if res, _, u := attempt(t, b.limiter, attemptPassword, outcomeFailed, lm); res != refusedLocked || !u.Equal(until) {
+		if res, _, u := tryAttempt(t, b.limiter, attemptPassword, chargeFailed, lm); res != refusedLocked || !u.Equal(until) {
 			t.Fatalf("during the lockout: %v until %v, want refusedLocked until %v", res, u, until)
 		}
 		clk.Advance(5 * time.Minute)
-		if res, rem, _ := attempt(t, b.limiter, attemptCode, outcomeFailed, lm); res != reserved || rem != 2 {
+		if res, rem, _ := tryAttempt(t, b.limiter, attemptCode, chargeFailed, lm); res != reserved || rem != 2 {
 			t.Fatalf("after the lockout: %v, %d left; want a fresh window", res, rem)
 		}
 	})
@@ -88,23 +88,23 @@ func TestConformanceCodesPerClientRefusePasswordsUntilTheWindowEnds(t *testing.T
 		lm := limits{maxAttempts: 5, window: 15 * time.Minute, codesPerClient: 2}
 		start := clk.Now()
 		for i := range 2 {
-			if res, _, _ := attempt(t, b.limiter, attemptPassword, outcomeCode, lm); res != reserved {
+			if res, _, _ := tryAttempt(t, b.limiter, attemptPassword, chargeCode, lm); res != reserved {
 				t.Fatalf("code %d: %v", i+1, res)
 			}
 		}
-		res, _, until := attempt(t, b.limiter, attemptPassword, outcomeCode, lm)
+		res, _, until := tryAttempt(t, b.limiter, attemptPassword, chargeCode, lm)
 		if res != refusedCodes || !until.Equal(start.Add(15*time.Minute)) {
 			t.Fatalf("third code: %v until %v, want refusedCodes until the window ends", res, until)
 		}
 		// A code attempt is still allowed: the client may type the code it has.
-		if res, _, _ := attempt(t, b.limiter, attemptCode, outcomeNone, lm); res != reserved {
+		if res, _, _ := tryAttempt(t, b.limiter, attemptCode, chargeNone, lm); res != reserved {
 			t.Fatalf("a code attempt after the codes ran out: %v", res)
 		}
 		if rem := b.limiter.remaining(confClient, lm); rem != 5 {
 			t.Fatalf("codes counted as failures: %d left", rem)
 		}
 		clk.Advance(15 * time.Minute)
-		if res, _, _ := attempt(t, b.limiter, attemptPassword, outcomeCode, lm); res != reserved {
+		if res, _, _ := tryAttempt(t, b.limiter, attemptPassword, chargeCode, lm); res != reserved {
 			t.Fatalf("after the window: %v", res)
 		}
 	})
@@ -114,13 +114,13 @@ func TestConformanceFailuresAreReportedForTheHashingQueue(t *testing.T) {
 	eachBackend(t, func(t *testing.T, b backends) {
 		useTestClock(t)
 		lm := limits{maxAttempts: 5, window: time.Minute}
-		attempt(t, b.limiter, attemptPassword, outcomeFailed, lm)
-		attempt(t, b.limiter, attemptPassword, outcomeFailed, lm)
+		tryAttempt(t, b.limiter, attemptPassword, chargeFailed, lm)
+		tryAttempt(t, b.limiter, attemptPassword, chargeFailed, lm)
 		c, err := b.limiter.reserve(confClient, attemptPassword, lm)
 		if err != nil || c.res != reserved || c.failures != 2 {
 			t.Fatalf("reserve: %+v %v, want reserved with 2 failures", c, err)
 		}
-		if _, _, err := b.limiter.settle(confClient, attemptPassword, outcomeNone, lm); err != nil {
+		if _, _, err := b.limiter.settle(confClient, attemptPassword, chargeNone, lm); err != nil {
 			t.Fatal(err)
 		}
 	})

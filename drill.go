@@ -10,7 +10,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"html"
 	"io/fs"
 	"slices"
 	"sync"
@@ -64,30 +63,6 @@ func (rec drillRecord) failed() []string {
 	return out
 }
 
-// drillCodeMail is the drill's stand-in for a code mail: it goes where codes
-// go, and says plainly that it holds no code.
-func drillCodeMail(to, host string, at time.Time) mailMessage {
-	ts := at.UTC().Format(time.RFC3339)
-	text := fmt.Sprintf(`DRILL: this is a test of the break-glass code delivery for %s,
-run from %s at %s.
-
-In a real sign-in, this mail would hold the 6-digit one-time code. This one
-holds none: nobody signed in, and nothing needs to be done.
-`, to, host, ts)
-	esc := html.EscapeString
-	htmlBody := fmt.Sprintf(`<!doctype html><html><body style="font-family:sans-serif">
-<h2 style="color:#1a5fb4">DRILL: break-glass code delivery test</h2>
-<p>This is a test of the break-glass code delivery for <strong>%s</strong>, run from <strong>%s</strong> at <strong>%s</strong>.</p>
-<p>In a real sign-in, this mail would hold the 6-digit one-time code. This one holds none: nobody signed in, and nothing needs to be done.</p>
-</body></html>`, esc(to), esc(host), esc(ts))
-	return mailMessage{
-		to:      to,
-		subject: fmt.Sprintf("[break-glass DRILL] Code delivery test from %s: no code, nobody signed in", host),
-		text:    text,
-		html:    htmlBody,
-	}
-}
-
 // drillTask is one delivery of a drill.
 type drillTask struct {
 	result drillResult
@@ -108,19 +83,19 @@ func (a *App) drillTasks(host string, at time.Time) []drillTask {
 		}
 	}
 	for _, h := range a.handlers.all() {
-		res := drillResult{Email: h.email, Channel: "code_email", Target: h.email}
-		key := fmt.Sprintf("code %p %s", h.mailer, h.email)
+		res := drillResult{Email: h.account.email, Channel: "code_email", Target: h.account.email}
+		key := fmt.Sprintf("code %p %s", h.mailer, h.account.email)
 		if h.mailer == nil {
 			add(drillTask{result: res, key: key, send: func(context.Context) error {
 				return errors.New("no smtp configured: codes only go to the log (dev_log_code)")
 			}})
 		} else {
-			msg := drillCodeMail(h.email, host, at)
+			msg := drillCodeMail(h.account.email, host, at)
 			add(drillTask{result: res, key: key, send: func(ctx context.Context) error { return h.mailer.send(ctx, msg) }})
 		}
-		ev := drillEvent(h.email, host, at)
+		ev := drillEvent(h.account.email, host, at)
 		for _, c := range h.alertChannels() {
-			add(drillTask{result: drillResult{Email: h.email, Channel: c.kind, Target: c.target}, key: h.email + " " + c.key,
+			add(drillTask{result: drillResult{Email: h.account.email, Channel: c.kind, Target: c.target}, key: h.account.email + " " + c.key,
 				send: func(ctx context.Context) error { return c.send(ctx, ev) }})
 		}
 	}

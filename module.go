@@ -262,8 +262,8 @@ const credentialsKey = storagePrefix + "credentials"
 func (a *App) retireCredentials() {
 	current := map[string][]string{}
 	for _, h := range a.handlers.all() {
-		if !slices.Contains(current[h.identity], h.scope) {
-			current[h.identity] = append(current[h.identity], h.scope)
+		if !slices.Contains(current[h.account.identity], h.account.scope) {
+			current[h.account.identity] = append(current[h.account.identity], h.account.scope)
 		}
 	}
 	prev, err := a.state.swapCredentials(current)

@@ -12,7 +12,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"html"
 	"math/big"
 	"net/netip"
 	"slices"
@@ -317,37 +316,4 @@ func (s *codeStore) sweep() int {
 		}
 	}
 	return len(s.m)
-}
-
-// codeMail is the mail that carries a code to the break-glass address. It
-// says what the code is for, who asked and until when it works, so that an
-// unexpected one is recognised as an alarm.
-func codeMail(to, code, clientIP, host string, expires time.Time) mailMessage {
-	exp := expires.UTC().Format("15:04:05 MST, 2 Jan 2006")
-	text := fmt.Sprintf(`Your break-glass one-time code for %s is:
-
-    %s
-
-It was requested from client IP %s after the break-glass password was
-entered correctly. It works once, only in the browser that asked for it,
-and expires at %s.
-
-If you did not ask for this code, someone knows the break-glass password:
-tell your security team and rotate the password now.
-`, host, code, clientIP, exp)
-	esc := html.EscapeString
-	htmlBody := fmt.Sprintf(`<!doctype html><html><body style="font-family:sans-serif">
-<p>Your break-glass one-time code for <strong>%s</strong> is:</p>
-<p style="font-size:28px;font-weight:bold;letter-spacing:4px;font-family:monospace">%s</p>
-<p>It was requested from client IP <strong>%s</strong> after the break-glass password was entered correctly.
-It works once, only in the browser that asked for it, and expires at <strong>%s</strong>.</p>
-<p style="color:#b00020">If you did not ask for this code, someone knows the break-glass password:
-tell your security team and rotate the password now.</p>
-</body></html>`, esc(host), esc(code), esc(clientIP), esc(exp))
-	return mailMessage{
-		to:      to,
-		subject: fmt.Sprintf("[break-glass] Your one-time code for %s (requested from %s)", host, clientIP),
-		text:    text,
-		html:    htmlBody,
-	}
 }

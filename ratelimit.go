@@ -39,13 +39,13 @@ const (
 	attemptCode
 )
 
-// outcome is what a settled attempt did.
-type outcome int
+// charge is what a settled attempt is counted as.
+type charge int
 
 const (
-	outcomeNone   outcome = iota // nothing to count: right code, or not checked
-	outcomeFailed                // a failure
-	outcomeCode                  // the right password: a code was issued
+	chargeNone   charge = iota // nothing to count: right code, or not checked
+	chargeFailed               // a failure
+	chargeCode                 // the right password: a code was issued
 )
 
 // clientRecord is what is kept of one client (a limiterKey). The exported
@@ -124,7 +124,7 @@ func (c *clientRecord) reserve(t time.Time, kind attemptKind, l limits) (reserva
 // settle ends a reserved attempt. A failure is counted: it returns the
 // attempts left and, when this failure started a lockout, the time it ends.
 // A failure settled while the client is already locked changes nothing.
-func (c *clientRecord) settle(t time.Time, kind attemptKind, o outcome, l limits) (int, time.Time) {
+func (c *clientRecord) settle(t time.Time, kind attemptKind, o charge, l limits) (int, time.Time) {
 	if c.inflight > 0 {
 		c.inflight--
 	}
@@ -132,10 +132,10 @@ func (c *clientRecord) settle(t time.Time, kind attemptKind, o outcome, l limits
 		c.inflightPw--
 	}
 	switch o {
-	case outcomeCode:
+	case chargeCode:
 		c.roll(t, l)
 		c.Codes++
-	case outcomeFailed:
+	case chargeFailed:
 		if _, ok := c.locked(t); ok {
 			return 0, time.Time{}
 		}
@@ -157,7 +157,7 @@ type limiterBackend interface {
 	lockedUntil(key netip.Addr) (time.Time, bool, error)
 	remaining(key netip.Addr, l limits) int
 	reserve(key netip.Addr, kind attemptKind, l limits) (claim, error)
-	settle(key netip.Addr, kind attemptKind, o outcome, l limits) (int, time.Time, error)
+	settle(key netip.Addr, kind attemptKind, o charge, l limits) (int, time.Time, error)
 	locked() ([]lockedClient, error)
 	unlock(key netip.Addr) (bool, error)
 	setMaxClients(n int)
@@ -254,7 +254,7 @@ func (l *limiter) reserve(key netip.Addr, kind attemptKind, lim limits) (claim, 
 	return claim{res: res, until: until, failures: c.Failures}, nil
 }
 
-func (l *limiter) settle(key netip.Addr, kind attemptKind, o outcome, lim limits) (int, time.Time, error) {
+func (l *limiter) settle(key netip.Addr, kind attemptKind, o charge, lim limits) (int, time.Time, error) {
 	t := now()
 	l.mu.Lock()
 	defer l.mu.Unlock()

@@ -161,8 +161,8 @@ func TestReservationsInFlightCountTowardsTheLimit(t *testing.T) {
 	if n := l.sweep(); n != 1 {
 		t.Fatal("an entry with attempts in flight was swept")
 	}
-	l.settle(k, attemptCode, outcomeFailed, lim(3, time.Minute))
-	_, until, _ := l.settle(k, attemptCode, outcomeFailed, lim(3, time.Minute))
+	l.settle(k, attemptCode, chargeFailed, lim(3, time.Minute))
+	_, until, _ := l.settle(k, attemptCode, chargeFailed, lim(3, time.Minute))
 	if until.IsZero() {
 		t.Fatal("the failures of the reserved attempts did not lock the client")
 	}
@@ -179,7 +179,7 @@ func TestSettlingASuccessFreesTheReservation(t *testing.T) {
 		if res, _ := reserveRes(l, k, 1, time.Minute); res != reserved {
 			t.Fatal("a settled success still held the only attempt")
 		}
-		l.settle(k, attemptCode, outcomeNone, lim(1, time.Minute))
+		l.settle(k, attemptCode, chargeNone, lim(1, time.Minute))
 	}
 }
 
@@ -188,7 +188,7 @@ func (l *limiter) fail(key netip.Addr, maxAttempts int, window time.Duration) (i
 	if res, _ := reserveRes(l, key, maxAttempts, window); res != reserved {
 		return 0, time.Time{}
 	}
-	rem, until, _ := l.settle(key, attemptCode, outcomeFailed, lim(maxAttempts, window))
+	rem, until, _ := l.settle(key, attemptCode, chargeFailed, lim(maxAttempts, window))
 	return rem, until
 }
 

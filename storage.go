@@ -201,12 +201,12 @@ func (l *storageLimiter) reserve(key netip.Addr, kind attemptKind, lim limits) (
 	return c, nil // the lock is held until settle
 }
 
-func (l *storageLimiter) settle(key netip.Addr, kind attemptKind, o outcome, lim limits) (rem int, until time.Time, err error) {
+func (l *storageLimiter) settle(key netip.Addr, kind attemptKind, o charge, lim limits) (rem int, until time.Time, err error) {
 	ctx, cancel := opCtx()
 	defer cancel()
 	name := clientPath(key)
 	defer func() { err = errors.Join(err, unlock(l.st, name)) }()
-	if o == outcomeNone {
+	if o == chargeNone {
 		return lim.maxAttempts, time.Time{}, nil
 	}
 	rec, err := l.load(ctx, key)

@@ -42,7 +42,7 @@ func TestStorageStatesOnOneFolderShareLockoutsCodesKeysAndLogouts(t *testing.T) 
 		if res, err := reserveRes(a.limiter, k, 3, time.Hour); err != nil || res != reserved {
 			t.Fatalf("reserve on a: %v %v", res, err)
 		}
-		if _, _, err := a.limiter.settle(k, attemptCode, outcomeFailed, lim(3, time.Hour)); err != nil {
+		if _, _, err := a.limiter.settle(k, attemptCode, chargeFailed, lim(3, time.Hour)); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -95,7 +95,7 @@ func TestStorageStateSurvivesARestartOfEveryInstance(t *testing.T) {
 	first := d.(*state)
 	k := netip.MustParseAddr("192.0.2.7")
 	first.limiter.reserve(k, attemptCode, lim(1, time.Hour))
-	first.limiter.settle(k, attemptCode, outcomeFailed, lim(1, time.Hour))
+	first.limiter.settle(k, attemptCode, chargeFailed, lim(1, time.Hour))
 	sess := session{ID: "fedcba9876543210fedcba9876543210", Issued: now(), Expires: now().Add(time.Hour), Client: clientA, Scope: "s"}
 	cookie := first.sessions.encode(sess)
 	_ = first.Destruct()
@@ -129,7 +129,7 @@ func TestStorageRaceLosesNoFailureAndUsesNoCodeTwice(t *testing.T) {
 						t.Errorf("reserve: %v %v", res, err)
 						return
 					}
-					if _, _, err := s.limiter.settle(k, attemptCode, outcomeFailed, lim(1000, time.Hour)); err != nil {
+					if _, _, err := s.limiter.settle(k, attemptCode, chargeFailed, lim(1000, time.Hour)); err != nil {
 						t.Error(err)
 					}
 				}
@@ -257,11 +257,11 @@ func TestStorageSweepDropsOnlyExpiredRecordsAndSkipsOnesInUse(t *testing.T) {
 	old, busy, live := netip.MustParseAddr("192.0.2.1"), netip.MustParseAddr("192.0.2.2"), netip.MustParseAddr("192.0.2.3")
 	for _, k := range []netip.Addr{old, busy} {
 		s.limiter.reserve(k, attemptCode, lim(5, time.Minute))
-		s.limiter.settle(k, attemptCode, outcomeFailed, lim(5, time.Minute))
+		s.limiter.settle(k, attemptCode, chargeFailed, lim(5, time.Minute))
 	}
 	clk.Advance(2 * time.Minute) // both records have expired
 	s.limiter.reserve(live, attemptCode, lim(5, time.Minute))
-	s.limiter.settle(live, attemptCode, outcomeFailed, lim(5, time.Minute))
+	s.limiter.settle(live, attemptCode, chargeFailed, lim(5, time.Minute))
 
 	ctx := context.Background()
 	if err := st.Lock(ctx, clientPath(busy)); err != nil { // another instance is at it

@@ -147,14 +147,14 @@ func (s storageTOTPReplay) use(ctx context.Context, scope string, step int64) (b
 
 // totpCheck is the altCheck of a handler with a TOTP secret.
 func (h *Handler) totpCheck() altCheck {
-	if h.totpKey == nil {
+	if h.account.totpKey == nil {
 		return nil
 	}
 	return func(ctx context.Context, code string) (bool, error) {
-		step, ok := totpMatch(h.totpKey, code, now())
+		step, ok := totpMatch(h.account.totpKey, code, now())
 		if !ok {
 			return false, nil
 		}
-		return h.app.totp.use(ctx, h.credential, step)
+		return h.app.totp.use(ctx, h.account.credential, step)
 	}
 }

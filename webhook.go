@@ -19,10 +19,26 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 )
+
+// webhookTimeout bounds one webhook POST, connection to answer.
+var webhookTimeout = 10 * time.Second
+
+// webhookClient posts alerts. It follows no redirect: a 3xx is a failed
+// delivery, not a reason to send the alert somewhere else.
+var webhookClient = &http.Client{
+	CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+}
+
+type webhookStatusError struct{ status int }
+
+func (e *webhookStatusError) Error() string {
+	return fmt.Sprintf("webhook answered %d %s", e.status, http.StatusText(e.status))
+}
 
 // WebhookConfig is one alert webhook.
 type WebhookConfig struct {

@@ -1,0 +1,424 @@
+// The sign-in attempt of an allowed client without a session: the login
+// page, the password step, the code step, and the session it ends in. Each
+// step returns an outcome; respond writes it.
+
+package breakglass
+
+import (
+	"context"
+	"crypto/sha256"
+	"crypto/subtle"
+	"errors"
+	"fmt"
+	"math"
+	"net/http"
+	"net/netip"
+	"strings"
+	"time"
+	"unicode/utf8"
+
+	"go.uber.org/zap"
+)
+
+const (
+	// maxFormBytes bounds a login or code form body; anything larger is 413.
+	maxFormBytes = 8 << 10
+	// bcryptMaxPassword is the most bcrypt reads of a password; a longer one
+	// is refused (bcrypt would silently ignore the rest).
+	bcryptMaxPassword = 72
+	// maxReason is the longest reason the login form takes, in characters.
+	maxReason = 200
+)
+
+// attempt is one request of the sign-in flow: the client, its limiter key,
+// the browser's flow and a logger naming the client.
+type attempt struct {
+	h      *Handler
+	r      *http.Request
+	client netip.Addr
+	key    netip.Addr // the client's key in the limiter
+	flow   string     // from the flow cookie; "" if none
+	log    *zap.Logger
+}
+
+func (h *Handler) newAttempt(r *http.Request, client netip.Addr) *attempt {
+	return &attempt{h: h, r: r, client: client, key: limiterKey(client), flow: h.flowFrom(r),
+		log: h.logger.With(zap.String("client_ip", client.String()))}
+}
+
+// run serves the flow. w is only for bounding the form's size.
+func (a *attempt) run(w http.ResponseWriter, loggedOut bool) outcome {
+	h, r := a.h, a.r
+	// Before any parsing or hashing: a locked-out client costs nothing.
+	until, locked, err := h.state.limiter.lockedUntil(a.key)
+	if err != nil {
+		return a.unavailable(err)
+	}
+	if locked {
+		a.record(event{kind: evLocked, fields: []zap.Field{zap.Time("locked_until", until)}})
+		return a.lockedOut(until)
+	}
+	if r.Method != http.MethodPost {
+		return a.show(loggedOut)
+	}
+	r.Body = http.MaxBytesReader(w, r.Body, maxFormBytes)
+	if err := r.ParseForm(); err != nil {
+		if tooBig := new(http.MaxBytesError); errors.As(err, &tooBig) {
+			return a.message(http.StatusRequestEntityTooLarge, "", "Request too large", "The form was larger than a sign-in form can be.")
+		}
+		return a.message(http.StatusBadRequest, "", "Bad request", "The form could not be read.")
+	}
+	step := r.PostForm.Get("break_glass_step")
+	if step == "" {
+		// A POST meant for the guarded application, without a session.
+		return a.loginPage(http.StatusUnauthorized)
+	}
+	if a.flow == "" || !h.validCSRF(a.flow, r.PostForm.Get("csrf_token")) {
+		a.record(event{kind: evBadCSRF})
+		o := a.loginPage(http.StatusForbidden)
+		o.page.Error = "This form expired or did not come from this page. Please try again."
+		return o
+	}
+	switch step {
+	case "login":
+		return a.password()
+	case "code":
+		return a.code()
+	case "restart":
+		if err := h.state.codes.cancel(h.account.scope, a.flow); err != nil {
+			return a.unavailable(err)
+		}
+		return a.back()
+	default:
+		return a.message(http.StatusBadRequest, "", "Bad request", "Unknown form step.")
+	}
+}
+
+// show answers a GET: the code form while a code is pending for this
+// browser, else the login form.
+func (a *attempt) show(loggedOut bool) outcome {
+	h := a.h
+	if exp, ok := h.state.codes.pending(h.account.scope, a.flow, a.client); ok {
+		return a.codePage(http.StatusOK, exp, "")
+	}
+	if spent, err := h.spent(); err != nil {
+		return a.unavailable(err)
+	} else if spent {
+		return a.spentPage()
+	}
+	a.log.Debug("break-glass login page served")
+	o := a.loginPage(http.StatusUnauthorized)
+	if loggedOut {
+		o.page.Notice = "You are signed out."
+	}
+	if rem := h.state.limiter.remaining(a.key, h.app.lim); rem < h.app.MaxAttempts {
+		o.page.Error = fmt.Sprintf("There were failed attempts from your address: %s left before it is locked out.", plural(rem, "attempt"))
+	}
+	return o
+}
+
+// password checks email and password with exactly one bcrypt comparison
+// whatever is wrong, so that the time taken tells nothing.
+func (a *attempt) password() outcome {
+	h, form := a.h, a.r.PostForm
+	email := form.Get("email")
+	pw := []byte(form.Get("password"))
+	acc, hash := h.lookup(email)
+	tooLong := len(pw) > bcryptMaxPassword
+	if tooLong {
+		pw = pw[:bcryptMaxPassword]
+	}
+	// The reason is checked before anything costs: it is not an attempt.
+	reason := cleanReason(form.Get("reason"))
+	if msg := h.reasonProblem(reason); msg != "" {
+		o := a.loginPage(http.StatusBadRequest)
+		o.page.Email, o.page.Reason, o.page.Error = email, reason, msg
+		return o
+	}
+	if spent, err := h.spent(); err != nil {
+		return a.unavailable(err)
+	} else if spent {
+		return a.spentPage()
+	}
+	// Claim the attempt before hashing, so that attempts sent in parallel
+	// cannot add up to more than max_attempts; then wait for a hashing slot,
+	// served before clients with more failures.
+	c, refused, ok := a.claim(attemptPassword)
+	if !ok {
+		return refused
+	}
+	settled := false
+	defer a.settleOnPanic(attemptPassword, &settled)
+	if !h.app.acquireHash(a.r.Context(), c.failures) {
+		settled = true
+		if _, _, err := a.settle(attemptPassword, chargeNone); err != nil {
+			return a.unavailable(err)
+		}
+		return a.refuse(event{kind: evHashBusy, fields: []zap.Field{zap.Int("max_concurrent_hashes", h.app.MaxConcurrentHashes)}},
+			http.StatusServiceUnavailable, 2, "Busy",
+			"Too many sign-in attempts are being checked right now. Wait a moment and try again; this did not count as a failed attempt.")
+	}
+	defer h.app.releaseHash()
+	if err := h.compare(hash, pw); err != nil || acc == nil || tooLong {
+		settled = true
+		remaining, lockedUntil, err := a.settle(attemptPassword, chargeFailed)
+		if err != nil {
+			return a.unavailable(err)
+		}
+		if o, locked := a.failed(evBadCredentials, remaining, lockedUntil); locked {
+			return o
+		}
+		o := a.loginPage(http.StatusUnauthorized)
+		o.page.Email, o.page.Reason = email, reason
+		o.page.Error = fmt.Sprintf("Wrong email or password. %s left before this address is locked out.", plural(remaining, "attempt"))
+		return o
+	}
+	code, err := newCode()
+	if err != nil {
+		return outcome{err: err}
+	}
+	flow := newFlowID()
+	// The code is charged to the client (codes per client and window) and
+	// to the credential (codes per credential and window).
+	exp, perr := h.state.codes.put(acc.scope, code, flow, a.client, time.Duration(h.app.CodeTTL), reason, h.app.codeLim)
+	settleAs := chargeCode
+	if perr != nil {
+		settleAs = chargeNone
+	}
+	settled = true
+	if _, _, err := a.settle(attemptPassword, settleAs); err != nil || (perr != nil && !errors.Is(perr, errCodeBudget)) {
+		return a.unavailable(errors.Join(perr, err))
+	}
+	if perr != nil {
+		lim := h.app.codeLim
+		return a.refuse(event{kind: evCredentialCodes, account: acc.email,
+			fields: []zap.Field{zap.Int("codes_per_window", lim.perCredential), zap.Duration("window", lim.window)}},
+			http.StatusTooManyRequests, int(math.Ceil(lim.window.Seconds())), "Too many codes",
+			"The password is right, but this break-glass account has been sent as many codes as it may in a short time. If that was not you, someone else has the password: tell your security team. Try again later.")
+	}
+	a.record(event{kind: evCodeIssued, account: acc.email, reason: reason, fields: []zap.Field{zap.Time("code_expires", exp)}})
+	if h.DevLogCode {
+		a.log.Warn("break-glass code (dev_log_code)", zap.String("email", acc.email), zap.String("code", code), zap.Time("code_expires", exp))
+	}
+	if h.mailer != nil {
+		msg := codeMail(acc.email, code, a.client.String(), h.site(a.r), exp)
+		h.deliver("code_email", a.log.With(zap.String("recipient", acc.email)),
+			func(ctx context.Context) error { return h.mailer.send(ctx, msg) })
+	}
+	return a.back(h.flowCookieFor(a.r, flow))
+}
+
+// lookup finds the account of an email in constant time; an unknown email
+// gets the fake hash, so that it costs what a wrong password costs.
+func (h *Handler) lookup(email string) (*account, []byte) {
+	digest := sha256.Sum256([]byte(normalizeEmail(email)))
+	acc := h.account
+	if subtle.ConstantTimeCompare(digest[:], acc.digest[:]) == 1 {
+		return acc, acc.hash
+	}
+	return nil, acc.fakeHash
+}
+
+// code checks the emailed (or TOTP) code. Every code that does not sign in
+// counts as a failed attempt for the client.
+func (a *attempt) code() outcome {
+	h, acc := a.h, a.h.account
+	code := strings.ReplaceAll(strings.TrimSpace(a.r.PostForm.Get("code")), " ", "")
+	// Without a code pending for this browser and client there is nothing
+	// to guess: the post costs nothing and is not tracked, so that such
+	// posts can never fill the limiter.
+	if _, ok := h.state.codes.pending(acc.scope, a.flow, a.client); !ok {
+		a.record(event{kind: evNoCode})
+		o := a.loginPage(http.StatusUnauthorized)
+		o.page.Error = "That code is no longer valid (expired, already used, or too many wrong tries). Sign in again."
+		return o
+	}
+	if _, refused, ok := a.claim(attemptCode); !ok {
+		return refused
+	}
+	settled := false
+	defer a.settleOnPanic(attemptCode, &settled)
+	res, reason, verr := h.state.codes.verify(acc.scope, a.flow, a.client, code, h.totpCheck())
+	settled = true
+	charge := chargeNone
+	if verr == nil && res != codeOK {
+		charge = chargeFailed
+	}
+	remaining, lockedUntil, err := a.settle(attemptCode, charge)
+	if verr != nil || err != nil {
+		return a.unavailable(errors.Join(verr, err))
+	}
+	switch res {
+	case codeOK:
+		return a.signIn(acc, reason)
+	case codeWrong:
+		if o, locked := a.failed(evWrongCode, remaining, lockedUntil); locked {
+			return o
+		}
+		exp, _ := h.state.codes.pending(acc.scope, a.flow, a.client)
+		return a.codePage(http.StatusUnauthorized, exp,
+			fmt.Sprintf("Wrong code. %s left before this address is locked out.", plural(remaining, "attempt")))
+	default: // voided, expired, used, replaced, or not this login's
+		if o, locked := a.failed(evInvalidCode, remaining, lockedUntil); locked {
+			return o
+		}
+		o := a.loginPage(http.StatusUnauthorized)
+		o.page.Error = fmt.Sprintf("That code is no longer valid (expired, already used, or too many wrong tries). Sign in again. %s left.", plural(remaining, "attempt"))
+		return o
+	}
+}
+
+// failed records a failure the limiter has counted; when that failure
+// locked the client out, it records the lockout (once per lockout) and
+// returns the locked page.
+func (a *attempt) failed(kind eventKind, remaining int, lockedUntil time.Time) (outcome, bool) {
+	a.record(event{kind: kind, fields: []zap.Field{zap.Int("attempts_remaining", remaining)}})
+	if lockedUntil.IsZero() {
+		return outcome{}, false
+	}
+	a.record(event{kind: evLockout, account: a.h.account.email, detail: "until " + lockedUntil.UTC().Format(time.RFC3339),
+		fields: []zap.Field{zap.Time("locked_until", lockedUntil), zap.Int("max_attempts", a.h.app.MaxAttempts)}})
+	return a.lockedOut(lockedUntil), true
+}
+
+// claim reserves an attempt for the client in the limiter; when it cannot,
+// it returns the refusal.
+func (a *attempt) claim(kind attemptKind) (claim, outcome, bool) {
+	h := a.h
+	c, err := h.state.limiter.reserve(a.key, kind, h.app.lim)
+	if err != nil {
+		return c, a.unavailable(err), false
+	}
+	switch c.res {
+	case refusedLocked:
+		a.record(event{kind: evLocked, fields: []zap.Field{zap.Time("locked_until", c.until)}})
+		return c, a.lockedOut(c.until), false
+	case refusedInFlight:
+		return c, a.refuse(event{kind: evInFlight}, http.StatusTooManyRequests, 1, "Please wait",
+			"Other sign-in attempts from your address are still being checked. Wait a moment and try again."), false
+	case refusedCodes:
+		n := h.app.lim.codesPerClient
+		return c, a.refuse(event{kind: evClientCodes, fields: []zap.Field{zap.Int("codes_per_client", n), zap.Time("until", c.until)}},
+			http.StatusTooManyRequests, secondsUntil(c.until), "Too many codes",
+			fmt.Sprintf("Your address has been sent %s in a short time, as many as it may. Use the last code you got, or try again after %s.",
+				plural(n, "code"), formatTime(c.until))), false
+	case refusedFull:
+		return c, a.refuse(event{kind: evLimiterFull}, http.StatusTooManyRequests, 60, "Please wait",
+			"Too many addresses are signing in right now. Try again in a minute."), false
+	}
+	return c, outcome{}, true
+}
+
+// settle ends the attempt claimed by claim, counting what it did.
+func (a *attempt) settle(kind attemptKind, c charge) (remaining int, lockedUntil time.Time, err error) {
+	return a.h.state.limiter.settle(a.key, kind, c, a.h.app.lim)
+}
+
+// settleOnPanic ends a claimed attempt that a panic interrupted (in a
+// comparer or a storage module), so that its reservation, or its storage
+// lock, is never left behind; the panic goes on.
+func (a *attempt) settleOnPanic(kind attemptKind, settled *bool) {
+	if *settled {
+		return
+	}
+	if _, _, err := a.settle(kind, chargeNone); err != nil {
+		a.log.Error("break-glass: releasing an interrupted attempt", zap.Error(err))
+	}
+}
+
+// spent reports whether the credential has had its max_uses logins.
+func (h *Handler) spent() (bool, error) {
+	acc := h.account
+	if acc.maxUses == 0 {
+		return false, nil
+	}
+	n, err := h.app.uses.count(acc.credential)
+	return n >= acc.maxUses, err
+}
+
+// cleanReason trims the reason and makes it one clean line (see cleanText).
+func cleanReason(s string) string {
+	return strings.TrimSpace(cleanText(s))
+}
+
+// reasonProblem says what is wrong with a reason, or "".
+func (h *Handler) reasonProblem(reason string) string {
+	switch {
+	case !utf8.ValidString(reason):
+		return "The reason is not valid text."
+	case utf8.RuneCountInString(reason) > maxReason:
+		return fmt.Sprintf("The reason is too long: at most %d characters.", maxReason)
+	case h.RequireReason && reason == "":
+		return "Give the reason for this emergency login (the incident, or why normal access is not enough)."
+	}
+	return ""
+}
+
+// signIn starts a session after the right code.
+func (a *attempt) signIn(acc *account, reason string) outcome {
+	h := a.h
+	if h.state.sessions.full() {
+		a.log.Error("break-glass session refused: too many revoked sessions are remembered; they expire with their sessions")
+		return a.message(http.StatusServiceUnavailable, "", "Try again later",
+			"No new session can be started right now. Try again later, or ask your security team.")
+	}
+	uses := 0
+	if acc.maxUses > 0 {
+		n, ok, err := h.app.uses.claim(acc.credential, acc.maxUses)
+		if err != nil {
+			return a.unavailable(err)
+		}
+		if !ok {
+			a.record(event{kind: evCredentialUsedUp, account: acc.email, reason: reason, detail: "credential spent"})
+			return a.spentPage()
+		}
+		uses = n
+	}
+	if h.RequireAlert {
+		// The alert must cover this login: its head is that of a line
+		// written for it.
+		if !a.record(event{kind: evLoginPending, account: acc.email, reason: reason, detail: "waiting for an alert channel to confirm (require_alert)"}) {
+			if uses > 0 {
+				if err := h.app.uses.release(acc.credential); err != nil {
+					a.log.Error("break-glass: giving back the use of a refused login", zap.Error(err))
+				}
+			}
+			a.record(event{kind: evLoginUnalerted, account: acc.email, reason: reason, detail: "no alert channel confirmed delivery",
+				fields: []zap.Field{zap.Duration("waited_up_to", requireAlertWait)}})
+			o := a.message(http.StatusServiceUnavailable, "", "Access refused: nobody could be told",
+				"Your password and code were right, but this break-glass login must alert the security team first, and no alert channel (email or webhook) confirmed delivery. No session was started. Try again in a moment, or reach your security team another way.")
+			o.cookies = append(o.cookies, h.flowCookieFor(a.r, ""))
+			return o
+		}
+	}
+	// A sign-in forgives no failure: the client's limit holds however many
+	// credentials it signs in with.
+	id, err := newSessionID()
+	if err != nil {
+		return outcome{err: err}
+	}
+	t, ttl := now(), time.Duration(h.app.SessionTTL)
+	s := session{ID: id, Issued: t, Expires: t.Add(ttl), Client: a.client, Scope: acc.scope}
+	cookie := h.cookie(a.r, h.names(a.r).session, h.state.sessions.encode(s), int(math.Ceil(ttl.Seconds())))
+	h.state.sessions.track(s)
+	a.record(event{kind: evLogin, account: acc.email, reason: reason, alerted: h.RequireAlert,
+		detail: "session until " + s.Expires.UTC().Format(time.RFC3339), fields: []zap.Field{zap.Time("session_expires", s.Expires)}})
+	if acc.maxUses > 0 && uses >= acc.maxUses {
+		a.record(event{kind: evSpent, account: acc.email, reason: reason, detail: fmt.Sprintf("after %d uses", uses),
+			fields: []zap.Field{zap.Int("max_uses", acc.maxUses)}})
+	}
+	return a.back(cookie, h.flowCookieFor(a.r, ""))
+}
+
+// logout revokes the session server-side, so a replayed cookie stops working.
+func (a *attempt) logout(s session) outcome {
+	h := a.h
+	if err := h.state.revoke(s); err != nil {
+		a.log.Error("break-glass logout not written to storage: other instances accept the session until it expires", zap.Error(err))
+	}
+	a.record(event{kind: evLogout, account: h.account.email})
+	o := a.loginPage(http.StatusOK)
+	o.cookies = append(o.cookies, h.cookie(a.r, h.names(a.r).session, "", -1))
+	o.page.Notice = "You are signed out."
+	return o
+}

@@ -1,0 +1,272 @@
+// The events of the door, in one table: for each kind, its log line, its
+// metric, its audit line, its alert and its name on Caddy's event bus.
+// record runs them in a fixed order, so that every place something happens
+// is one call, and adding a kind is one row.
+
+package breakglass
+
+import (
+	"fmt"
+	"net/netip"
+	"time"
+
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+)
+
+// The events' names, on Caddy's event bus and as the `event` of an alert.
+const (
+	eventLogin        = "break_glass_login"
+	eventLoginPending = "break_glass_login_pending"
+	eventLoginRefused = "break_glass_login_refused"
+	eventLoginFailed  = "break_glass_login_failed"
+	eventCodeIssued   = "break_glass_code_issued"
+	eventCodeRefused  = "break_glass_code_refused"
+	eventLockout      = "break_glass_lockout"
+	eventSpent        = "break_glass_credential_spent"
+	eventLogout       = "break_glass_logout"
+	eventDrill        = "break_glass_drill"
+)
+
+type eventKind uint8
+
+const (
+	evForbidden        eventKind = iota // a client outside allowed_ips
+	evLocked                            // a locked-out client asked
+	evBadCSRF                           // a form without its token
+	evBadCredentials                    // a wrong email or password
+	evNoCode                            // a code posted with none pending: not an attempt
+	evWrongCode                         // a wrong code
+	evInvalidCode                       // a code no longer valid
+	evInFlight                          // refused: the client's attempts are being checked
+	evClientCodes                       // refused: the client had its codes for the window
+	evCredentialCodes                   // refused: the account had its codes for the window
+	evLimiterFull                       // refused: max_tracked_clients reached
+	evHashBusy                          // refused: every hashing slot busy
+	evUnavailable                       // refused: the state cannot be read or written
+	evCodeIssued                        // the right password: a code is pending
+	evLockout                           // a failure locked the client out
+	evLoginPending                      // require_alert: the login alert must be confirmed
+	evLoginUnalerted                    // require_alert: no channel confirmed, refused
+	evCredentialUsedUp                  // max_uses reached before this login
+	evLogin                             // a session was issued
+	evSpent                             // this login used the credential's last use
+	evLogout                            // a session was ended by its operator
+)
+
+// alertLimit says how an event's alerts are held back in a burst.
+type alertLimit uint8
+
+const (
+	limitNone       alertLimit = iota
+	limitApp                   // lockoutAlertsPerWindow across the app
+	limitCredential            // one per credential and lockout window
+)
+
+// eventSpec is what one kind of event does. An empty field is a step the
+// event does not take.
+type eventSpec struct {
+	name     string // on Caddy's event bus and in the alert payload
+	level    zapcore.Level
+	msg      string
+	metric   func(at time.Time)
+	audit    string // the audit line's event
+	severity string // of its alert; "" = never alerted
+	alertOn  string // the alert_on key that turns its alert on; "" = always
+	// alertAs is the alert sent in its stead (a pending login alerts as a
+	// login, so that the alert the team gets is the same either way), and
+	// confirm makes record wait until a channel confirmed it.
+	alertAs eventKind
+	confirm bool
+	// notice marks what anyone allowed can cause: its alerts run apart
+	// from the code mails and login alerts, so that a burst never delays
+	// them.
+	notice bool
+	limit  alertLimit
+	// failure names why an attempt failed, in the log and on the bus.
+	failure string
+}
+
+func countResult(result string) func(time.Time) {
+	return func(time.Time) { metricAttempts.WithLabelValues(result).Inc() }
+}
+
+var events = [...]eventSpec{
+	evForbidden:      {level: zapcore.InfoLevel, msg: "break-glass request refused: client not allowed", metric: countResult(resultForbidden)},
+	evLocked:         {level: zapcore.InfoLevel, msg: "break-glass request refused: client locked out", metric: countResult(resultLocked)},
+	evBadCSRF:        {level: zapcore.InfoLevel, msg: "break-glass form refused: missing or wrong CSRF token"},
+	evBadCredentials: {name: eventLoginFailed, level: zapcore.InfoLevel, msg: "break-glass login failed", metric: countResult(resultBadCredentials), failure: "bad_credentials"},
+	evNoCode:         {level: zapcore.InfoLevel, msg: "break-glass code refused: no code pending for this sign-in", failure: "invalid_code"},
+	evWrongCode:      {name: eventLoginFailed, level: zapcore.WarnLevel, msg: "break-glass wrong code", metric: countResult(resultWrongCode), failure: "wrong_code"},
+	evInvalidCode:    {name: eventLoginFailed, level: zapcore.WarnLevel, msg: "break-glass wrong code", metric: countResult(resultWrongCode), failure: "invalid_code"},
+	evInFlight:       {level: zapcore.InfoLevel, msg: "break-glass request refused: attempts from this client already in progress", metric: countResult(resultBusy)},
+	evClientCodes:    {level: zapcore.WarnLevel, msg: "break-glass request refused: this client has had its codes for this window", metric: countResult(resultBusy)},
+	evCredentialCodes: {name: eventCodeRefused, level: zapcore.WarnLevel, msg: "break-glass code refused: the credential has had its codes for this window",
+		metric: countResult(resultBusy)},
+	evLimiterFull: {level: zapcore.ErrorLevel, msg: "break-glass request refused: the limiter tracks as many clients as it may (max_tracked_clients)", metric: countResult(resultBusy)},
+	evHashBusy:    {level: zapcore.WarnLevel, msg: "break-glass request refused: every password-checking slot is busy", metric: countResult(resultBusy)},
+	evUnavailable: {level: zapcore.ErrorLevel, msg: "break-glass state unavailable: sign-in refused", metric: countResult(resultBusy)},
+	evCodeIssued: {name: eventCodeIssued, level: zapcore.InfoLevel, msg: "break-glass password accepted: code issued",
+		metric: countResult(resultCodeSent), audit: auditCodeIssued, severity: "warning", alertOn: "code_issued", notice: true, limit: limitCredential},
+	evLockout: {name: eventLockout, level: zapcore.WarnLevel, msg: "break-glass client locked out",
+		metric: func(time.Time) { metricLockouts.Inc() }, audit: auditLockout, severity: "warning", alertOn: "lockout", notice: true, limit: limitApp},
+	evLoginPending: {name: eventLoginPending, level: zapcore.InfoLevel, msg: "break-glass login waiting for an alert channel to confirm (require_alert)",
+		audit: auditPending, alertAs: evLogin, confirm: true},
+	evLoginUnalerted: {name: eventLoginRefused, level: zapcore.ErrorLevel, msg: "break-glass login refused: require_alert is set and no alert channel confirmed delivery",
+		audit: auditRefused},
+	evCredentialUsedUp: {name: eventLoginRefused, level: zapcore.WarnLevel, msg: "break-glass login refused: the credential is spent (max_uses)",
+		audit: auditRefused},
+	evLogin: {name: eventLogin, level: zapcore.WarnLevel, msg: "break-glass login succeeded",
+		metric: func(at time.Time) {
+			metricAttempts.WithLabelValues(resultSuccess).Inc()
+			metricLastSuccess.Set(float64(at.Unix()))
+		}, audit: auditLogin, severity: "critical", alertOn: "login"},
+	evSpent: {name: eventSpent, level: zapcore.WarnLevel, msg: "break-glass credential spent: max_uses reached; set a new hash",
+		audit: auditSpent, severity: "critical"},
+	evLogout: {name: eventLogout, level: zapcore.InfoLevel, msg: "break-glass logout", audit: auditLogout},
+}
+
+// eventNames are the alerts' event names, each once, for the docs and
+// their test.
+func eventNames() []string {
+	var out []string
+	seen := map[string]bool{}
+	for _, s := range events {
+		if s.name != "" && !seen[s.name] {
+			seen[s.name] = true
+			out = append(out, s.name)
+		}
+	}
+	return out
+}
+
+// event is one thing that happened to an attempt.
+type event struct {
+	kind eventKind
+	// account is the email of the account concerned, once it is known
+	// (never the email a client typed).
+	account string
+	reason  string // what the operator typed as the reason
+	detail  string // for the audit line
+	err     error  // what went wrong, for the log
+	// alerted marks an event whose alert already went (a login whose
+	// pending line was confirmed under require_alert).
+	alerted bool
+	fields  []zap.Field // more for the log line
+}
+
+// record makes an event of an attempt known, in a fixed order: the log
+// line, the metric, the audit line (whose head the alert carries), the
+// alerts, then Caddy's event bus. It returns whether the alert, when the
+// event must be confirmed (require_alert), was delivered by a channel.
+func (a *attempt) record(e event) (confirmed bool) {
+	h, spec, t := a.h, &events[e.kind], now()
+	if ce := a.log.Check(spec.level, spec.msg); ce != nil {
+		fields := e.fields
+		if e.account != "" {
+			fields = append(fields, zap.String("email", e.account))
+		}
+		if spec.failure != "" {
+			fields = append(fields, zap.String("reason", spec.failure))
+		} else if e.reason != "" {
+			fields = append(fields, zap.String("reason", e.reason))
+		}
+		if e.err != nil {
+			fields = append(fields, zap.Error(e.err))
+		}
+		ce.Write(fields...)
+	}
+	if spec.metric != nil {
+		spec.metric(t)
+	}
+	var head string
+	if spec.audit != "" {
+		head = h.audit(auditRecord{Event: spec.audit, Client: a.client.String(), Reason: e.reason, Detail: e.detail})
+	}
+	confirmed = true
+	host := ""
+	if spec.name != "" || spec.alertAs != 0 || spec.severity != "" {
+		host = h.site(a.r)
+	}
+	alert := spec
+	if spec.alertAs != 0 {
+		alert = &events[spec.alertAs]
+	}
+	if alert.severity != "" && !e.alerted && (alert.alertOn == "" || h.alertOn[alert.alertOn]) {
+		ev := newEvent(alert.name, h.account.email, a.client.String(), host, e.reason, t)
+		ev.AuditHead = head
+		if spec.confirm {
+			confirmed = h.confirmAlerts(ev, a.log)
+		} else {
+			h.alertBounded(ev, alert, a.log)
+		}
+	}
+	if spec.name != "" {
+		h.emit(spec, a.client, host, e)
+	}
+	return confirmed
+}
+
+// alertBounded sends an alert unless its limit holds it back; the next one
+// sent counts those held back.
+func (h *Handler) alertBounded(ev alertEvent, spec *eventSpec, log *zap.Logger) {
+	var (
+		ok, held = true, 0
+		since    time.Time
+		what     string
+	)
+	switch spec.limit {
+	case limitApp:
+		if ok, held, since = h.state.lockouts.allow(now()); !ok {
+			log.Warn("break-glass lockout alert held back: too many lockouts at once; the next lockout alert will count it",
+				zap.Int("per_minute", lockoutAlertsPerWindow))
+		}
+		what = "other lockout"
+	case limitCredential:
+		window := defaultLockout
+		if h.app != nil && h.app.Lockout > 0 {
+			window = time.Duration(h.app.Lockout)
+		}
+		if ok, held, since = h.state.codeAlerts.allow(h.account.scope, now(), window); !ok {
+			log.Warn("break-glass code_issued alert held back: one already went for this credential in this window; the next one will count it",
+				zap.Duration("window", window))
+		}
+		what = "other code request"
+	}
+	if !ok {
+		return
+	}
+	if held > 0 {
+		ev.Message += heldBackNote(spec.limit, held, what, since)
+	}
+	h.sendAlerts(ev, log)
+}
+
+// heldBackNote is what an alert adds about the alerts held back before it.
+func heldBackNote(l alertLimit, held int, what string, since time.Time) string {
+	if l == limitApp {
+		return fmt.Sprintf(". %s were not alerted one by one since %s", plural(held, what), since.UTC().Format(time.RFC3339))
+	}
+	verb := "were"
+	if held == 1 {
+		verb = "was"
+	}
+	return fmt.Sprintf(". %s for this credential %s not alerted one by one since %s", plural(held, what), verb, since.UTC().Format(time.RFC3339))
+}
+
+// emit puts an event on Caddy's event bus, for `events { on <name> … }`,
+// with the client, account, host and reason as its data. Handlers run
+// synchronously, as for every Caddy event.
+func (h *Handler) emit(spec *eventSpec, client netip.Addr, host string, e event) {
+	if h.events == nil || !h.events.ShouldEmit(spec.name) {
+		return
+	}
+	data := map[string]any{"client": client.String(), "account": e.account, "host": host}
+	if e.reason != "" {
+		data["reason"] = e.reason
+	}
+	if spec.failure != "" {
+		data["failure"] = spec.failure
+	}
+	h.events.Emit(h.ctx, spec.name, data)
+}

@@ -1,0 +1,301 @@
+// Provisioning a handler: every secret and address resolved once, checked,
+// and turned into what serving uses. An error names the field and never
+// shows a secret.
+
+package breakglass
+
+import (
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"unicode"
+
+	netmail "net/mail"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyevents"
+
+	"go.uber.org/zap"
+	"golang.org/x/crypto/bcrypt"
+)
+
+// account is one break-glass credential: who signs in, and with what.
+type account struct {
+	email      string   // as configured: where codes go
+	emailValue any      // email, boxed once for the placeholder
+	identity   string   // normalised email
+	digest     [32]byte // of identity, for a constant-time comparison
+	hash       []byte
+	fakeHash   []byte // of the same cost: what an unknown email is compared with
+	// scope names the credential (email and hash) that sessions and codes
+	// are bound to: a session or code of another handler, or of this one
+	// before its hash was changed, is not accepted.
+	scope string
+	// credential names the same pair without the state's key, so that what
+	// is kept in the config's storage (max_uses counts, the last TOTP step)
+	// outlives a restart of state memory, whose key is new at each start.
+	credential string
+	totpKey    []byte
+	maxUses    int
+}
+
+// Provision resolves secrets and addresses once, checks them, and attaches
+// the shared app and Caddy's event bus.
+func (h *Handler) Provision(ctx caddy.Context) error {
+	appIface, err := ctx.App("break_glass")
+	if err != nil {
+		return fmt.Errorf("getting the break_glass app: %v", err)
+	}
+	eventsIface, err := ctx.App("events")
+	if err != nil {
+		return fmt.Errorf("getting the events app: %v", err)
+	}
+	h.ctx, h.events = ctx, eventsIface.(*caddyevents.App)
+	return h.setup(appIface.(*App), ctx.Logger())
+}
+
+// setup is Provision once the app and the logger are known.
+func (h *Handler) setup(app *App, logger *zap.Logger) error {
+	h.logger, h.app, h.state = logger, app, app.state
+	if h.compare == nil {
+		h.compare = bcrypt.CompareHashAndPassword
+	}
+	repl := caddy.NewReplacer()
+	steps := []func(*caddy.Replacer) error{h.setupAccount, h.setupAllowList, h.setupAlerts, h.setupAudit, h.setupMail, h.setupCookies, h.setupSite}
+	for _, step := range steps {
+		if err := step(repl); err != nil {
+			return err
+		}
+	}
+	app.handlers.add(h)
+	if h.DevLogCode {
+		h.logger.Warn("dev_log_code is on: one-time codes will be written to this log; never use it in production",
+			zap.String("email", h.account.email))
+	}
+	return nil
+}
+
+// setupAccount makes the account of email, hash and totp_secret.
+func (h *Handler) setupAccount(repl *caddy.Replacer) error {
+	if h.Email == "" {
+		return errors.New("email: required")
+	}
+	email, err := resolve(repl, h.Email)
+	if err != nil {
+		return fmt.Errorf("email: %v", err)
+	}
+	addr, err := netmail.ParseAddress(email)
+	if err != nil || addr.Address != email {
+		return fmt.Errorf("email %q: not a plain email address", email)
+	}
+	acc := &account{email: email, emailValue: email, identity: normalizeEmail(email), maxUses: h.MaxUses}
+	acc.digest = sha256.Sum256([]byte(acc.identity))
+	if h.Hash == "" {
+		return errors.New("hash: required (make one with `caddy hash-password`)")
+	}
+	hash, err := resolve(repl, h.Hash)
+	if err != nil {
+		return fmt.Errorf("hash: %v", err)
+	}
+	if acc.hash, err = parseBcrypt(hash); err != nil {
+		return err
+	}
+	if acc.fakeHash, err = fakeHashFor(acc.hash); err != nil {
+		return err
+	}
+	acc.scope = h.state.scopeOf(acc.identity, acc.hash)
+	acc.credential = credentialID(acc.identity, acc.hash)
+	if h.TOTPSecret != "" {
+		sec, err := resolve(repl, h.TOTPSecret)
+		if err != nil {
+			return fmt.Errorf("totp_secret: %v", err)
+		}
+		if acc.totpKey, err = decodeTOTPSecret(sec); err != nil {
+			return err
+		}
+	}
+	if h.MaxUses < 0 {
+		return fmt.Errorf("max_uses: must be at least 1, got %d", h.MaxUses)
+	}
+	h.account = acc
+	return nil
+}
+
+func (h *Handler) setupAllowList(*caddy.Replacer) error {
+	ips := h.AllowedIPs
+	if len(ips) == 0 {
+		ips = defaultAllowedIPs
+	}
+	var err error
+	h.allow, err = parseAllowList(ips)
+	return err
+}
+
+// setupAlerts checks the alert channels and what alerts them.
+func (h *Handler) setupAlerts(repl *caddy.Replacer) error {
+	if h.AlertEmails != nil {
+		if len(*h.AlertEmails) == 0 {
+			h.logger.Warn("alert_emails is empty: no alert email will be sent after a break-glass login")
+		}
+		for _, a := range *h.AlertEmails {
+			addr, err := resolve(repl, a)
+			if err != nil {
+				return fmt.Errorf("alert_emails: %v", err)
+			}
+			if _, err := netmail.ParseAddress(addr); err != nil {
+				return fmt.Errorf("alert_emails: %q: not an email address", addr)
+			}
+			h.alertEmails = append(h.alertEmails, addr)
+		}
+	}
+	hooks := h.AlertWebhooks
+	if h.AlertWebhook != "" {
+		hooks = append([]WebhookConfig{{URL: h.AlertWebhook}}, hooks...)
+	}
+	for _, c := range hooks {
+		wh, err := c.provision(repl, "alert_webhook")
+		if err != nil {
+			return err
+		}
+		h.webhooks = append(h.webhooks, wh)
+	}
+	h.alertOn = map[string]bool{}
+	on := h.AlertOn
+	if len(on) == 0 {
+		on = defaultAlertOn
+	}
+	for _, e := range on {
+		if _, ok := alertOnEvents[e]; !ok {
+			return fmt.Errorf("alert_on: %q: must be login, code_issued or lockout", e)
+		}
+		h.alertOn[e] = true
+	}
+	if h.RequireAlert && (len(h.alertEmails)+len(h.webhooks) == 0 || !h.alertOn["login"]) {
+		return errors.New("require_alert: needs an alert channel (alert_emails or alert_webhook) and login in alert_on")
+	}
+	return nil
+}
+
+func (h *Handler) setupAudit(repl *caddy.Replacer) error {
+	if h.AuditLog == "" {
+		return nil
+	}
+	p, err := resolve(repl, h.AuditLog)
+	if err != nil {
+		return fmt.Errorf("audit_log: %v", err)
+	}
+	// The drill writes nothing to the audit log, and must not create the
+	// file (perhaps as another user than Caddy's).
+	if drilling.Load() {
+		return nil
+	}
+	if h.auditLog, h.auditPath, err = openAuditLog(p); err != nil {
+		return fmt.Errorf("audit_log: %v", err)
+	}
+	path := h.auditPath
+	h.auditRelease = sync.OnceValue(func() error { return closeAuditLog(path) })
+	return nil
+}
+
+// setupMail picks the mail transport: the handler's smtp, else the app's.
+func (h *Handler) setupMail(repl *caddy.Replacer) error {
+	h.mailer = h.app.mailer
+	if h.SMTP != nil {
+		var err error
+		if h.mailer, err = h.SMTP.provision(repl, "smtp"); err != nil {
+			return err
+		}
+	}
+	if h.mailer == nil && !h.DevLogCode {
+		return errors.New("no way to deliver the code: configure smtp (in this handler or in the global break_glass options), or dev_log_code for local development")
+	}
+	if h.mailer == nil && len(h.alertEmails) > 0 {
+		return errors.New("alert_emails: needs smtp (in this handler or in the global break_glass options)")
+	}
+	return nil
+}
+
+// setupCookies checks cookie_path and makes the cookie names.
+func (h *Handler) setupCookies(*caddy.Replacer) error {
+	h.cookiePath = "/"
+	if h.CookiePath != "" {
+		p := h.CookiePath
+		if !strings.HasPrefix(p, "/") || strings.ContainsAny(p, ";,\\ \"") || strings.ContainsFunc(p, unicode.IsControl) || len(p) > 1024 {
+			return fmt.Errorf("cookie_path %q: must be a path starting with /, without spaces, quotes, commas or semicolons", p)
+		}
+		h.cookiePath = p
+	}
+	h.plainNames = cookieNames{sessionCookie, flowCookie}
+	h.tlsNames = h.plainNames
+	if h.cookiePath == "/" {
+		h.tlsNames = cookieNames{hostPrefix + sessionCookie, hostPrefix + flowCookie}
+	}
+	return nil
+}
+
+func (h *Handler) setupSite(repl *caddy.Replacer) error {
+	if h.SiteName == "" {
+		return nil
+	}
+	var err error
+	if h.SiteName, err = resolve(repl, h.SiteName); err != nil {
+		return fmt.Errorf("site_name: %v", err)
+	}
+	if len(h.SiteName) > maxHostBytes || strings.ContainsFunc(h.SiteName, unicode.IsControl) {
+		return fmt.Errorf("site_name: at most %d characters, and no control character", maxHostBytes)
+	}
+	return nil
+}
+
+// credentialID is a stable name of an identity and hash (the hash is
+// salted, so the name tells nothing of the password).
+func credentialID(identity string, hash []byte) string {
+	sum := sha256.Sum256([]byte("break_glass/credential\x00" + identity + "\x00" + string(hash)))
+	return hex.EncodeToString(sum[:16])
+}
+
+func normalizeEmail(s string) string {
+	return strings.ToLower(strings.TrimSpace(s))
+}
+
+// parseBcrypt accepts a bcrypt hash as `caddy hash-password` prints it, or
+// base64-encoded. The error never shows the value.
+func parseBcrypt(s string) ([]byte, error) {
+	b := []byte(s)
+	if !strings.HasPrefix(s, "$2") {
+		if dec, err := base64.StdEncoding.DecodeString(s); err == nil {
+			b = dec
+		}
+	}
+	if _, err := bcrypt.Cost(b); err != nil {
+		return nil, errors.New("hash: not a bcrypt hash")
+	}
+	return b, nil
+}
+
+// fakeHashes caches, per cost, a hash of a random password: a wrong email is
+// compared against it so that it costs exactly what a wrong password costs.
+var fakeHashes sync.Map // int → []byte
+
+func fakeHashFor(hash []byte) ([]byte, error) {
+	cost, err := bcrypt.Cost(hash)
+	if err != nil {
+		return nil, err
+	}
+	if v, ok := fakeHashes.Load(cost); ok {
+		return v.([]byte), nil
+	}
+	pw := make([]byte, 32)
+	_, _ = rand.Read(pw) // never fails (crypto/rand)
+	fake, err := bcrypt.GenerateFromPassword(pw, cost)
+	if err != nil {
+		return nil, err
+	}
+	v, _ := fakeHashes.LoadOrStore(cost, fake)
+	return v.([]byte), nil
+}
