@@ -6,7 +6,6 @@
 package breakglass
 
 import (
-	"bufio"
 	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
@@ -15,16 +14,13 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
-	"net/http"
 	"os"
-	"path/filepath"
 	"strings"
 	"sync"
 	"syscall"
 	"time"
 	"unicode/utf8"
 
-	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
 )
 
@@ -101,126 +97,6 @@ const auditMaxLine = 1 << 20
 // auditMaxField is the most bytes of one field kept on a line: six such
 // fields, every byte escaped to six in JSON, stay below auditMaxLine.
 const auditMaxField = 16 << 10
-
-// auditRegistry pools the open audit logs: by file identity (device and
-// inode; see auditFileKey), so that two paths to one file (through a
-// symlinked directory, say) share one writer and one head; and by each path
-// opened, so that a path whose file was moved aside finds the writer that
-// follows it to the new file (reopenIfMoved).
-type auditRegistry struct {
-	mu     sync.Mutex
-	byID   map[auditFileID]*auditLog
-	byPath map[string]*auditPathUse
-}
-
-// auditPathUse is a path's writer, and how many users opened it by that
-// path.
-type auditPathUse struct {
-	a    *auditLog
-	refs int
-}
-
-var auditWriters = &auditRegistry{byID: map[auditFileID]*auditLog{}, byPath: map[string]*auditPathUse{}}
-
-// openAuditLog opens (or shares) the audit log at p. The caller releases it
-// with closeAuditLog of the path returned. A file that was moved aside
-// (rotated) since it was opened is replaced by a new one at p, whose first
-// line names the chain head of the one before.
-func openAuditLog(p string) (*auditLog, string, error) {
-	abs, err := filepath.Abs(p)
-	if err != nil {
-		return nil, "", err
-	}
-	w := auditWriters
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	if u := w.byPath[abs]; u != nil {
-		a := u.a
-		moved, err := a.reopenIfMoved(abs)
-		if err != nil {
-			return nil, "", err
-		}
-		if moved {
-			w.reindex(a)
-		}
-		u.refs++
-		a.uses++
-		return a, abs, nil
-	}
-	// The file is created first: only a file has an identity.
-	f, err := openAuditFile(abs)
-	if err != nil {
-		return nil, "", err
-	}
-	id, err := auditFileKey(abs, f)
-	if err != nil {
-		f.Close()
-		return nil, "", err
-	}
-	a := w.byID[id]
-	if a != nil {
-		f.Close() // open already, by another path
-	} else {
-		a = &auditLog{path: abs, id: id}
-		if err := a.use(f, auditGenesis); err != nil {
-			f.Close()
-			return nil, "", err
-		}
-		w.byID[id] = a
-	}
-	w.byPath[abs] = &auditPathUse{a: a, refs: 1}
-	a.uses++
-	return a, abs, nil
-}
-
-// reindex files a under the identity of the file it has open now, after it
-// followed a path to a new file. Should another writer have that file open
-// already (the path was made to point to it), both go on appending to it,
-// the file's lock keeping the chain whole, and later openings share that
-// one.
-func (w *auditRegistry) reindex(a *auditLog) {
-	if w.byID[a.id] == a {
-		delete(w.byID, a.id)
-	}
-	a.mu.Lock()
-	id, err := auditFileKey(a.path, a.f)
-	a.mu.Unlock()
-	if err != nil {
-		a.id = auditFileID{}
-		return
-	}
-	a.id = id
-	if w.byID[id] == nil {
-		w.byID[id] = a
-	}
-}
-
-// closeAuditLog releases a use of the audit log opened at abs (a path that
-// openAuditLog returned), and closes the file after the last one.
-func closeAuditLog(abs string) error {
-	w := auditWriters
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	u := w.byPath[abs]
-	if u == nil {
-		return nil
-	}
-	if u.refs--; u.refs == 0 {
-		delete(w.byPath, abs)
-	}
-	a := u.a
-	if a.uses--; a.uses > 0 {
-		return nil
-	}
-	if w.byID[a.id] == a {
-		delete(w.byID, a.id)
-	}
-	return a.Destruct()
-}
-
-func openAuditFile(path string) (*os.File, error) {
-	return os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_APPEND, 0o600)
-}
 
 // newAuditLog opens the file for appending and finds the chain head: the
 // hash of its last line. A last line cut short (a crash mid-write) is ended
@@ -505,145 +381,4 @@ func (h *Handler) audit(rec auditRecord) string {
 		h.logger.Error("break-glass: writing the audit log", zap.String("audit_log", h.auditPath), zap.String("event", rec.Event), zap.Error(err))
 	}
 	return head
-}
-
-// errAuditFormat is a line that is not an audit record.
-var errAuditFormat = errors.New("not an audit line")
-
-// auditReport is what verifyAudit found in a whole file.
-type auditReport struct {
-	Lines     int            `json:"lines"`
-	Head      string         `json:"head"`
-	Recovered []int          `json:"recovered,omitempty"` // lines cut short by a crash, and recovered
-	Found     map[string]int `json:"found,omitempty"`     // the heads looked for: the line whose hash each is
-}
-
-// verifyAudit checks a whole audit log: each line's hash against its
-// content, and its prev against the line before. A line cut short by a
-// crash passes only when the writer recovered from it (the next line is
-// "recovered" and chains from it). It also notes at which line each of
-// heads (chain heads kept elsewhere, such as an alert's audit_head) is. It
-// returns an error naming the first broken line.
-func verifyAudit(r io.Reader, heads ...string) (auditReport, error) {
-	rep := auditReport{Head: auditGenesis, Found: map[string]int{}}
-	want := map[string]bool{}
-	for _, h := range heads {
-		want[h] = true
-	}
-	rd := bufio.NewReader(r)
-	readLine := func() ([]byte, bool, error) {
-		line, err := rd.ReadBytes('\n')
-		if len(line) == 0 && err == io.EOF {
-			return nil, false, io.EOF
-		}
-		if err != nil && err != io.EOF {
-			return nil, false, err
-		}
-		whole := line[len(line)-1] == '\n'
-		if whole {
-			line = line[:len(line)-1]
-		}
-		return line, whole, nil
-	}
-	line, whole, err := readLine()
-	for err == nil {
-		rep.Lines++
-		n := rep.Lines
-		next, nextWhole, nextErr := readLine()
-		bad := checkAuditLine(line, rep.Head)
-		if !whole {
-			bad = errors.New("cut short (no end of line)")
-		}
-		if bad != nil {
-			// Only a line that is not a whole record can be one cut by a
-			// crash; a whole one with a wrong hash or prev was changed.
-			cut := !whole || errors.Is(bad, errAuditFormat)
-			if !cut || nextErr != nil || !nextWhole || !recovers(next, line, rep.Head) {
-				return rep, fmt.Errorf("line %d: %w", n, bad)
-			}
-			rep.Recovered = append(rep.Recovered, n)
-		}
-		rep.Head = lineHash(line)
-		if want[rep.Head] {
-			rep.Found[rep.Head] = n
-		}
-		line, whole, err = next, nextWhole, nextErr
-	}
-	if err != io.EOF {
-		return rep, err
-	}
-	return rep, nil
-}
-
-// recovers reports whether next is a valid "recovered" line chaining from
-// the cut line before it, and naming the head before that line.
-func recovers(next, cut []byte, before string) bool {
-	if checkAuditLine(next, lineHash(cut)) != nil {
-		return false
-	}
-	var rec auditRecord
-	return json.Unmarshal(next, &rec) == nil && rec.Event == auditRecovered && rec.Before == before
-}
-
-func checkAuditLine(line []byte, prev string) error {
-	const tail = `"}`
-	i := bytes.LastIndex(line, []byte(`,"hash":"`))
-	if i < 0 || !bytes.HasSuffix(line, []byte(tail)) || len(line)-i != len(`,"hash":"`)+64+len(tail) {
-		return errAuditFormat
-	}
-	want := string(line[i+len(`,"hash":"`) : len(line)-len(tail)])
-	body := append(append([]byte(nil), line[:i]...), '}')
-	if lineHash(body) != want {
-		return errors.New("its content does not match its hash (the line was changed)")
-	}
-	var rec auditRecord
-	if err := json.Unmarshal(body, &rec); err != nil {
-		return errAuditFormat
-	}
-	if rec.Prev != prev {
-		return errors.New("its prev is not the hash of the line before (a line was removed, added or moved)")
-	}
-	return nil
-}
-
-// statusRecorder notes the status of a response made under a session, for
-// the audit log.
-type statusRecorder struct {
-	*caddyhttp.ResponseWriterWrapper
-	status int
-}
-
-func (s *statusRecorder) WriteHeader(code int) {
-	if s.status == 0 && (code >= 200 || code == http.StatusSwitchingProtocols) {
-		s.status = code
-	}
-	s.ResponseWriterWrapper.WriteHeader(code)
-}
-
-func (s *statusRecorder) Write(b []byte) (int, error) {
-	if s.status == 0 {
-		s.status = http.StatusOK
-	}
-	return s.ResponseWriterWrapper.Write(b)
-}
-
-// serveAudited passes a signed-in request on and writes it to the audit log
-// with its status.
-func (h *Handler) serveAudited(w http.ResponseWriter, r *http.Request, client string, next caddyhttp.Handler) error {
-	rec := &statusRecorder{ResponseWriterWrapper: &caddyhttp.ResponseWriterWrapper{ResponseWriter: w}}
-	path := originalURL(r).Path
-	err := next.ServeHTTP(rec, r)
-	status := rec.status
-	if err != nil {
-		var he caddyhttp.HandlerError
-		if errors.As(err, &he) && he.StatusCode != 0 {
-			status = he.StatusCode
-		} else {
-			status = http.StatusInternalServerError
-		}
-	} else if status == 0 {
-		status = http.StatusOK
-	}
-	h.audit(auditRecord{Event: auditRequest, Client: client, Method: r.Method, Path: path, Status: status})
-	return err
 }

@@ -189,6 +189,48 @@ func (h *Handler) Cleanup() error {
 	return h.auditRelease()
 }
 
+// statusRecorder notes the status of a response made under a session, for
+// the audit log.
+type statusRecorder struct {
+	*caddyhttp.ResponseWriterWrapper
+	status int
+}
+
+func (s *statusRecorder) WriteHeader(code int) {
+	if s.status == 0 && (code >= 200 || code == http.StatusSwitchingProtocols) {
+		s.status = code
+	}
+	s.ResponseWriterWrapper.WriteHeader(code)
+}
+
+func (s *statusRecorder) Write(b []byte) (int, error) {
+	if s.status == 0 {
+		s.status = http.StatusOK
+	}
+	return s.ResponseWriterWrapper.Write(b)
+}
+
+// serveAudited passes a signed-in request on and writes it to the audit log
+// with its status.
+func (h *Handler) serveAudited(w http.ResponseWriter, r *http.Request, client string, next caddyhttp.Handler) error {
+	rec := &statusRecorder{ResponseWriterWrapper: &caddyhttp.ResponseWriterWrapper{ResponseWriter: w}}
+	path := originalURL(r).Path
+	err := next.ServeHTTP(rec, r)
+	status := rec.status
+	if err != nil {
+		var he caddyhttp.HandlerError
+		if errors.As(err, &he) && he.StatusCode != 0 {
+			status = he.StatusCode
+		} else {
+			status = http.StatusInternalServerError
+		}
+	} else if status == 0 {
+		status = http.StatusOK
+	}
+	h.audit(auditRecord{Event: auditRequest, Client: client, Method: r.Method, Path: path, Status: status})
+	return err
+}
+
 // Interface guards.
 var (
 	_ caddy.Provisioner           = (*Handler)(nil)
