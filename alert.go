@@ -144,6 +144,18 @@ func alertMail(to string, ev alertEvent) mailMessage {
 	return c.message(to)
 }
 
+// alerts is where one handler's alerts go, and which events alert.
+type alerts struct {
+	state    *state
+	mailer   *mailer
+	emails   []string
+	webhooks []*webhook
+	on       map[string]bool // by alert_on name
+	// window is how long a credential's code_issued alert holds back the
+	// next ones (the lockout duration).
+	window time.Duration
+}
+
 // alertChannel is one place an alert goes: an email recipient or a webhook.
 type alertChannel struct {
 	kind   string // the metric's channel label: alert_email or webhook
@@ -152,16 +164,15 @@ type alertChannel struct {
 	send   func(ctx context.Context, ev alertEvent) error
 }
 
-// alertChannels lists where this handler's alerts go: one email per
-// recipient, each on its own so one failure never stops the others, and each
-// webhook.
-func (h *Handler) alertChannels() []alertChannel {
+// channels lists where the alerts go: one email per recipient, each on
+// its own so one failure never stops the others, and each webhook.
+func (al *alerts) channels() []alertChannel {
 	var out []alertChannel
-	for _, to := range h.alertEmails {
-		out = append(out, alertChannel{kind: "alert_email", target: to, key: fmt.Sprintf("mail %p %s", h.mailer, to),
-			send: func(ctx context.Context, ev alertEvent) error { return h.mailer.send(ctx, alertMail(to, ev)) }})
+	for _, to := range al.emails {
+		out = append(out, alertChannel{kind: "alert_email", target: to, key: fmt.Sprintf("mail %p %s", al.mailer, to),
+			send: func(ctx context.Context, ev alertEvent) error { return al.mailer.send(ctx, alertMail(to, ev)) }})
 	}
-	for _, wh := range h.webhooks {
+	for _, wh := range al.webhooks {
 		out = append(out, alertChannel{kind: "webhook", target: wh.host, key: "webhook " + wh.format + " " + wh.url, send: wh.post})
 	}
 	return out
@@ -175,19 +186,19 @@ func (c alertChannel) logField() zap.Field {
 	return zap.String("recipient", c.target)
 }
 
-// sendAlerts queues an event's alerts on every channel. Nothing here waits.
+// send queues an event's alerts on every channel. Nothing here waits.
 // The alerts anyone who is allowed can cause (lockouts, and codes issued,
 // which ask only for the password) go on the notices dispatcher, so that a
 // burst of them never crowds out a code mail or a login alert.
-func (h *Handler) sendAlerts(ev alertEvent, log *zap.Logger) {
-	d := h.state.deliveries
+func (al *alerts) send(ev alertEvent, log *zap.Logger) {
+	d := al.state.deliveries
 	for _, s := range events {
 		if s.name == ev.Event && s.notice {
-			d = h.state.notices
+			d = al.state.notices
 		}
 	}
-	for _, c := range h.alertChannels() {
-		h.deliverOn(d, c.kind, log.With(c.logField()), func(ctx context.Context) error { return c.send(ctx, ev) }, nil)
+	for _, c := range al.channels() {
+		d.deliver(c.kind, log.With(c.logField()), func(ctx context.Context) error { return c.send(ctx, ev) }, nil)
 	}
 }
 
@@ -195,14 +206,14 @@ func (h *Handler) sendAlerts(ev alertEvent, log *zap.Logger) {
 // alert channel to confirm.
 var requireAlertWait = 10 * time.Second
 
-// confirmAlerts sends ev on every channel and waits, up to
+// confirm sends ev on every channel and waits, up to
 // requireAlertWait, until one confirms delivery. The other deliveries go on
 // in the background whatever the answer.
-func (h *Handler) confirmAlerts(ev alertEvent, log *zap.Logger) bool {
-	chans := h.alertChannels()
+func (al *alerts) confirm(ev alertEvent, log *zap.Logger) bool {
+	chans := al.channels()
 	results := make(chan error, len(chans))
 	for _, c := range chans {
-		h.deliverOn(h.state.deliveries, c.kind, log.With(c.logField()), func(ctx context.Context) error { return c.send(ctx, ev) },
+		al.state.deliveries.deliver(c.kind, log.With(c.logField()), func(ctx context.Context) error { return c.send(ctx, ev) },
 			func(err error) { results <- err })
 	}
 	t := time.NewTimer(requireAlertWait)

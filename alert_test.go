@@ -69,9 +69,9 @@ func TestAlertEmailsAreSentOnePerRecipientAndOneFailureStopsNoOther(t *testing.T
 	srv := startSMTP(t, smtpOptions{rejectRcpt: []string{"gone@example.com"}})
 	st := newTestState(t)
 	log, logs := observedLogger()
-	h := &Handler{state: st, mailer: plainMailer(srv.Addr),
-		alertEmails: []string{"sec@example.com", "gone@example.com", "soc@example.com"}}
-	h.sendAlerts(newEvent(eventLogin, "ops@example.com", "192.0.2.10", "admin.example.com", "", time.Now()), log)
+	h := &alerts{state: st, mailer: plainMailer(srv.Addr),
+		emails: []string{"sec@example.com", "gone@example.com", "soc@example.com"}}
+	h.send(newEvent(eventLogin, "ops@example.com", "192.0.2.10", "admin.example.com", "", time.Now()), log)
 	st.deliveries.close(time.Minute) // waits for every delivery
 
 	got := map[string]receivedMail{}
@@ -114,9 +114,9 @@ func TestWebhookGetsTheLoginEventAsJSON(t *testing.T) {
 	defer hook.Close()
 	st := newTestState(t)
 	log, logs := observedLogger()
-	h := &Handler{state: st, webhooks: []*webhook{{url: hook.URL + "/hook", host: "hook"}}}
+	h := &alerts{state: st, webhooks: []*webhook{{url: hook.URL + "/hook", host: "hook"}}}
 	at := time.Date(2026, 11, 25, 12, 0, 0, 0, time.FixedZone("X", 3600))
-	h.sendAlerts(newEvent(eventLogin, "ops@example.com", "192.0.2.10", "admin.example.com", "", at), log)
+	h.send(newEvent(eventLogin, "ops@example.com", "192.0.2.10", "admin.example.com", "", at), log)
 	st.deliveries.close(time.Minute)
 
 	v := <-got
@@ -173,8 +173,8 @@ func TestWebhookFailuresAreLoggedAtError(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			st := newTestState(t)
 			log, logs := observedLogger()
-			h := &Handler{state: st, webhooks: []*webhook{{url: tc.url + "/hook/SECRET-TOKEN", host: "hook"}}}
-			h.sendAlerts(newEvent(eventLogin, "ops@example.com", "192.0.2.10", "h", "", time.Now()), log)
+			h := &alerts{state: st, webhooks: []*webhook{{url: tc.url + "/hook/SECRET-TOKEN", host: "hook"}}}
+			h.send(newEvent(eventLogin, "ops@example.com", "192.0.2.10", "h", "", time.Now()), log)
 			st.deliveries.close(time.Minute)
 			e := logs.FilterMessage("break-glass delivery failed").All()
 			if len(e) != 1 || e[0].Level != zapcore.ErrorLevel {
@@ -232,9 +232,9 @@ func TestStoppingCancelsSlowDeliveriesAndLeavesNoGoroutine(t *testing.T) {
 	st := d.(*state)
 	m := plainMailer(srv.Addr)
 	m.timeout = time.Minute
-	h := &Handler{state: st, mailer: m, alertEmails: []string{"a@example.com", "b@example.com"}, webhooks: []*webhook{{url: silent.URL, host: "silent"}}}
+	h := &alerts{state: st, mailer: m, emails: []string{"a@example.com", "b@example.com"}, webhooks: []*webhook{{url: silent.URL, host: "silent"}}}
 	for range 5 {
-		h.sendAlerts(newEvent(eventLogin, "ops@example.com", "192.0.2.10", "h", "", time.Now()), zap.NewNop())
+		h.send(newEvent(eventLogin, "ops@example.com", "192.0.2.10", "h", "", time.Now()), zap.NewNop())
 	}
 	time.Sleep(200 * time.Millisecond) // let them get stuck
 	start := time.Now()
@@ -391,20 +391,18 @@ func TestCodeIssuedAlertsGoOncePerCredentialPerWindow(t *testing.T) {
 	hook := startCountingHook(t)
 	st := newTestState(t)
 	log, logs := observedLogger()
-	app := &App{Lockout: caddy.Duration(15 * time.Minute)}
-	a := &Handler{state: st, app: app, account: &account{scope: "scope-a"}, webhooks: []*webhook{{url: hook.URL, host: "hook"}}}
-	b := &Handler{state: st, app: app, account: &account{scope: "scope-b"}, webhooks: []*webhook{{url: hook.URL, host: "hook"}}}
+	al := &alerts{state: st, window: 15 * time.Minute, webhooks: []*webhook{{url: hook.URL, host: "hook"}}}
 	ev := func(host string) alertEvent {
 		return newEvent(eventCodeIssued, "ops@example.com", "192.0.2.10", host, "INC-7", now())
 	}
 
 	// A burst of 20 code requests for one credential, one a second.
 	for range 20 {
-		a.alertBounded(ev("a.example.com"), &events[evCodeIssued], log)
+		al.bounded(ev("a.example.com"), &events[evCodeIssued], "scope-a", log)
 		clk.Advance(time.Second)
 	}
 	// Another credential is not held back by the first.
-	b.alertBounded(ev("b.example.com"), &events[evCodeIssued], log)
+	al.bounded(ev("b.example.com"), &events[evCodeIssued], "scope-b", log)
 	held := logs.FilterMessage("break-glass code_issued alert held back: one already went for this credential in this window; the next one will count it").All()
 	if len(held) != 19 || held[0].Level != zapcore.WarnLevel {
 		t.Fatalf("%d held back logged, want 19 WARN", len(held))
@@ -413,7 +411,7 @@ func TestCodeIssuedAlertsGoOncePerCredentialPerWindow(t *testing.T) {
 	// After the window, the next alert counts those held back, since the
 	// first of them (at 12:00:01).
 	clk.Advance(15 * time.Minute)
-	a.alertBounded(ev("a.example.com"), &events[evCodeIssued], log)
+	al.bounded(ev("a.example.com"), &events[evCodeIssued], "scope-a", log)
 	hook.wait(t, 1)
 	st.notices.close(time.Minute) // every alert sent has arrived
 
@@ -436,11 +434,11 @@ func TestCodeIssuedAlertsDoNotDependOnTheDeliveriesQueue(t *testing.T) {
 	hook := startCountingHook(t)
 	st := newTestState(t)
 	log, logs := observedLogger()
-	h := &Handler{state: st, app: &App{}, account: &account{scope: "s"}, webhooks: []*webhook{{url: hook.URL, host: "hook"}}}
+	h := &alerts{state: st, webhooks: []*webhook{{url: hook.URL, host: "hook"}}}
 	// With the queue of code mails and login alerts refusing everything,
 	// a code_issued alert still goes: it has its own queue.
 	st.deliveries.close(0)
-	h.sendAlerts(newEvent(eventCodeIssued, "ops@example.com", "192.0.2.10", "a.example.com", "", time.Now()), log)
+	h.send(newEvent(eventCodeIssued, "ops@example.com", "192.0.2.10", "a.example.com", "", time.Now()), log)
 	st.notices.close(time.Minute)
 	if n := len(hook.messages("a.example.com")); n != 1 {
 		t.Fatalf("%d code_issued alerts delivered, want 1; logs: %v", n, logs.All())

@@ -202,8 +202,8 @@ func (a *attempt) password() outcome {
 	}
 	if h.mailer != nil {
 		msg := codeMail(acc.email, code, a.client.String(), h.site(a.r), exp)
-		h.deliver("code_email", a.log.With(zap.String("recipient", acc.email)),
-			func(ctx context.Context) error { return h.mailer.send(ctx, msg) })
+		h.state.deliveries.deliver("code_email", a.log.With(zap.String("recipient", acc.email)),
+			func(ctx context.Context) error { return h.mailer.send(ctx, msg) }, nil)
 	}
 	return a.back(h.flowCookieFor(a.r, flow))
 }

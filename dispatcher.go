@@ -82,18 +82,13 @@ func (d *dispatcher) close(grace time.Duration) {
 	<-done
 }
 
-// deliver runs one delivery in the background and logs its outcome: INFO when
-// delivered, ERROR when it failed or could not even start.
-func (h *Handler) deliver(channel string, log *zap.Logger, fn func(ctx context.Context) error) {
-	h.deliverOn(h.state.deliveries, channel, log, fn, nil)
-}
-
 // errDropped is the outcome of a delivery that could not start.
 var errDropped = errors.New("dropped: too many deliveries in flight, or the app is stopping")
 
-// deliverOn is deliver on the dispatcher d, calling done (if not nil) with
-// the outcome.
-func (h *Handler) deliverOn(d *dispatcher, channel string, log *zap.Logger, fn func(ctx context.Context) error, done func(error)) {
+// deliver runs one delivery in the background and logs its outcome: INFO
+// when delivered, ERROR when it failed or could not even start. done, if
+// not nil, gets the outcome.
+func (d *dispatcher) deliver(channel string, log *zap.Logger, fn func(ctx context.Context) error, done func(error)) {
 	log = log.With(zap.String("channel", channel))
 	ok := d.run(func(ctx context.Context) {
 		start := now()

@@ -94,7 +94,7 @@ func (a *App) drillTasks(host string, at time.Time) []drillTask {
 			add(drillTask{result: res, key: key, send: func(ctx context.Context) error { return h.mailer.send(ctx, msg) }})
 		}
 		ev := drillEvent(h.account.email, host, at)
-		for _, c := range h.alertChannels() {
+		for _, c := range h.alerts.channels() {
 			add(drillTask{result: drillResult{Email: h.account.email, Channel: c.kind, Target: c.target}, key: h.account.email + " " + c.key,
 				send: func(ctx context.Context) error { return c.send(ctx, ev) }})
 		}

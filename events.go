@@ -192,13 +192,13 @@ func (a *attempt) record(e event) (confirmed bool) {
 	if spec.alertAs != 0 {
 		alert = &events[spec.alertAs]
 	}
-	if alert.severity != "" && !e.alerted && (alert.alertOn == "" || h.alertOn[alert.alertOn]) {
+	if alert.severity != "" && !e.alerted && (alert.alertOn == "" || h.alerts.on[alert.alertOn]) {
 		ev := newEvent(alert.name, h.account.email, a.client.String(), host, e.reason, t)
 		ev.AuditHead = head
 		if spec.confirm {
-			confirmed = h.confirmAlerts(ev, a.log)
+			confirmed = h.alerts.confirm(ev, a.log)
 		} else {
-			h.alertBounded(ev, alert, a.log)
+			h.alerts.bounded(ev, alert, h.account.scope, a.log)
 		}
 	}
 	if spec.name != "" {
@@ -207,9 +207,9 @@ func (a *attempt) record(e event) (confirmed bool) {
 	return confirmed
 }
 
-// alertBounded sends an alert unless its limit holds it back; the next one
-// sent counts those held back.
-func (h *Handler) alertBounded(ev alertEvent, spec *eventSpec, log *zap.Logger) {
+// bounded sends an alert unless its limit holds it back (per app, or per
+// credential scope); the next one sent counts those held back.
+func (al *alerts) bounded(ev alertEvent, spec *eventSpec, scope string, log *zap.Logger) {
 	var (
 		ok, held = true, 0
 		since    time.Time
@@ -217,19 +217,15 @@ func (h *Handler) alertBounded(ev alertEvent, spec *eventSpec, log *zap.Logger) 
 	)
 	switch spec.limit {
 	case limitApp:
-		if ok, held, since = h.state.lockouts.allow(now()); !ok {
+		if ok, held, since = al.state.lockouts.allow(now()); !ok {
 			log.Warn("break-glass lockout alert held back: too many lockouts at once; the next lockout alert will count it",
 				zap.Int("per_minute", lockoutAlertsPerWindow))
 		}
 		what = "other lockout"
 	case limitCredential:
-		window := defaultLockout
-		if h.app != nil && h.app.Lockout > 0 {
-			window = time.Duration(h.app.Lockout)
-		}
-		if ok, held, since = h.state.codeAlerts.allow(h.account.scope, now(), window); !ok {
+		if ok, held, since = al.state.codeAlerts.allow(scope, now(), al.window); !ok {
 			log.Warn("break-glass code_issued alert held back: one already went for this credential in this window; the next one will count it",
-				zap.Duration("window", window))
+				zap.Duration("window", al.window))
 		}
 		what = "other code request"
 	}
@@ -239,7 +235,7 @@ func (h *Handler) alertBounded(ev alertEvent, spec *eventSpec, log *zap.Logger) 
 	if held > 0 {
 		ev.Message += heldBackNote(spec.limit, held, what, since)
 	}
-	h.sendAlerts(ev, log)
+	al.send(ev, log)
 }
 
 // heldBackNote is what an alert adds about the alerts held back before it.

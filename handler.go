@@ -111,9 +111,7 @@ type Handler struct {
 	// account is the credential of email, hash and totp_secret.
 	account      *account
 	allow        []netip.Prefix
-	alertEmails  []string
-	webhooks     []*webhook
-	alertOn      map[string]bool
+	alerts       alerts
 	auditLog     *auditLog
 	auditPath    string
 	auditRelease func() error // once

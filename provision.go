@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"time"
 	"unicode"
 
 	netmail "net/mail"
@@ -150,7 +151,7 @@ func (h *Handler) setupAlerts(repl *caddy.Replacer) error {
 			if _, err := netmail.ParseAddress(addr); err != nil {
 				return fmt.Errorf("alert_emails: %q: not an email address", addr)
 			}
-			h.alertEmails = append(h.alertEmails, addr)
+			h.alerts.emails = append(h.alerts.emails, addr)
 		}
 	}
 	hooks := h.AlertWebhooks
@@ -162,9 +163,13 @@ func (h *Handler) setupAlerts(repl *caddy.Replacer) error {
 		if err != nil {
 			return err
 		}
-		h.webhooks = append(h.webhooks, wh)
+		h.alerts.webhooks = append(h.alerts.webhooks, wh)
 	}
-	h.alertOn = map[string]bool{}
+	h.alerts.state, h.alerts.window = h.state, defaultLockout
+	if h.app.Lockout > 0 {
+		h.alerts.window = time.Duration(h.app.Lockout)
+	}
+	h.alerts.on = map[string]bool{}
 	on := h.AlertOn
 	if len(on) == 0 {
 		on = defaultAlertOn
@@ -173,9 +178,9 @@ func (h *Handler) setupAlerts(repl *caddy.Replacer) error {
 		if _, ok := alertOnEvents[e]; !ok {
 			return fmt.Errorf("alert_on: %q: must be login, code_issued or lockout", e)
 		}
-		h.alertOn[e] = true
+		h.alerts.on[e] = true
 	}
-	if h.RequireAlert && (len(h.alertEmails)+len(h.webhooks) == 0 || !h.alertOn["login"]) {
+	if h.RequireAlert && (len(h.alerts.emails)+len(h.alerts.webhooks) == 0 || !h.alerts.on["login"]) {
 		return errors.New("require_alert: needs an alert channel (alert_emails or alert_webhook) and login in alert_on")
 	}
 	return nil
@@ -214,7 +219,8 @@ func (h *Handler) setupMail(repl *caddy.Replacer) error {
 	if h.mailer == nil && !h.DevLogCode {
 		return errors.New("no way to deliver the code: configure smtp (in this handler or in the global break_glass options), or dev_log_code for local development")
 	}
-	if h.mailer == nil && len(h.alertEmails) > 0 {
+	h.alerts.mailer = h.mailer
+	if h.mailer == nil && len(h.alerts.emails) > 0 {
 		return errors.New("alert_emails: needs smtp (in this handler or in the global break_glass options)")
 	}
 	return nil
