@@ -6,9 +6,11 @@
 // The sign-in form: the Field* and Step* constants name its fields and
 // steps; LoginForm and CodeForm build it.
 //
-// A Client is a browser without JavaScript: it keeps cookies (a cookie set
-// with a negative MaxAge is deleted), never follows redirects, and sends
-// Header with every request. Its transport decides where requests go:
+// A Client is a browser without JavaScript: it keeps cookies in a
+// net/http/cookiejar (a cookie set with a negative MaxAge is deleted; Path
+// and Secure are honoured, so Secure cookies need an https base), never
+// follows redirects, and sends Header with every request. Its transport
+// decides where requests go:
 //
 //	bgtest.New(t, bgtest.HandlerTransport(h, "192.0.2.1:40000"), "https://example.com") // in-process
 //	bgtest.New(t, bgtest.OverTCP("127.0.0.2"), "http://127.0.0.1:8080")                  // a listening Caddy
