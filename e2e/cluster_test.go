@@ -13,14 +13,9 @@ import (
 	"strings"
 	"testing"
 	"time"
-)
 
-// at is the same browser talking to another instance.
-func (c *client) at(base string) *client {
-	cp := *c
-	cp.base = base
-	return &cp
-}
+	"github.com/caddy-break-glass/caddy-break-glass/bgtest"
+)
 
 func clusterSite(mp *mailpit, storage string) string {
 	s := defaultSite(mp)
@@ -39,52 +34,52 @@ func TestClusterOfTwoInstancesOnOneStorage(t *testing.T) {
 
 	// Step 1 on A, the code on B.
 	opA := newClient(t, a.base, "127.0.0.2")
-	opB := opA.at(b.base)
-	if r := opA.login("/admin/", "ops@example.com", testPassword, nil); r.status != http.StatusSeeOther {
-		t.Fatalf("password on A: %d", r.status)
+	opB := opA.At(b.base)
+	if r := opA.Login("/admin/", "ops@example.com", testPassword, "", nil); r.Status != http.StatusSeeOther {
+		t.Fatalf("password on A: %d", r.Status)
 	}
-	codePage := opB.get("/admin/")
-	if codePage.status != http.StatusOK || !strings.Contains(codePage.body, `name="code"`) {
-		t.Fatalf("B does not show the code page for A's login: %d", codePage.status)
+	codePage := opB.Get("/admin/")
+	if codePage.Status != http.StatusOK || !strings.Contains(codePage.Body, `name="code"`) {
+		t.Fatalf("B does not show the code page for A's login: %d", codePage.Status)
 	}
 	code, _ := mp.waitCode(t, seen)
-	if r := opB.do("POST", "/admin/", url.Values{"break_glass_step": {"code"}, "csrf_token": {codePage.csrf(t)}, "code": {code}}, nil); r.status != http.StatusSeeOther {
-		t.Fatalf("code on B: %d\n%s", r.status, r.body)
+	if r := opB.Do("POST", "/admin/", bgtest.CodeForm(codePage.CSRF(t), code), nil); r.Status != http.StatusSeeOther {
+		t.Fatalf("code on B: %d\n%s", r.Status, r.Body)
 	}
-	for name, c := range map[string]*client{"A": opA, "B": opB} {
-		if r := c.get("/admin/"); r.status != 200 || !strings.Contains(r.body, "Signed in as ops@example.com") {
-			t.Fatalf("the session on %s: %d", name, r.status)
+	for name, c := range map[string]*bgtest.Client{"A": opA, "B": opB} {
+		if r := c.Get("/admin/"); r.Status != 200 || !strings.Contains(r.Body, "Signed in as ops@example.com") {
+			t.Fatalf("the session on %s: %d", name, r.Status)
 		}
 	}
 
 	// Wrong passwords on A until locked: B says 429 too.
 	attacker := newClient(t, a.base, "127.0.0.3")
 	for i, want := range []int{401, 401, 429} {
-		if r := attacker.login("/admin/", "ops@example.com", "wrong", nil); r.status != want {
-			t.Fatalf("failure %d on A: %d, want %d", i+1, r.status, want)
+		if r := attacker.Login("/admin/", "ops@example.com", "wrong", "", nil); r.Status != want {
+			t.Fatalf("failure %d on A: %d, want %d", i+1, r.Status, want)
 		}
 	}
-	if r := attacker.at(b.base).get("/admin/"); r.status != http.StatusTooManyRequests {
-		t.Fatalf("B after the lockout on A: %d, want 429", r.status)
+	if r := attacker.At(b.base).Get("/admin/"); r.Status != http.StatusTooManyRequests {
+		t.Fatalf("B after the lockout on A: %d, want 429", r.Status)
 	}
 
 	// A second session, to outlive a restart; then logout of the first on B.
 	op2 := newClient(t, b.base, "127.0.0.4")
-	op2.signIn("/admin/", mp, seen)
+	signIn(t, op2, mp, seen)
 	u, _ := url.Parse(a.base)
-	saved := opA.hc.Jar.Cookies(u)
-	if r := opB.get("/admin/?break_glass=logout"); r.status != 200 {
-		t.Fatalf("logout on B: %d", r.status)
+	saved := opA.Jar().Cookies(u)
+	if r := opB.Get("/admin/?break_glass=logout"); r.Status != 200 {
+		t.Fatalf("logout on B: %d", r.Status)
 	}
-	opA.hc.Jar.SetCookies(u, saved) // the cookie, replayed on A
+	opA.Jar().SetCookies(u, saved) // the cookie, replayed on A
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		r := opA.get("/admin/")
-		if r.status == http.StatusUnauthorized {
+		r := opA.Get("/admin/")
+		if r.Status == http.StatusUnauthorized {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("A still accepts the session logged out on B after 10 s (refresh_interval 1s): %d", r.status)
+			t.Fatalf("A still accepts the session logged out on B after 10 s (refresh_interval 1s): %d", r.Status)
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
@@ -94,12 +89,12 @@ func TestClusterOfTwoInstancesOnOneStorage(t *testing.T) {
 	b.stop()
 	a2 := startCaddy(t, cfg, "caddyfile")
 	b2 := startCaddy(t, cfg, "caddyfile")
-	if r := attacker.at(a2.base).get("/admin/"); r.status != http.StatusTooManyRequests {
-		t.Fatalf("after restarting both, the lockout is gone: %d", r.status)
+	if r := attacker.At(a2.base).Get("/admin/"); r.Status != http.StatusTooManyRequests {
+		t.Fatalf("after restarting both, the lockout is gone: %d", r.Status)
 	}
 	for name, base := range map[string]string{"A": a2.base, "B": b2.base} {
-		if r := op2.at(base).get("/admin/"); r.status != 200 {
-			t.Fatalf("after restarting both, the session is gone on %s: %d", name, r.status)
+		if r := op2.At(base).Get("/admin/"); r.Status != 200 {
+			t.Fatalf("after restarting both, the session is gone on %s: %d", name, r.Status)
 		}
 	}
 
@@ -112,12 +107,12 @@ func TestClusterOfTwoInstancesOnOneStorage(t *testing.T) {
 		t.Fatal(err)
 	}
 	fresh := newClient(t, a2.base, "127.0.0.5")
-	if r := fresh.get("/admin/"); r.status != http.StatusServiceUnavailable || r.header.Get("Retry-After") == "" {
-		t.Fatalf("the sign-in page with the storage gone: %d, want 503 with Retry-After", r.status)
+	if r := fresh.Get("/admin/"); r.Status != http.StatusServiceUnavailable || r.Header.Get("Retry-After") == "" {
+		t.Fatalf("the sign-in page with the storage gone: %d, want 503 with Retry-After", r.Status)
 	}
 	a2.waitLog(t, "break-glass state unavailable: sign-in refused", map[string]string{"level": "error"})
-	if r := op2.at(a2.base).get("/admin/"); r.status != 200 {
-		t.Fatalf("the open session stopped working with the storage gone: %d", r.status)
+	if r := op2.At(a2.base).Get("/admin/"); r.Status != 200 {
+		t.Fatalf("the open session stopped working with the storage gone: %d", r.Status)
 	}
 }
 
@@ -129,15 +124,15 @@ func TestClusterRevokeReachesTheOtherInstance(t *testing.T) {
 	a := startCaddy(t, cfg, "caddyfile")
 	b := startCaddy(t, cfg, "caddyfile")
 	op := newClient(t, b.base, "127.0.0.2")
-	op.signIn("/admin/", mp, map[string]bool{})
-	if r := op.get("/admin/"); r.status != 200 {
-		t.Fatalf("session on B: %d", r.status)
+	signIn(t, op, mp, map[string]bool{})
+	if r := op.Get("/admin/"); r.Status != 200 {
+		t.Fatalf("session on B: %d", r.Status)
 	}
 	if out := stdout(t, "break-glass", "revoke", "--address", a.admin); !strings.Contains(out, "Revoked every break-glass session") {
 		t.Fatalf("revoke on A: %s", out)
 	}
 	deadline := time.Now().Add(10 * time.Second)
-	for op.get("/admin/").status != http.StatusUnauthorized {
+	for op.Get("/admin/").Status != http.StatusUnauthorized {
 		if time.Now().After(deadline) {
 			t.Fatal("B still accepts the session 10 s after a revoke on A (refresh_interval 1s)")
 		}

@@ -8,16 +8,12 @@
 package e2e
 
 import (
-	"bufio"
 	"bytes"
 	"encoding/json"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
-	"net/http/cookiejar"
-	"net/http/httptest"
-	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -27,6 +23,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/caddy-break-glass/caddy-break-glass/bgtest"
 )
 
 // Versions the binary is built with.
@@ -188,50 +186,14 @@ func (p *proc) output() string {
 	return string(b)
 }
 
-// jsonLines returns the process output's JSON lines (Caddy's log).
-func (p *proc) jsonLines() []map[string]any {
-	f, err := os.Open(p.logPath)
-	if err != nil {
-		return nil
-	}
-	defer f.Close()
-	var out []map[string]any
-	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 1<<20), 4<<20)
-	for sc.Scan() {
-		var m map[string]any
-		if json.Unmarshal(sc.Bytes(), &m) == nil {
-			out = append(out, m)
-		}
-	}
-	return out
-}
-
-// waitLog waits for a log line with this message whose fields have these
-// values, and returns it.
+// waitLog waits for a line of the process's JSON log (Caddy's) with this
+// message and these field values, and returns it.
 func (p *proc) waitLog(t *testing.T, msg string, fields map[string]string) map[string]any {
 	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for time.Now().Before(deadline) {
-		for _, l := range p.jsonLines() {
-			if l["msg"] != msg {
-				continue
-			}
-			ok := true
-			for k, v := range fields {
-				if !strings.Contains(fmt.Sprint(l[k]), v) {
-					ok = false
-				}
-			}
-			if ok {
-				return l
-			}
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-	t.Fatalf("no log line %q with %v in %s's log", msg, fields, p.name)
-	return nil
+	return bgtest.WaitLog(t, p.logs, msg, fields)
 }
+
+func (p *proc) logs() bgtest.Logs { return bgtest.ReadLogFile(p.logPath) }
 
 // caddy is a running Caddy.
 type caddy struct {
@@ -432,141 +394,19 @@ func (m *mailpit) waitCode(t *testing.T, seen map[string]bool) (string, mailMess
 	return c[1], msg
 }
 
-// webhook is a real HTTP server receiving alerts; it answers with status, or
-// never answers when hang is set.
-type webhook struct {
-	*httptest.Server
-	mu     sync.Mutex
-	events []map[string]any
-	status int
-	hang   bool
-	stop   chan struct{}
+// newClient is a browser whose connections come from ip, a loopback address.
+func newClient(t *testing.T, base, ip string) *bgtest.Client {
+	c := bgtest.New(t, bgtest.OverTCP(ip), base)
+	c.Name = ip
+	return c
 }
 
-func startWebhook(t *testing.T, status int, hang bool) *webhook {
-	w := &webhook{status: status, hang: hang, stop: make(chan struct{})}
-	w.Server = httptest.NewServer(http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
-		var ev map[string]any
-		body, _ := io.ReadAll(r.Body)
-		if err := json.Unmarshal(body, &ev); err != nil {
-			t.Errorf("webhook body %q is not JSON: %v", body, err)
-		}
-		w.mu.Lock()
-		w.events = append(w.events, ev)
-		w.mu.Unlock()
-		if w.hang {
-			select {
-			case <-w.stop:
-			case <-r.Context().Done():
-			}
-			return
-		}
-		rw.WriteHeader(w.status)
-	}))
-	t.Cleanup(func() { close(w.stop); w.Close() })
-	return w
-}
-
-func (w *webhook) waitEvent(t *testing.T) map[string]any {
+// signIn runs the whole flow on /admin/ as ops@example.com, reading the
+// code from mailpit.
+func signIn(t *testing.T, c *bgtest.Client, mp *mailpit, seen map[string]bool) {
 	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for time.Now().Before(deadline) {
-		w.mu.Lock()
-		n := len(w.events)
-		var ev map[string]any
-		if n > 0 {
-			ev = w.events[n-1]
-		}
-		w.mu.Unlock()
-		if ev != nil {
-			return ev
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	t.Fatal("the webhook got nothing")
-	return nil
-}
-
-// client is an HTTP client whose connections come from one loopback address,
-// keeping cookies as a browser does and not following redirects.
-type client struct {
-	t    *testing.T
-	ip   string
-	base string
-	hc   *http.Client
-}
-
-func newClient(t *testing.T, base, ip string) *client {
-	jar, _ := cookiejar.New(nil)
-	d := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(ip)}, Timeout: 5 * time.Second}
-	return &client{t: t, ip: ip, base: base, hc: &http.Client{
-		Jar:           jar,
-		Transport:     &http.Transport{DialContext: d.DialContext, DisableKeepAlives: true},
-		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
-		Timeout:       30 * time.Second,
-	}}
-}
-
-type reply struct {
-	status int
-	header http.Header
-	body   string
-}
-
-func (c *client) do(method, path string, form url.Values, hdr map[string]string) reply {
-	c.t.Helper()
-	var body io.Reader
-	if form != nil {
-		body = strings.NewReader(form.Encode())
-	}
-	req, err := http.NewRequest(method, c.base+path, body)
-	if err != nil {
-		c.t.Fatal(err)
-	}
-	if form != nil {
-		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
-	}
-	for k, v := range hdr {
-		req.Header.Set(k, v)
-	}
-	resp, err := c.hc.Do(req)
-	if err != nil {
-		c.t.Fatalf("%s %s from %s: %v", method, path, c.ip, err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	return reply{resp.StatusCode, resp.Header, string(b)}
-}
-
-func (c *client) get(path string) reply { return c.do("GET", path, nil, nil) }
-
-var csrfRE = regexp.MustCompile(`name="csrf_token" value="([^"]+)"`)
-
-func (r reply) csrf(t *testing.T) string {
-	t.Helper()
-	m := csrfRE.FindStringSubmatch(r.body)
-	if m == nil {
-		t.Fatalf("no form (status %d):\n%s", r.status, r.body)
-	}
-	return m[1]
-}
-
-func (c *client) login(path, email, password string, hdr map[string]string) reply {
-	c.t.Helper()
-	tok := c.do("GET", path, nil, hdr).csrf(c.t)
-	return c.do("POST", path, url.Values{"break_glass_step": {"login"}, "csrf_token": {tok}, "email": {email}, "password": {password}}, hdr)
-}
-
-// signIn runs the whole flow on path, reading the code from mailpit.
-func (c *client) signIn(path string, mp *mailpit, seen map[string]bool) {
-	c.t.Helper()
-	if r := c.login(path, "ops@example.com", testPassword, nil); r.status != http.StatusSeeOther {
-		c.t.Fatalf("right password from %s: %d\n%s", c.ip, r.status, r.body)
-	}
-	codePage := c.get(path)
-	code, _ := mp.waitCode(c.t, seen)
-	r := c.do("POST", path, url.Values{"break_glass_step": {"code"}, "csrf_token": {codePage.csrf(c.t)}, "code": {code}}, nil)
-	if r.status != http.StatusSeeOther {
-		c.t.Fatalf("right code from %s: %d\n%s", c.ip, r.status, r.body)
+	r := c.SignIn("/admin/", "ops@example.com", testPassword, func() string { code, _ := mp.waitCode(t, seen); return code })
+	if r.Status != http.StatusSeeOther {
+		t.Fatalf("right code from %s: %d\n%s", c.Name, r.Status, r.Body)
 	}
 }

@@ -18,6 +18,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/caddy-break-glass/caddy-break-glass/bgtest"
 )
 
 // drill runs `caddy break-glass drill` on config and returns its exit code,
@@ -62,7 +64,7 @@ func metric(t *testing.T, c *caddy, name string) float64 {
 
 func TestDrillCommand(t *testing.T) {
 	mp, inner := tlsMailpit(t)
-	hook := startWebhook(t, 204, false)
+	hook := bgtest.StartWebhook(t)
 	s := defaultSite(mp)
 	s.smtpInner = inner
 	s.webhook = hook.URL + "/break-glass"
@@ -94,7 +96,7 @@ func TestDrillCommand(t *testing.T) {
 			t.Fatalf("drill mail to %s: %q\n%s", to, m.Subject, m.Text)
 		}
 	}
-	ev := hook.waitEvent(t)
+	ev := hook.Wait(t, 1)[0].JSON
 	if ev["event"] != "break_glass_drill" || ev["severity"] != "info" || !strings.Contains(fmt.Sprint(ev["message"]), "DRILL") {
 		t.Fatalf("webhook drill event: %v", ev)
 	}
@@ -152,10 +154,10 @@ func TestAdminCommands(t *testing.T) {
 	c := startCaddy(t, s.caddyfile(), "caddyfile")
 	bad := newClient(t, c.base, "127.0.0.3")
 	for range 2 {
-		bad.login("/admin/", "ops@example.com", "wrong", nil)
+		bad.Login("/admin/", "ops@example.com", "wrong", "", nil)
 	}
-	if r := bad.get("/admin/"); r.status != http.StatusTooManyRequests {
-		t.Fatalf("locked client: %d", r.status)
+	if r := bad.Get("/admin/"); r.Status != http.StatusTooManyRequests {
+		t.Fatalf("locked client: %d", r.Status)
 	}
 	// The admin address comes from the config, as with `caddy stop`.
 	if st := stdout(t, "break-glass", "status", "--config", c.config, "--adapter", "caddyfile"); !strings.Contains(st, "127.0.0.3") {
@@ -164,8 +166,8 @@ func TestAdminCommands(t *testing.T) {
 	if out := stdout(t, "break-glass", "unlock", "127.0.0.3", "--address", c.admin); !strings.Contains(out, "Unlocked 127.0.0.3") {
 		t.Fatalf("unlock: %s", out)
 	}
-	if r := bad.get("/admin/"); r.status != http.StatusUnauthorized {
-		t.Fatalf("after unlock: %d, want the login page", r.status)
+	if r := bad.Get("/admin/"); r.Status != http.StatusUnauthorized {
+		t.Fatalf("after unlock: %d, want the login page", r.Status)
 	}
 	if out, err := run("break-glass", "unlock", "127.0.0.3", "--address", c.admin); err == nil || !strings.Contains(out, "404") {
 		t.Fatalf("unlocking an untracked client: %v\n%s", err, out)
@@ -173,14 +175,14 @@ func TestAdminCommands(t *testing.T) {
 
 	seen := map[string]bool{}
 	a, b := newClient(t, c.base, "127.0.0.2"), newClient(t, c.base, "127.0.0.4")
-	a.signIn("/admin/", mp, seen)
-	b.signIn("/admin/", mp, seen)
+	signIn(t, a, mp, seen)
+	signIn(t, b, mp, seen)
 	if out := stdout(t, "break-glass", "revoke", "--address", c.admin, "--json"); strings.TrimSpace(out) != `{"revoked":2}` {
 		t.Fatalf("revoke --json: %q", out)
 	}
-	for _, cl := range []*client{a, b} {
-		if r := cl.get("/admin/"); r.status != http.StatusUnauthorized {
-			t.Fatalf("%s after revoke: %d", cl.ip, r.status)
+	for _, cl := range []*bgtest.Client{a, b} {
+		if r := cl.Get("/admin/"); r.Status != http.StatusUnauthorized {
+			t.Fatalf("%s after revoke: %d", cl.Name, r.Status)
 		}
 	}
 	c.waitLog(t, "break-glass admin: sessions revoked", map[string]string{"level": "warn"})

@@ -16,17 +16,15 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
-	"io"
 	"net/http"
-	"net/http/httptest"
-	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
+
+	"github.com/caddy-break-glass/caddy-break-glass/bgtest"
 )
 
 // totpNow is RFC 6238 (SHA-1, 6 digits, 30 s), written here apart from the
@@ -43,47 +41,10 @@ func totpNow(t *testing.T, secret string, at time.Time) string {
 	return fmt.Sprintf("%06d", (binary.BigEndian.Uint32(s[o:o+4])&0x7fffffff)%1000000)
 }
 
-type signedHook struct {
-	*httptest.Server
-	mu   sync.Mutex
-	reqs []struct {
-		header http.Header
-		body   []byte
-	}
-}
-
-func (h *signedHook) event(t *testing.T, event string) (map[string]any, http.Header, []byte) {
-	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for time.Now().Before(deadline) {
-		h.mu.Lock()
-		for _, r := range h.reqs {
-			var ev map[string]any
-			if json.Unmarshal(r.body, &ev) == nil && ev["event"] == event {
-				h.mu.Unlock()
-				return ev, r.header, r.body
-			}
-		}
-		h.mu.Unlock()
-		time.Sleep(50 * time.Millisecond)
-	}
-	t.Fatalf("no %s event reached the webhook", event)
-	return nil, nil, nil
-}
-
 func TestEmergencyPracticeOptions(t *testing.T) {
 	mp := startMailpit(t, mailpitOptions{})
-	hook := &signedHook{}
-	hook.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		b, _ := io.ReadAll(r.Body)
-		hook.mu.Lock()
-		hook.reqs = append(hook.reqs, struct {
-			header http.Header
-			body   []byte
-		}{r.Header.Clone(), b})
-		hook.mu.Unlock()
-	}))
-	t.Cleanup(hook.Close)
+	hook := bgtest.StartWebhook(t)
+	hook.SetStatus(http.StatusOK)
 
 	// A TOTP secret from the binary itself.
 	var totp struct{ Secret, URI string }
@@ -125,50 +86,44 @@ func TestEmergencyPracticeOptions(t *testing.T) {
 	// alerts carry it, signed.
 	seen := map[string]bool{}
 	a := newClient(t, c.base, "127.0.0.2")
-	if r := a.login("/admin/", "ops@example.com", testPassword, nil); r.status != http.StatusBadRequest || !strings.Contains(r.body, "Give the reason") {
-		t.Fatalf("no reason with require_reason: %d", r.status)
+	if r := a.Login("/admin/", "ops@example.com", testPassword, "", nil); r.Status != http.StatusBadRequest || !strings.Contains(r.Body, "Give the reason") {
+		t.Fatalf("no reason with require_reason: %d", r.Status)
 	}
-	tok := a.get("/admin/").csrf(t)
-	if r := a.do("POST", "/admin/", url.Values{"break_glass_step": {"login"}, "csrf_token": {tok}, "email": {"ops@example.com"},
-		"password": {testPassword}, "reason": {"INC-77 SSO outage"}}, nil); r.status != http.StatusSeeOther {
-		t.Fatalf("password with a reason: %d", r.status)
+	if r := a.Login("/admin/", "ops@example.com", testPassword, "INC-77 SSO outage", nil); r.Status != http.StatusSeeOther {
+		t.Fatalf("password with a reason: %d", r.Status)
 	}
-	codePage := a.get("/admin/")
 	code, _ := mp.waitCode(t, seen)
-	if r := a.do("POST", "/admin/", url.Values{"break_glass_step": {"code"}, "csrf_token": {codePage.csrf(t)}, "code": {code}}, nil); r.status != http.StatusSeeOther {
-		t.Fatalf("emailed code: %d", r.status)
+	if r := a.SubmitCode("/admin/", code); r.Status != http.StatusSeeOther {
+		t.Fatalf("emailed code: %d", r.Status)
 	}
 	for _, event := range []string{"break_glass_code_issued", "break_glass_login"} {
-		ev, hdr, body := hook.event(t, event)
+		r := hook.WaitEvent(t, event)
 		m := hmac.New(sha256.New, []byte("hook-secret"))
-		m.Write([]byte(hdr.Get("X-Break-Glass-Timestamp") + "."))
-		m.Write(body)
-		if hdr.Get("X-Break-Glass-Signature") != "sha256="+hex.EncodeToString(m.Sum(nil)) || ev["reason"] != "INC-77 SSO outage" {
-			t.Fatalf("%s: signature %q, reason %v", event, hdr.Get("X-Break-Glass-Signature"), ev["reason"])
+		m.Write([]byte(r.Header.Get("X-Break-Glass-Timestamp") + "."))
+		m.Write(r.Body)
+		if r.Header.Get("X-Break-Glass-Signature") != "sha256="+hex.EncodeToString(m.Sum(nil)) || r.JSON["reason"] != "INC-77 SSO outage" {
+			t.Fatalf("%s: signature %q, reason %v", event, r.Header.Get("X-Break-Glass-Signature"), r.JSON["reason"])
 		}
 	}
 	c.waitLog(t, "break-glass login succeeded", map[string]string{"reason": "INC-77 SSO outage", "level": "warn"})
-	if r := a.get("/admin/page"); r.status != http.StatusOK {
-		t.Fatalf("session: %d", r.status)
+	if r := a.Get("/admin/page"); r.Status != http.StatusOK {
+		t.Fatalf("session: %d", r.Status)
 	}
 
 	// Second use, with mail down: the authenticator code signs in.
 	mp.stop()
 	b := newClient(t, c.base, "127.0.0.3")
-	tok = b.get("/admin/").csrf(t)
-	if r := b.do("POST", "/admin/", url.Values{"break_glass_step": {"login"}, "csrf_token": {tok}, "email": {"ops@example.com"},
-		"password": {testPassword}, "reason": {"mail down drill"}}, nil); r.status != http.StatusSeeOther {
-		t.Fatalf("password: %d", r.status)
+	if r := b.Login("/admin/", "ops@example.com", testPassword, "mail down drill", nil); r.Status != http.StatusSeeOther {
+		t.Fatalf("password: %d", r.Status)
 	}
-	codePage = b.get("/admin/")
-	if r := b.do("POST", "/admin/", url.Values{"break_glass_step": {"code"}, "csrf_token": {codePage.csrf(t)}, "code": {totpNow(t, totp.Secret, time.Now())}}, nil); r.status != http.StatusSeeOther {
-		t.Fatalf("TOTP code with mail down: %d\n%s", r.status, r.body)
+	if r := b.SubmitCode("/admin/", totpNow(t, totp.Secret, time.Now())); r.Status != http.StatusSeeOther {
+		t.Fatalf("TOTP code with mail down: %d\n%s", r.Status, r.Body)
 	}
 	c.waitLog(t, "break-glass delivery failed", map[string]string{"channel": "code_email"})
 	// max_uses 2: spent now.
-	hook.event(t, "break_glass_credential_spent")
-	if r := newClient(t, c.base, "127.0.0.4").get("/admin/"); r.status != http.StatusForbidden || !strings.Contains(r.body, "Credential spent") {
-		t.Fatalf("after the second use: %d", r.status)
+	hook.WaitEvent(t, "break_glass_credential_spent")
+	if r := newClient(t, c.base, "127.0.0.4").Get("/admin/"); r.Status != http.StatusForbidden || !strings.Contains(r.Body, "Credential spent") {
+		t.Fatalf("after the second use: %d", r.Status)
 	}
 
 	// The audit log: verified by the binary, and broken by one byte.
@@ -187,9 +142,7 @@ func TestEmergencyPracticeOptions(t *testing.T) {
 	if got := strings.Join(events, " "); got != "code_issued login request code_issued login credential_spent" {
 		t.Fatalf("audit events: %s", got)
 	}
-	_, _, loginBody := hook.event(t, "break_glass_login")
-	var loginEv map[string]any
-	_ = json.Unmarshal(loginBody, &loginEv)
+	loginEv := hook.WaitEvent(t, "break_glass_login").JSON
 	if sum := sha256.Sum256([]byte(lines[1])); loginEv["audit_head"] != hex.EncodeToString(sum[:]) {
 		t.Fatalf("the login alert's audit_head %v is not the hash of the login line", loginEv["audit_head"])
 	}

@@ -16,6 +16,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/caddy-break-glass/caddy-break-glass/bgtest"
 )
 
 // Scenario 2: `caddy adapt` and `caddy validate` on Caddyfiles.
@@ -89,28 +91,28 @@ func TestJSONThroughTheAdminAPI(t *testing.T) {
 
 	seen := map[string]bool{}
 	op := newClient(t, c.base, "127.0.0.2")
-	op.signIn("/admin/", mp, seen)
-	if r := op.get("/admin/"); r.status != 200 || !strings.Contains(r.body, "Signed in as ops@example.com") {
-		t.Fatalf("with a session: %d %q", r.status, r.body)
+	signIn(t, op, mp, seen)
+	if r := op.Get("/admin/"); r.Status != 200 || !strings.Contains(r.Body, "Signed in as ops@example.com") {
+		t.Fatalf("with a session: %d %q", r.Status, r.Body)
 	}
 
 	// 5 attempts: the 4th failure still answers 401.
 	a := newClient(t, c.base, "127.0.0.3")
 	for i := range 4 {
-		if r := a.login("/admin/", "ops@example.com", "wrong", nil); r.status != 401 {
-			t.Fatalf("failure %d with max_attempts 5: %d", i+1, r.status)
+		if r := a.Login("/admin/", "ops@example.com", "wrong", "", nil); r.Status != 401 {
+			t.Fatalf("failure %d with max_attempts 5: %d", i+1, r.Status)
 		}
 	}
 	s.maxAttempts = 2
 	c.load(t, s.json())
 	b := newClient(t, c.base, "127.0.0.4")
 	for i, want := range []int{401, 429} {
-		if r := b.login("/admin/", "ops@example.com", "wrong", nil); r.status != want {
-			t.Fatalf("after POST /load with max_attempts 2, failure %d: %d, want %d", i+1, r.status, want)
+		if r := b.Login("/admin/", "ops@example.com", "wrong", "", nil); r.Status != want {
+			t.Fatalf("after POST /load with max_attempts 2, failure %d: %d, want %d", i+1, r.Status, want)
 		}
 	}
-	if r := op.get("/admin/"); r.status != 200 {
-		t.Fatalf("the session did not survive the second POST /load: %d", r.status)
+	if r := op.Get("/admin/"); r.Status != 200 {
+		t.Fatalf("the session did not survive the second POST /load: %d", r.Status)
 	}
 }
 
@@ -123,29 +125,29 @@ func TestReloadKeepsLockoutAndSession(t *testing.T) {
 	c := startCaddy(t, s.caddyfile(), "caddyfile")
 
 	locked := newClient(t, c.base, "127.0.0.3")
-	locked.login("/admin/", "ops@example.com", "wrong", nil)
-	if r := locked.login("/admin/", "ops@example.com", "wrong", nil); r.status != 429 {
-		t.Fatalf("not locked out: %d", r.status)
+	locked.Login("/admin/", "ops@example.com", "wrong", "", nil)
+	if r := locked.Login("/admin/", "ops@example.com", "wrong", "", nil); r.Status != 429 {
+		t.Fatalf("not locked out: %d", r.Status)
 	}
 	lockedAt := time.Now()
 	op := newClient(t, c.base, "127.0.0.1")
-	op.signIn("/admin/", mp, map[string]bool{})
+	signIn(t, op, mp, map[string]bool{})
 
 	check := func(after string) {
 		t.Helper()
-		if r := locked.get("/admin/"); r.status != 429 {
-			t.Fatalf("after %s the lockout is gone: %d", after, r.status)
+		if r := locked.Get("/admin/"); r.Status != 429 {
+			t.Fatalf("after %s the lockout is gone: %d", after, r.Status)
 		}
-		if r := op.get("/admin/"); r.status != 200 {
-			t.Fatalf("after %s the session is gone: %d", after, r.status)
+		if r := op.Get("/admin/"); r.Status != 200 {
+			t.Fatalf("after %s the session is gone: %d", after, r.Status)
 		}
 	}
 
 	// Through the admin API: the same site as JSON (from caddy adapt), changed.
 	adapted := stdout(t, "adapt", "--config", c.config)
 	c.load(t, strings.Replace(adapted, "public page", "public page (reloaded)", 1))
-	if r := newClient(t, c.base, "127.0.0.1").get("/"); r.body != "public page (reloaded)" {
-		t.Fatalf("the POST /load did not take effect: %q", r.body)
+	if r := newClient(t, c.base, "127.0.0.1").Get("/"); r.Body != "public page (reloaded)" {
+		t.Fatalf("the POST /load did not take effect: %q", r.Body)
 	}
 	check("POST /load")
 
@@ -154,15 +156,15 @@ func TestReloadKeepsLockoutAndSession(t *testing.T) {
 	if out, err := run("reload", "--config", c.config, "--adapter", "caddyfile", "--address", c.admin); err != nil {
 		t.Fatalf("caddy reload: %v\n%s", err, out)
 	}
-	if r := newClient(t, c.base, "127.0.0.1").get("/"); r.body != "public page (caddy reload)" {
-		t.Fatalf("caddy reload did not take effect: %q", r.body)
+	if r := newClient(t, c.base, "127.0.0.1").Get("/"); r.Body != "public page (caddy reload)" {
+		t.Fatalf("caddy reload did not take effect: %q", r.Body)
 	}
 	check("caddy reload")
 
 	// When the lockout is over, the client may try again.
 	time.Sleep(time.Until(lockedAt.Add(13 * time.Second)))
-	if r := locked.login("/admin/", "ops@example.com", "wrong", nil); r.status != 401 {
-		t.Fatalf("after the lockout: %d, want 401 (a fresh attempt)", r.status)
+	if r := locked.Login("/admin/", "ops@example.com", "wrong", "", nil); r.Status != 401 {
+		t.Fatalf("after the lockout: %d, want 401 (a fresh attempt)", r.Status)
 	}
 }
 
@@ -179,8 +181,8 @@ func TestAllowListAndSpoofing(t *testing.T) {
 		{"X-Real-IP": "127.0.0.1"},
 		{"Forwarded": "for=127.0.0.1"},
 	} {
-		if r := outsider.do("GET", "/admin/", nil, hdr); r.status != 403 || strings.Contains(r.body, "<form") {
-			t.Fatalf("127.0.0.9 with %v: %d", hdr, r.status)
+		if r := outsider.Do("GET", "/admin/", nil, hdr); r.Status != 403 || strings.Contains(r.Body, "<form") {
+			t.Fatalf("127.0.0.9 with %v: %d", hdr, r.Status)
 		}
 	}
 
@@ -191,24 +193,24 @@ func TestAllowListAndSpoofing(t *testing.T) {
 		t.Fatalf("caddy reload: %v\n%s", err, out)
 	}
 	proxy := newClient(t, c.base, "127.0.0.9")
-	if r := proxy.do("GET", "/admin/", nil, map[string]string{"X-Forwarded-For": "127.0.0.5"}); r.status != 401 {
-		t.Fatalf("through the trusted proxy for an allowed client: %d, want the login page", r.status)
+	if r := proxy.Do("GET", "/admin/", nil, map[string]string{"X-Forwarded-For": "127.0.0.5"}); r.Status != 401 {
+		t.Fatalf("through the trusted proxy for an allowed client: %d, want the login page", r.Status)
 	}
-	if r := proxy.do("GET", "/admin/", nil, map[string]string{"X-Forwarded-For": "10.9.9.9"}); r.status != 403 {
-		t.Fatalf("through the trusted proxy for a client outside the list: %d", r.status)
+	if r := proxy.Do("GET", "/admin/", nil, map[string]string{"X-Forwarded-For": "10.9.9.9"}); r.Status != 403 {
+		t.Fatalf("through the trusted proxy for a client outside the list: %d", r.Status)
 	}
 	// The limiter counts the forwarded client, not the proxy.
 	fwd := map[string]string{"X-Forwarded-For": "127.0.0.5"}
 	for i, want := range []int{401, 401, 429} {
-		if r := proxy.login("/admin/", "ops@example.com", "wrong", fwd); r.status != want {
-			t.Fatalf("failure %d for 127.0.0.5 through the proxy: %d, want %d", i+1, r.status, want)
+		if r := proxy.Login("/admin/", "ops@example.com", "wrong", "", fwd); r.Status != want {
+			t.Fatalf("failure %d for 127.0.0.5 through the proxy: %d, want %d", i+1, r.Status, want)
 		}
 	}
-	if r := newClient(t, c.base, "127.0.0.5").get("/admin/"); r.status != 429 {
-		t.Fatalf("127.0.0.5 directly, after being locked through the proxy: %d", r.status)
+	if r := newClient(t, c.base, "127.0.0.5").Get("/admin/"); r.Status != 429 {
+		t.Fatalf("127.0.0.5 directly, after being locked through the proxy: %d", r.Status)
 	}
-	if r := proxy.do("GET", "/admin/", nil, map[string]string{"X-Forwarded-For": "127.0.0.4"}); r.status != 401 {
-		t.Fatalf("another client through the same proxy: %d (the proxy itself was locked)", r.status)
+	if r := proxy.Do("GET", "/admin/", nil, map[string]string{"X-Forwarded-For": "127.0.0.4"}); r.Status != 401 {
+		t.Fatalf("another client through the same proxy: %d (the proxy itself was locked)", r.Status)
 	}
 }
 
@@ -223,33 +225,37 @@ func TestDeliveryFaults(t *testing.T) {
 		c := startCaddy(t, s.caddyfile(), "caddyfile")
 		down.stop()
 		cl := newClient(t, c.base, "127.0.0.2")
-		if r := cl.login("/admin/", "ops@example.com", testPassword, nil); r.status != 303 {
-			t.Fatalf("right password with the mail server down: %d", r.status)
+		if r := cl.Login("/admin/", "ops@example.com", testPassword, "", nil); r.Status != 303 {
+			t.Fatalf("right password with the mail server down: %d", r.Status)
 		}
-		if r := cl.get("/admin/"); r.status != 200 || !strings.Contains(r.body, `name="code"`) {
-			t.Fatalf("no code page: %d", r.status)
+		if r := cl.Get("/admin/"); r.Status != 200 || !strings.Contains(r.Body, `name="code"`) {
+			t.Fatalf("no code page: %d", r.Status)
 		}
 		l := c.waitLog(t, "break-glass delivery failed", map[string]string{"channel": "code_email", "level": "error"})
 		if !strings.Contains(fmt.Sprint(l["error"]), "refused") {
 			t.Errorf("the error does not say why: %v", l["error"])
 		}
 	})
-	for name, hook := range map[string]*webhook{
-		"webhook answers 500":   startWebhook(t, 500, false),
-		"webhook never answers": startWebhook(t, 200, true),
-	} {
+	for name, hang := range map[string]bool{"webhook answers 500": false, "webhook never answers": true} {
+		hook := bgtest.StartWebhook(t)
+		hook.SetStatus(500)
+		if hang {
+			hook.Hang()
+		}
 		t.Run(name, func(t *testing.T) {
 			s := defaultSite(mp)
 			s.webhook = hook.URL
 			c := startCaddy(t, s.caddyfile(), "caddyfile")
 			cl := newClient(t, c.base, "127.0.0.2")
 			start := time.Now()
-			cl.signIn("/admin/", mp, seen)
-			if r := cl.get("/admin/"); r.status != 200 {
-				t.Fatalf("no session: %d", r.status)
+			signIn(t, cl, mp, seen)
+			if r := cl.Get("/admin/"); r.Status != 200 {
+				t.Fatalf("no session: %d", r.Status)
 			}
-			hook.waitEvent(t) // it was called
-			if !hook.hang {
+			if r := hook.Wait(t, 1)[0]; r.JSON == nil { // it was called
+				t.Errorf("webhook body %q is not JSON", r.Body)
+			}
+			if !hang {
 				c.waitLog(t, "break-glass delivery failed", map[string]string{"channel": "webhook", "level": "error", "status": "500"})
 			}
 
@@ -264,8 +270,11 @@ func TestDeliveryFaults(t *testing.T) {
 			if g := ourGoroutines(t, c); g != "" {
 				t.Fatalf("goroutines of the plugin are still running after its app stopped:\n%s", g)
 			}
-			if hook.hang {
-				l := c.waitLog(t, "break-glass delivery failed", map[string]string{"channel": "webhook", "level": "error", "error": "canceled"})
+			if hang {
+				canceled := func() bgtest.Logs {
+					return c.logs().Where(func(l map[string]any) bool { return strings.Contains(fmt.Sprint(l["error"]), "canceled") })
+				}
+				l := bgtest.WaitLog(t, canceled, "break-glass delivery failed", map[string]string{"channel": "webhook", "level": "error"})
 				t.Logf("the hanging webhook POST ended %v after the login: %v", time.Since(start).Round(time.Millisecond), l["error"])
 			}
 		})
@@ -307,13 +316,13 @@ func goroutineDump(t *testing.T, c *caddy) string {
 // Scenario 7: one alert mail per recipient and the webhook's JSON.
 func TestAlertsReachEveryChannel(t *testing.T) {
 	mp := startMailpit(t, mailpitOptions{})
-	hook := startWebhook(t, 204, false)
+	hook := bgtest.StartWebhook(t)
 	s := defaultSite(mp)
 	s.webhook = hook.URL + "/break-glass"
 	c := startCaddy(t, s.caddyfile(), "caddyfile")
-	newClient(t, c.base, "127.0.0.2").signIn("/admin/", mp, map[string]bool{})
+	signIn(t, newClient(t, c.base, "127.0.0.2"), mp, map[string]bool{})
 
-	ev := hook.waitEvent(t)
+	ev := hook.Wait(t, 1)[0].JSON
 	for k, want := range map[string]string{"event": "break_glass_login", "ip": "127.0.0.2", "severity": "critical"} {
 		if ev[k] != want {
 			t.Errorf("webhook %s = %v, want %q", k, ev[k], want)
