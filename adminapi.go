@@ -108,11 +108,13 @@ func (hr *handlerRegistry) all() []*Handler {
 	return slices.Clone(hr.list)
 }
 
-// identities groups the app's handlers by credential.
-func (a *App) identities() map[string]*Handler {
-	out := map[string]*Handler{}
+// identities are the accounts of every handler, by credential scope.
+func (a *App) identities() map[string]*account {
+	out := map[string]*account{}
 	for _, h := range a.handlers.all() {
-		out[h.account.scope] = h
+		for _, acc := range h.accounts {
+			out[acc.scope] = acc
+		}
 	}
 	return out
 }
@@ -156,8 +158,8 @@ func handleStatus(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	var ids []identityStatus
-	for scope, h := range a.identities() {
-		st := identityStatus{Email: h.account.email, Sessions: a.state.sessions.active(scope)}
+	for scope, acc := range a.identities() {
+		st := identityStatus{Email: acc.email, Sessions: a.state.sessions.active(scope)}
 		if n, exp := a.state.codes.pendingFor(scope); n > 0 {
 			st.CodePending, st.CodesPending, st.CodeExpires = true, n, &exp
 		}
@@ -259,8 +261,8 @@ func handleRevoke(w http.ResponseWriter, r *http.Request) error {
 	ended, matched := 0, 0
 	var errs []error
 	revoked := map[string]bool{}
-	for scope, h := range a.identities() {
-		if req.Email != "" && h.account.identity != normalizeEmail(req.Email) {
+	for scope, acc := range a.identities() {
+		if req.Email != "" && acc.identity != normalizeEmail(req.Email) {
 			continue
 		}
 		matched++
@@ -269,9 +271,9 @@ func handleRevoke(w http.ResponseWriter, r *http.Request) error {
 		ended += n
 		errs = append(errs, err)
 	}
-	a.auditAll(revoked, auditRecord{Event: auditRevoke, Detail: fmt.Sprintf("sessions issued until now ended, from the admin API (%s)", r.RemoteAddr)})
+	a.auditAll(revoked, auditRecord{Event: auditRevoke, Email: req.Email, Detail: fmt.Sprintf("sessions issued until now ended, from the admin API (%s)", r.RemoteAddr)})
 	if req.Email != "" && matched == 0 {
-		return apiError(http.StatusNotFound, "no break_glass handler has the email %q", req.Email)
+		return apiError(http.StatusNotFound, "no break_glass account has the email %q", req.Email)
 	}
 	if err := errors.Join(errs...); err != nil {
 		return apiError(http.StatusServiceUnavailable, "ended here, but not written to storage: %v", err)
@@ -286,7 +288,7 @@ func handleRevoke(w http.ResponseWriter, r *http.Request) error {
 func (a *App) auditAll(scopes map[string]bool, rec auditRecord) {
 	done := map[*auditLog]bool{}
 	for _, h := range a.handlers.all() {
-		if h.auditLog == nil || done[h.auditLog] || (scopes != nil && !scopes[h.account.scope]) {
+		if h.auditLog == nil || done[h.auditLog] || (scopes != nil && !slices.ContainsFunc(h.accounts, func(acc *account) bool { return scopes[acc.scope] })) {
 			continue
 		}
 		done[h.auditLog] = true

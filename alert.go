@@ -27,7 +27,9 @@ type alertEvent struct {
 	Severity  string `json:"severity"`
 	Message   string `json:"message"`
 	Email     string `json:"email"`
-	Host      string `json:"host"`
+	// Account is the account concerned (its email, as Email): who came in.
+	Account string `json:"account,omitempty"`
+	Host    string `json:"host"`
 	// Reason is what the operator typed in the login form's reason field.
 	Reason string `json:"reason,omitempty"`
 	// AuditHead is the SHA-256 of the audit log's last line once this
@@ -91,7 +93,7 @@ func newEvent(name, identity, ip, host, reason string, at time.Time) alertEvent 
 		msg += ". Reason: " + reason
 	}
 	return alertEvent{Event: name, IP: ip, Timestamp: ts, Severity: severityOf(name), Message: msg,
-		Email: identity, Host: host, Reason: reason, at: at}
+		Email: identity, Account: identity, Host: host, Reason: reason, at: at}
 }
 
 // drillEvent is the alert of a drill: a test, no one signed in.
@@ -125,7 +127,7 @@ func alertMail(to string, ev alertEvent) mailMessage {
 	}
 	c := mailContent{Heading: wd.heading, Advice: wd.advice, Info: ev.Severity == "info",
 		Subject: fmt.Sprintf(wd.subject, ev.Host, ev.IP)}
-	c.row("Identity", ev.Email)
+	c.row("Account", ev.Email)
 	if ev.IP != "" {
 		c.row("Client IP", ev.IP)
 	}

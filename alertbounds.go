@@ -145,6 +145,7 @@ func (ev alertEvent) clean() alertEvent {
 	ev.Severity = safeToken(ev.Severity)
 	ev.Message = clip(cleanText(ev.Message), maxMessageRunes, runeUnit)
 	ev.Email = safeEmail(ev.Email)
+	ev.Account = safeEmail(ev.Account)
 	ev.Host = safeHost(ev.Host)
 	ev.Reason = safeReason(ev.Reason)
 	ev.AuditHead = clip(cleanText(ev.AuditHead), maxAuditHeadBytes, byteUnit)

@@ -6,8 +6,6 @@ package breakglass
 
 import (
 	"context"
-	"crypto/sha256"
-	"crypto/subtle"
 	"errors"
 	"fmt"
 	"math"
@@ -38,12 +36,19 @@ type attempt struct {
 	client netip.Addr
 	key    netip.Addr // the client's key in the limiter
 	flow   string     // from the flow cookie; "" if none
-	log    *zap.Logger
+	// acc is the account the flow's code was issued to: a flow made at a
+	// right password ends in that account's scope (see newFlowID).
+	acc *account
+	log *zap.Logger
 }
 
 func (h *Handler) newAttempt(r *http.Request, client netip.Addr) *attempt {
-	return &attempt{h: h, r: r, client: client, key: limiterKey(client), flow: h.flowFrom(r),
+	a := &attempt{h: h, r: r, client: client, key: limiterKey(client), flow: h.flowFrom(r),
 		log: h.logger.With(zap.String("client_ip", client.String()))}
+	if _, scope, ok := strings.Cut(a.flow, "."); ok {
+		a.acc = h.byScope[scope]
+	}
+	return a
 }
 
 // run serves the flow. w is only for bounding the form's size.
@@ -85,8 +90,10 @@ func (a *attempt) run(w http.ResponseWriter, loggedOut bool) outcome {
 	case "code":
 		return a.code()
 	case "restart":
-		if err := h.state.codes.cancel(h.account.scope, a.flow); err != nil {
-			return a.unavailable(err)
+		if a.acc != nil {
+			if err := h.state.codes.cancel(a.acc.scope, a.flow); err != nil {
+				return a.unavailable(err)
+			}
 		}
 		return a.back()
 	default:
@@ -98,13 +105,15 @@ func (a *attempt) run(w http.ResponseWriter, loggedOut bool) outcome {
 // browser, else the login form.
 func (a *attempt) show(loggedOut bool) outcome {
 	h := a.h
-	if exp, ok := h.state.codes.pending(h.account.scope, a.flow, a.client); ok {
-		return a.codePage(http.StatusOK, exp, "")
+	if a.acc != nil {
+		if exp, ok := h.state.codes.pending(a.acc.scope, a.flow, a.client); ok {
+			return a.codePage(http.StatusOK, exp, "")
+		}
 	}
-	if spent, err := h.spent(); err != nil {
+	if spent, err := h.allSpent(); err != nil {
 		return a.unavailable(err)
 	} else if spent {
-		return a.spentPage()
+		return a.spentPage(nil)
 	}
 	a.log.Debug("break-glass login page served")
 	o := a.loginPage(http.StatusUnauthorized)
@@ -123,7 +132,7 @@ func (a *attempt) password() outcome {
 	h, form := a.h, a.r.PostForm
 	email := form.Get("email")
 	pw := []byte(form.Get("password"))
-	acc, hash := h.lookup(email)
+	acc := h.lookup(email)
 	tooLong := len(pw) > bcryptMaxPassword
 	if tooLong {
 		pw = pw[:bcryptMaxPassword]
@@ -135,10 +144,10 @@ func (a *attempt) password() outcome {
 		o.page.Email, o.page.Reason, o.page.Error = email, reason, msg
 		return o
 	}
-	if spent, err := h.spent(); err != nil {
+	if spent, err := h.allSpent(); err != nil {
 		return a.unavailable(err)
 	} else if spent {
-		return a.spentPage()
+		return a.spentPage(nil)
 	}
 	// Claim the attempt before hashing, so that attempts sent in parallel
 	// cannot add up to more than max_attempts; then wait for a hashing slot,
@@ -149,7 +158,8 @@ func (a *attempt) password() outcome {
 	}
 	settled := false
 	defer a.settleOnPanic(attemptPassword, &settled)
-	if !h.app.acquireHash(a.r.Context(), c.failures) {
+	mem := h.hashMemory()
+	if !h.app.acquireHash(a.r.Context(), c.failures, mem) {
 		settled = true
 		if _, _, err := a.settle(attemptPassword, chargeNone); err != nil {
 			return a.unavailable(err)
@@ -158,8 +168,8 @@ func (a *attempt) password() outcome {
 			http.StatusServiceUnavailable, 2, "Busy",
 			"Too many sign-in attempts are being checked right now. Wait a moment and try again; this did not count as a failed attempt.")
 	}
-	defer h.app.releaseHash()
-	if err := h.compare(hash, pw); err != nil || acc == nil || tooLong {
+	defer h.app.releaseHash(mem)
+	if !h.checkPassword(acc, pw) || tooLong {
 		settled = true
 		remaining, lockedUntil, err := a.settle(attemptPassword, chargeFailed)
 		if err != nil {
@@ -173,11 +183,20 @@ func (a *attempt) password() outcome {
 		o.page.Error = fmt.Sprintf("Wrong email or password. %s left before this address is locked out.", plural(remaining, "attempt"))
 		return o
 	}
+	// Only now, the password being right, may the page say the account is
+	// spent: before, it would tell which emails have an account.
+	if spent, err := h.spent(acc); err != nil || spent {
+		settled = true
+		if _, _, serr := a.settle(attemptPassword, chargeNone); serr != nil || err != nil {
+			return a.unavailable(errors.Join(err, serr))
+		}
+		return a.spentPage(acc)
+	}
 	code, err := newCode()
 	if err != nil {
 		return outcome{err: err}
 	}
-	flow := newFlowID()
+	flow := newFlowID() + "." + acc.scope
 	// The code is charged to the client (codes per client and window) and
 	// to the credential (codes per credential and window).
 	exp, perr := h.state.codes.put(acc.scope, code, flow, a.client, time.Duration(h.app.CodeTTL), reason, h.app.codeLim)
@@ -191,12 +210,12 @@ func (a *attempt) password() outcome {
 	}
 	if perr != nil {
 		lim := h.app.codeLim
-		return a.refuse(event{kind: evCredentialCodes, account: acc.email,
+		return a.refuse(event{kind: evCredentialCodes, acc: acc,
 			fields: []zap.Field{zap.Int("codes_per_window", lim.perCredential), zap.Duration("window", lim.window)}},
 			http.StatusTooManyRequests, int(math.Ceil(lim.window.Seconds())), "Too many codes",
 			"The password is right, but this break-glass account has been sent as many codes as it may in a short time. If that was not you, someone else has the password: tell your security team. Try again later.")
 	}
-	a.record(event{kind: evCodeIssued, account: acc.email, reason: reason, fields: []zap.Field{zap.Time("code_expires", exp)}})
+	a.record(event{kind: evCodeIssued, acc: acc, reason: reason, fields: []zap.Field{zap.Time("code_expires", exp)}})
 	if h.DevLogCode {
 		a.log.Warn("break-glass code (dev_log_code)", zap.String("email", acc.email), zap.String("code", code), zap.Time("code_expires", exp))
 	}
@@ -208,37 +227,26 @@ func (a *attempt) password() outcome {
 	return a.back(h.flowCookieFor(a.r, flow))
 }
 
-// lookup finds the account of an email in constant time; an unknown email
-// gets the fake hash, so that it costs what a wrong password costs.
-func (h *Handler) lookup(email string) (*account, []byte) {
-	digest := sha256.Sum256([]byte(normalizeEmail(email)))
-	acc := h.account
-	if subtle.ConstantTimeCompare(digest[:], acc.digest[:]) == 1 {
-		return acc, acc.hash
-	}
-	return nil, acc.fakeHash
-}
-
 // code checks the emailed (or TOTP) code. Every code that does not sign in
 // counts as a failed attempt for the client.
 func (a *attempt) code() outcome {
-	h, acc := a.h, a.h.account
+	h, acc := a.h, a.acc
 	code := strings.ReplaceAll(strings.TrimSpace(a.r.PostForm.Get("code")), " ", "")
 	// Without a code pending for this browser and client there is nothing
 	// to guess: the post costs nothing and is not tracked, so that such
 	// posts can never fill the limiter.
+	if acc == nil {
+		return a.noCode()
+	}
 	if _, ok := h.state.codes.pending(acc.scope, a.flow, a.client); !ok {
-		a.record(event{kind: evNoCode})
-		o := a.loginPage(http.StatusUnauthorized)
-		o.page.Error = "That code is no longer valid (expired, already used, or too many wrong tries). Sign in again."
-		return o
+		return a.noCode()
 	}
 	if _, refused, ok := a.claim(attemptCode); !ok {
 		return refused
 	}
 	settled := false
 	defer a.settleOnPanic(attemptCode, &settled)
-	res, reason, verr := h.state.codes.verify(acc.scope, a.flow, a.client, code, h.totpCheck())
+	res, reason, verr := h.state.codes.verify(acc.scope, a.flow, a.client, code, h.totpCheck(acc))
 	settled = true
 	charge := chargeNone
 	if verr == nil && res != codeOK {
@@ -266,6 +274,15 @@ func (a *attempt) code() outcome {
 		o.page.Error = fmt.Sprintf("That code is no longer valid (expired, already used, or too many wrong tries). Sign in again. %s left.", plural(remaining, "attempt"))
 		return o
 	}
+}
+
+// noCode answers a code posted with no code pending for this browser and
+// client.
+func (a *attempt) noCode() outcome {
+	a.record(event{kind: evNoCode})
+	o := a.loginPage(http.StatusUnauthorized)
+	o.page.Error = "That code is no longer valid (expired, already used, or too many wrong tries). Sign in again."
+	return o
 }
 
 // failed records a failure the limiter has counted; when that failure
@@ -326,14 +343,24 @@ func (a *attempt) settleOnPanic(kind attemptKind, settled *bool) {
 	}
 }
 
-// spent reports whether the credential has had its max_uses logins.
-func (h *Handler) spent() (bool, error) {
-	acc := h.account
+// spent reports whether an account has had its max_uses logins.
+func (h *Handler) spent(acc *account) (bool, error) {
 	if acc.maxUses == 0 {
 		return false, nil
 	}
 	n, err := h.app.uses.count(acc.credential)
 	return n >= acc.maxUses, err
+}
+
+// allSpent reports whether every account has had its max_uses logins: the
+// door is then closed to all, and may say so before any password.
+func (h *Handler) allSpent() (bool, error) {
+	for _, acc := range h.accounts {
+		if spent, err := h.spent(acc); err != nil || !spent {
+			return false, err
+		}
+	}
+	return true, nil
 }
 
 // cleanReason trims the reason and makes it one clean line (see cleanText).
@@ -369,21 +396,21 @@ func (a *attempt) signIn(acc *account, reason string) outcome {
 			return a.unavailable(err)
 		}
 		if !ok {
-			a.record(event{kind: evCredentialUsedUp, account: acc.email, reason: reason, detail: "credential spent"})
-			return a.spentPage()
+			a.record(event{kind: evCredentialUsedUp, acc: acc, reason: reason, detail: "credential spent"})
+			return a.spentPage(acc)
 		}
 		uses = n
 	}
 	if h.RequireAlert {
 		// The alert must cover this login: its head is that of a line
 		// written for it.
-		if !a.record(event{kind: evLoginPending, account: acc.email, reason: reason, detail: "waiting for an alert channel to confirm (require_alert)"}) {
+		if !a.record(event{kind: evLoginPending, acc: acc, reason: reason, detail: "waiting for an alert channel to confirm (require_alert)"}) {
 			if uses > 0 {
 				if err := h.app.uses.release(acc.credential); err != nil {
 					a.log.Error("break-glass: giving back the use of a refused login", zap.Error(err))
 				}
 			}
-			a.record(event{kind: evLoginUnalerted, account: acc.email, reason: reason, detail: "no alert channel confirmed delivery",
+			a.record(event{kind: evLoginUnalerted, acc: acc, reason: reason, detail: "no alert channel confirmed delivery",
 				fields: []zap.Field{zap.Duration("waited_up_to", requireAlertWait)}})
 			o := a.message(http.StatusServiceUnavailable, "", "Access refused: nobody could be told",
 				"Your password and code were right, but this break-glass login must alert the security team first, and no alert channel (email or webhook) confirmed delivery. No session was started. Try again in a moment, or reach your security team another way.")
@@ -401,22 +428,22 @@ func (a *attempt) signIn(acc *account, reason string) outcome {
 	s := session{ID: id, Issued: t, Expires: t.Add(ttl), Client: a.client, Scope: acc.scope}
 	cookie := h.cookie(a.r, h.names(a.r).session, h.state.sessions.encode(s), int(math.Ceil(ttl.Seconds())))
 	h.state.sessions.track(s)
-	a.record(event{kind: evLogin, account: acc.email, reason: reason, alerted: h.RequireAlert,
+	a.record(event{kind: evLogin, acc: acc, reason: reason, alerted: h.RequireAlert,
 		detail: "session until " + s.Expires.UTC().Format(time.RFC3339), fields: []zap.Field{zap.Time("session_expires", s.Expires)}})
 	if acc.maxUses > 0 && uses >= acc.maxUses {
-		a.record(event{kind: evSpent, account: acc.email, reason: reason, detail: fmt.Sprintf("after %d uses", uses),
+		a.record(event{kind: evSpent, acc: acc, reason: reason, detail: fmt.Sprintf("after %d uses", uses),
 			fields: []zap.Field{zap.Int("max_uses", acc.maxUses)}})
 	}
 	return a.back(cookie, h.flowCookieFor(a.r, ""))
 }
 
 // logout revokes the session server-side, so a replayed cookie stops working.
-func (a *attempt) logout(s session) outcome {
+func (a *attempt) logout(acc *account, s session) outcome {
 	h := a.h
 	if err := h.state.revoke(s); err != nil {
 		a.log.Error("break-glass logout not written to storage: other instances accept the session until it expires", zap.Error(err))
 	}
-	a.record(event{kind: evLogout, account: h.account.email})
+	a.record(event{kind: evLogout, acc: acc})
 	o := a.loginPage(http.StatusOK)
 	o.cookies = append(o.cookies, h.cookie(a.r, h.names(a.r).session, "", -1))
 	o.page.Notice = "You are signed out."

@@ -373,9 +373,6 @@ func (h *Handler) audit(rec auditRecord) string {
 	if h.auditLog == nil {
 		return ""
 	}
-	if rec.Email == "" {
-		rec.Email = h.account.email
-	}
 	head, err := h.auditLog.write(rec)
 	if err != nil {
 		h.logger.Error("break-glass: writing the audit log", zap.String("audit_log", h.auditPath), zap.String("event", rec.Event), zap.Error(err))

@@ -6,6 +6,8 @@ package breakglass
 import (
 	"strconv"
 
+	"github.com/dustin/go-humanize"
+
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
@@ -28,8 +30,15 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 // UnmarshalCaddyfile sets up the handler from Caddyfile tokens:
 //
 //	break_glass [<matcher>] {
-//		email <address>
-//		hash <bcrypt hash>
+//		account <address> {
+//			hash <bcrypt or argon2id hash>
+//			totp_secret <base32>
+//			max_uses <n>
+//			sentinel_id <id>
+//		}
+//		email <address>            # or, for one account:
+//		hash <hash>                # email and hash (totp_secret, max_uses,
+//		sentinel_id <id>           # sentinel_id) at the top
 //		allowed_ips <ip|cidr...>
 //		alert_emails [<address...>]
 //		alert_webhook <url> {
@@ -61,6 +70,16 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if err := oneArg(d, &h.Hash); err != nil {
 				return err
 			}
+		case "sentinel_id":
+			if err := oneArg(d, &h.SentinelID); err != nil {
+				return err
+			}
+		case "account":
+			acc, err := unmarshalAccount(d)
+			if err != nil {
+				return err
+			}
+			h.Accounts = append(h.Accounts, acc)
 		case "allowed_ips":
 			ips := d.RemainingArgs()
 			if len(ips) == 0 {
@@ -177,6 +196,16 @@ func parseGlobalOption(d *caddyfile.Dispenser, existing any) (any, error) {
 			if err := countArg(d, &app.MaxConcurrentHashes); err != nil {
 				return nil, err
 			}
+		case "max_hash_memory":
+			var v string
+			if err := oneArg(d, &v); err != nil {
+				return nil, err
+			}
+			n, err := humanize.ParseBytes(v)
+			if err != nil || n == 0 || n > 1<<40 {
+				return nil, d.Errf("max_hash_memory: %q: must be a size such as 256MiB", v)
+			}
+			app.MaxHashMemory = int64(n)
 		case "max_tracked_clients":
 			if err := countArg(d, &app.MaxTrackedClients); err != nil {
 				return nil, err
@@ -290,6 +319,41 @@ func oneArg(d *caddyfile.Dispenser, dst *string) error {
 		return d.Errf("%s: takes one value, got more", name)
 	}
 	return nil
+}
+
+// unmarshalAccount reads `account <email> { hash …; totp_secret …; max_uses
+// …; sentinel_id … }`.
+func unmarshalAccount(d *caddyfile.Dispenser) (AccountConfig, error) {
+	var c AccountConfig
+	if !d.NextArg() {
+		return c, d.Errf("account: needs the account's email")
+	}
+	c.Email = d.Val()
+	if d.NextArg() {
+		return c, d.Errf("account %s: takes one email, then a block", c.Email)
+	}
+	for nest := d.Nesting(); d.NextBlock(nest); {
+		var err error
+		switch d.Val() {
+		case "hash":
+			err = oneArg(d, &c.Hash)
+		case "totp_secret":
+			err = oneArg(d, &c.TOTPSecret)
+		case "max_uses":
+			err = countArg(d, &c.MaxUses)
+		case "sentinel_id":
+			err = oneArg(d, &c.SentinelID)
+		default:
+			err = d.Errf("account %s: unknown option %q (hash, totp_secret, max_uses, sentinel_id)", c.Email, d.Val())
+		}
+		if err != nil {
+			return c, err
+		}
+	}
+	if c.Hash == "" {
+		return c, d.Errf("account %s: needs a hash", c.Email)
+	}
+	return c, nil
 }
 
 // countArg reads one whole number of at least 1.

@@ -70,8 +70,9 @@ type drillTask struct {
 	send   func(ctx context.Context) error
 }
 
-// drillTasks lists what a drill sends: for each handler, a code mail to its
-// email and a drill alert to each of its alert channels. The same delivery
+// drillTasks lists what a drill sends: for each account of each handler, a
+// code mail to its email and a drill alert to each of the handler's alert
+// channels. The same delivery
 // configured on several handlers is made once.
 func (a *App) drillTasks(host string, at time.Time) []drillTask {
 	var tasks []drillTask
@@ -83,20 +84,22 @@ func (a *App) drillTasks(host string, at time.Time) []drillTask {
 		}
 	}
 	for _, h := range a.handlers.all() {
-		res := drillResult{Email: h.account.email, Channel: "code_email", Target: h.account.email}
-		key := fmt.Sprintf("code %p %s", h.mailer, h.account.email)
-		if h.mailer == nil {
-			add(drillTask{result: res, key: key, send: func(context.Context) error {
-				return errors.New("no smtp configured: codes only go to the log (dev_log_code)")
-			}})
-		} else {
-			msg := drillCodeMail(h.account.email, host, at)
-			add(drillTask{result: res, key: key, send: func(ctx context.Context) error { return h.mailer.send(ctx, msg) }})
-		}
-		ev := drillEvent(h.account.email, host, at)
-		for _, c := range h.alerts.channels() {
-			add(drillTask{result: drillResult{Email: h.account.email, Channel: c.kind, Target: c.target}, key: h.account.email + " " + c.key,
-				send: func(ctx context.Context) error { return c.send(ctx, ev) }})
+		for _, acc := range h.accounts {
+			res := drillResult{Email: acc.email, Channel: "code_email", Target: acc.email}
+			key := fmt.Sprintf("code %p %s", h.mailer, acc.email)
+			if h.mailer == nil {
+				add(drillTask{result: res, key: key, send: func(context.Context) error {
+					return errors.New("no smtp configured: codes only go to the log (dev_log_code)")
+				}})
+			} else {
+				msg := drillCodeMail(acc.email, host, at)
+				add(drillTask{result: res, key: key, send: func(ctx context.Context) error { return h.mailer.send(ctx, msg) }})
+			}
+			ev := drillEvent(acc.email, host, at)
+			for _, c := range h.alerts.channels() {
+				add(drillTask{result: drillResult{Email: acc.email, Channel: c.kind, Target: c.target}, key: acc.email + " " + c.key,
+					send: func(ctx context.Context) error { return c.send(ctx, ev) }})
+			}
 		}
 	}
 	return tasks

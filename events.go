@@ -143,12 +143,12 @@ func eventNames() []string {
 // event is one thing that happened to an attempt.
 type event struct {
 	kind eventKind
-	// account is the email of the account concerned, once it is known
-	// (never the email a client typed).
-	account string
-	reason  string // what the operator typed as the reason
-	detail  string // for the audit line
-	err     error  // what went wrong, for the log
+	// acc is the account concerned, once it is known (never from the
+	// email a client typed, unless its password matched).
+	acc    *account
+	reason string // what the operator typed as the reason
+	detail string // for the audit line
+	err    error  // what went wrong, for the log
 	// alerted marks an event whose alert already went (a login whose
 	// pending line was confirmed under require_alert).
 	alerted bool
@@ -161,10 +161,14 @@ type event struct {
 // event must be confirmed (require_alert), was delivered by a channel.
 func (a *attempt) record(e event) (confirmed bool) {
 	h, spec, t := a.h, &events[e.kind], now()
+	email := ""
+	if e.acc != nil {
+		email = e.acc.email
+	}
 	if ce := a.log.Check(spec.level, spec.msg); ce != nil {
 		fields := e.fields
-		if e.account != "" {
-			fields = append(fields, zap.String("email", e.account))
+		if email != "" {
+			fields = append(fields, zap.String("email", email))
 		}
 		if spec.failure != "" {
 			fields = append(fields, zap.String("reason", spec.failure))
@@ -179,9 +183,12 @@ func (a *attempt) record(e event) (confirmed bool) {
 	if spec.metric != nil {
 		spec.metric(t)
 	}
+	if email != "" && spec.name != "" {
+		metricAccountEvents.WithLabelValues(email, spec.name).Inc()
+	}
 	var head string
 	if spec.audit != "" {
-		head = h.audit(auditRecord{Event: spec.audit, Client: a.client.String(), Reason: e.reason, Detail: e.detail})
+		head = h.audit(auditRecord{Event: spec.audit, Email: email, Client: a.client.String(), Reason: e.reason, Detail: e.detail})
 	}
 	confirmed = true
 	host := ""
@@ -193,16 +200,20 @@ func (a *attempt) record(e event) (confirmed bool) {
 		alert = &events[spec.alertAs]
 	}
 	if alert.severity != "" && !e.alerted && (alert.alertOn == "" || h.alerts.on[alert.alertOn]) {
-		ev := newEvent(alert.name, h.account.email, a.client.String(), host, e.reason, t)
+		ev := newEvent(alert.name, email, a.client.String(), host, e.reason, t)
 		ev.AuditHead = head
 		if spec.confirm {
 			confirmed = h.alerts.confirm(ev, a.log)
 		} else {
-			h.alerts.bounded(ev, alert, h.account.scope, a.log)
+			scope := ""
+			if e.acc != nil {
+				scope = e.acc.scope
+			}
+			h.alerts.bounded(ev, alert, scope, a.log)
 		}
 	}
 	if spec.name != "" {
-		h.emit(spec, a.client, host, e)
+		h.emit(spec, a.client, host, email, e)
 	}
 	return confirmed
 }
@@ -253,11 +264,11 @@ func heldBackNote(l alertLimit, held int, what string, since time.Time) string {
 // emit puts an event on Caddy's event bus, for `events { on <name> … }`,
 // with the client, account, host and reason as its data. Handlers run
 // synchronously, as for every Caddy event.
-func (h *Handler) emit(spec *eventSpec, client netip.Addr, host string, e event) {
+func (h *Handler) emit(spec *eventSpec, client netip.Addr, host, account string, e event) {
 	if h.events == nil || !h.events.ShouldEmit(spec.name) {
 		return
 	}
-	data := map[string]any{"client": client.String(), "account": e.account, "host": host}
+	data := map[string]any{"client": client.String(), "account": account, "host": host}
 	if e.reason != "" {
 		data["reason"] = e.reason
 	}

@@ -19,18 +19,28 @@ import (
 // allowed_ips is refused (403). A request with a valid break-glass session
 // goes on to the next handler, with the http.auth.user.* placeholders set.
 // Any other request gets the login page; a right email and password send a
-// 6-digit code to the break-glass email; the right code starts a session and
+// 6-digit code to that account's email; the right code starts a session and
 // alerts every alert channel.
 type Handler struct {
-	// The break-glass identity: the email address an operator types, and the
-	// address the codes are sent to. Required. Placeholders are resolved at
-	// load.
+	// The break-glass accounts, one per person who holds a way in (at least
+	// two, held by different people, is what emergency-access practice
+	// asks). Each has its email, hash, and optionally its totp_secret,
+	// max_uses and sentinel_id. Instead of accounts, email and hash (and
+	// totp_secret, max_uses, sentinel_id) at the top make one account.
+	Accounts []AccountConfig `json:"accounts,omitempty"`
+
+	// The one account's email address: what the operator types, and where
+	// codes go. Placeholders are resolved at load.
 	Email string `json:"email,omitempty"`
 
-	// The bcrypt hash of the break-glass password, e.g. from
-	// `caddy hash-password`. Required. Placeholders ({env.*}, {file.*}) are
-	// resolved at load. A base64-encoded hash is accepted too.
+	// The one account's password hash, as `caddy hash-password` prints it
+	// (bcrypt or argon2id), or base64-encoded. Placeholders ({env.*},
+	// {file.*}) are resolved at load.
 	Hash string `json:"hash,omitempty"`
+
+	// The one account's {http.auth.user.sentinel_id} (see AccountConfig).
+	// Default: "0".
+	SentinelID string `json:"sentinel_id,omitempty"`
 
 	// The clients that may use this login: exact IPs and CIDRs. The client
 	// is the connection's address, or the client behind a proxy listed in
@@ -68,7 +78,7 @@ type Handler struct {
 	// hold up a login.
 	RequireAlert bool `json:"require_alert,omitempty"`
 
-	// A base32 TOTP secret (RFC 6238: SHA-1, 6 digits, 30 s), e.g.
+	// The one account's base32 TOTP secret (RFC 6238: SHA-1, 6 digits, 30 s), e.g.
 	// {env.BREAK_GLASS_TOTP}: the code page then also accepts the current
 	// authenticator code, each time step once, so that access still works
 	// when mail is down. Make one with `caddy break-glass totp`.
@@ -80,8 +90,9 @@ type Handler struct {
 	// Check it with `caddy break-glass verify-audit <path>`.
 	AuditLog string `json:"audit_log,omitempty"`
 
-	// After this many successful logins with the configured hash, the hash
-	// stops working until it is changed. Default: 0, unlimited.
+	// The one account's max_uses: after this many successful logins with
+	// its hash, the hash stops working until it is changed. Default: 0,
+	// unlimited.
 	MaxUses int `json:"max_uses,omitempty"`
 
 	// The mail transport of this handler; replaces the app's smtp.
@@ -103,13 +114,16 @@ type Handler struct {
 	// be tried without a mail server.
 	DevLogCode bool `json:"dev_log_code,omitempty"`
 
-	app    *App
-	state  *state
-	logger *zap.Logger
-	ctx    caddy.Context
-	events *caddyevents.App // Caddy's event bus (nil in unit tests)
-	// account is the credential of email, hash and totp_secret.
-	account      *account
+	app      *App
+	state    *state
+	logger   *zap.Logger
+	ctx      caddy.Context
+	events   *caddyevents.App // Caddy's event bus (nil in unit tests)
+	accounts []*account
+	byScope  map[string]*account // the accounts by their scope
+	// classes are the kinds of hash the accounts use, each once: every
+	// sign-in compares one hash of each (see checkPassword).
+	classes      []*hashClass
 	allow        []netip.Prefix
 	alerts       alerts
 	auditLog     *auditLog
@@ -121,8 +135,8 @@ type Handler struct {
 	// path is /), made once so that the pass-through path allocates none.
 	plainNames, tlsNames cookieNames
 
-	// compare checks a password against a bcrypt hash; tests replace it to
-	// count comparisons.
+	// compare checks a password against a hash (compareHash); tests
+	// replace it to count comparisons.
 	compare func(hash, password []byte) error
 }
 
@@ -153,22 +167,27 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	logout := isLogout(r)
 	if value, ok := cookieValue(r.Header, h.names(r).session); ok {
 		// The path of every request of a signed-in operator: one cookie, one
-		// HMAC, three placeholders. It allocates only what the placeholders
-		// and the cookie stripping need.
-		_, issued, _, err := h.state.sessions.check(value, client, h.account.scope)
+		// HMAC, one map lookup, four placeholders. It allocates only what
+		// the placeholders and the cookie stripping need.
+		_, issued, scope, _, err := h.state.sessions.open(value, client)
+		acc := h.byScope[scope]
+		if err == nil && acc == nil {
+			err = errSessionScope
+		}
 		if err == nil {
 			if logout {
-				if s, err := h.state.sessions.verify(value, client, h.account.scope); err == nil {
-					return h.respond(w, r, h.newAttempt(r, client).logout(s))
+				if s, err := h.state.sessions.verify(value, client, scope); err == nil {
+					return h.respond(w, r, h.newAttempt(r, client).logout(acc, s))
 				}
 			}
 			repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
-			repl.Set("http.auth.user.id", h.account.emailValue)
+			repl.Set("http.auth.user.id", acc.emailValue)
+			repl.Set("http.auth.user.sentinel_id", acc.sentinelValue)
 			repl.Set("http.auth.user.break_glass", "true")
 			repl.Set("http.auth.user.authenticated_at", issued)
 			stripOwnCookies(r.Header)
 			if h.auditLog != nil {
-				return h.serveAudited(w, r, client.String(), next)
+				return h.serveAudited(w, r, client.String(), acc, next)
 			}
 			return next.ServeHTTP(w, r)
 		}
@@ -210,7 +229,7 @@ func (s *statusRecorder) Write(b []byte) (int, error) {
 
 // serveAudited passes a signed-in request on and writes it to the audit log
 // with its status.
-func (h *Handler) serveAudited(w http.ResponseWriter, r *http.Request, client string, next caddyhttp.Handler) error {
+func (h *Handler) serveAudited(w http.ResponseWriter, r *http.Request, client string, acc *account, next caddyhttp.Handler) error {
 	rec := &statusRecorder{ResponseWriterWrapper: &caddyhttp.ResponseWriterWrapper{ResponseWriter: w}}
 	path := originalURL(r).Path
 	err := next.ServeHTTP(rec, r)
@@ -225,7 +244,7 @@ func (h *Handler) serveAudited(w http.ResponseWriter, r *http.Request, client st
 	} else if status == 0 {
 		status = http.StatusOK
 	}
-	h.audit(auditRecord{Event: auditRequest, Client: client, Method: r.Method, Path: path, Status: status})
+	h.audit(auditRecord{Event: auditRequest, Email: acc.email, Client: client, Method: r.Method, Path: path, Status: status})
 	return err
 }
 

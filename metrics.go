@@ -31,6 +31,10 @@ var (
 		Namespace: "caddy", Subsystem: "break_glass", Name: "lockouts_total",
 		Help: "Clients locked out after max_attempts failures.",
 	})
+	metricAccountEvents = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "caddy", Subsystem: "break_glass", Name: "account_events_total",
+		Help: "Events of a known account (its email, as configured), by event: break_glass_code_issued, break_glass_login, break_glass_logout, …",
+	}, []string{"account", "event"})
 	metricDeliveries = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: "caddy", Subsystem: "break_glass", Name: "deliveries_total",
 		Help: "Mails and webhooks sent, by channel (code_email, alert_email, webhook) and outcome (ok, error, dropped).",
@@ -47,7 +51,7 @@ var (
 		Namespace: "caddy", Subsystem: "break_glass", Name: "last_drill_timestamp_seconds",
 		Help: "When the last break-glass drill in which every channel delivered ran (Unix seconds), as recorded in the config's storage; 0 if none.",
 	}, lastDrillSeconds)
-	allMetrics = []prometheus.Collector{metricAttempts, metricLockouts, metricDeliveries, metricSessions, metricLastSuccess, metricLastDrill}
+	allMetrics = []prometheus.Collector{metricAttempts, metricLockouts, metricAccountEvents, metricDeliveries, metricSessions, metricLastSuccess, metricLastDrill}
 )
 
 // registerMetrics adds the collectors to a config's registry; a collector it

@@ -30,6 +30,9 @@ const (
 	defaultLockout     = 15 * time.Minute
 	defaultCodeTTL     = 10 * time.Minute
 	defaultSessionTTL  = time.Hour
+	// defaultMaxHashMemory lets five argon2id comparisons of Caddy's
+	// default parameters (46 MiB each) run at once.
+	defaultMaxHashMemory = 256 << 20
 )
 
 // App holds what every break_glass handler shares: the limits, the default
@@ -64,6 +67,12 @@ type App struct {
 	// and does not count as a failed attempt. Default: half the CPUs, at
 	// least 1, so that a flood of sign-ins never takes every core.
 	MaxConcurrentHashes int `json:"max_concurrent_hashes,omitempty"`
+
+	// The most memory the password checks running at once may take, in
+	// bytes (Caddyfile: 256MiB). An argon2id comparison takes its hash's m
+	// (Caddy's default: 46 MiB); a bcrypt one a few KiB, counted as none.
+	// A hash that needs more than this is refused at load. Default: 256 MiB.
+	MaxHashMemory int64 `json:"max_hash_memory,omitempty"`
 
 	// How many clients the limiter tracks at once. When full, a new client
 	// is refused (429) until entries expire; a tracked client, locked or
@@ -143,6 +152,9 @@ func (a *App) setup(logger *zap.Logger, st certmagic.Storage) error {
 			return fmt.Errorf("%s: must be at least 1, got %d", n.name, n.val)
 		}
 	}
+	if a.MaxHashMemory < 0 {
+		return fmt.Errorf("max_hash_memory: must be positive, got %d", a.MaxHashMemory)
+	}
 	for _, d := range []struct {
 		name string
 		val  caddy.Duration
@@ -175,7 +187,10 @@ func (a *App) setup(logger *zap.Logger, st certmagic.Storage) error {
 	if a.CodesPerCredential == 0 {
 		a.CodesPerCredential = defaultCodesPerCredential
 	}
-	a.hashes = newHashGate(a.MaxConcurrentHashes)
+	if a.MaxHashMemory == 0 {
+		a.MaxHashMemory = defaultMaxHashMemory
+	}
+	a.hashes = newHashGate(a.MaxConcurrentHashes, a.MaxHashMemory)
 	a.lim = limits{maxAttempts: a.MaxAttempts, window: time.Duration(a.Lockout), codesPerClient: a.CodesPerClient}
 	a.codeLim = codeLimits{perCredential: a.CodesPerCredential, window: time.Duration(a.Lockout)}
 	a.handlers = new(handlerRegistry)
@@ -222,13 +237,14 @@ func (a *App) setup(logger *zap.Logger, st certmagic.Storage) error {
 // hashWait is how long a sign-in waits for a password-checking slot.
 var hashWait = 2 * time.Second
 
-// acquireHash waits up to hashWait for a password-checking slot; a client
+// acquireHash waits up to hashWait for a password-checking slot with mem
+// bytes; a client
 // with fewer failures (prio) is served first.
-func (a *App) acquireHash(ctx context.Context, prio int) bool {
-	return a.hashes.acquire(ctx, prio, hashWait)
+func (a *App) acquireHash(ctx context.Context, prio int, mem int64) bool {
+	return a.hashes.acquire(ctx, prio, mem, hashWait)
 }
 
-func (a *App) releaseHash() { a.hashes.release() }
+func (a *App) releaseHash(mem int64) { a.hashes.release(mem) }
 
 // Start is part of caddy.App; the state's background work is started with
 // the state itself, so that it keeps running across reloads. Once every
@@ -256,8 +272,10 @@ const credentialsKey = storagePrefix + "credentials"
 func (a *App) retireCredentials() {
 	current := map[string][]string{}
 	for _, h := range a.handlers.all() {
-		if !slices.Contains(current[h.account.identity], h.account.scope) {
-			current[h.account.identity] = append(current[h.account.identity], h.account.scope)
+		for _, acc := range h.accounts {
+			if !slices.Contains(current[acc.identity], acc.scope) {
+				current[acc.identity] = append(current[acc.identity], acc.scope)
+			}
 		}
 	}
 	prev, err := a.state.swapCredentials(current)

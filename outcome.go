@@ -74,7 +74,7 @@ func (a *attempt) loginPage(status int) outcome {
 func (a *attempt) codePage(status int, exp time.Time, errMsg string) outcome {
 	p := a.page("code", "Enter your code")
 	p.CSRF = a.h.csrfToken(a.flow)
-	p.TOTP = a.h.account.totpKey != nil
+	p.TOTP = a.acc != nil && a.acc.totpKey != nil
 	p.Expires = formatTime(exp)
 	p.Error = errMsg
 	return outcome{status: status, page: p}
@@ -103,11 +103,16 @@ func (a *attempt) unavailable(err error) outcome {
 		"Break-glass sign-in cannot be checked right now. Try again in a moment; sessions already open keep working.")
 }
 
-// spentPage says the credential has had its max_uses logins.
-func (a *attempt) spentPage() outcome {
+// spentPage says an account (or, with acc nil, every account) has had its
+// max_uses logins.
+func (a *attempt) spentPage(acc *account) outcome {
+	if acc == nil {
+		return a.message(http.StatusForbidden, "", "Credential spent",
+			"Every break-glass credential has been used as many times as it may (max_uses). None works any more: ask your security team to set a new break-glass password.")
+	}
 	return a.message(http.StatusForbidden, "", "Credential spent",
 		fmt.Sprintf("This break-glass credential has been used %s, as many times as it may (max_uses). It no longer works: ask your security team to set a new break-glass password.",
-			plural(a.h.account.maxUses, "time")))
+			plural(acc.maxUses, "time")))
 }
 
 // back sends the browser back to the URL it asked for (303).

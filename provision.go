@@ -5,9 +5,7 @@
 package breakglass
 
 import (
-	"crypto/rand"
 	"crypto/sha256"
-	"encoding/base64"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -22,28 +20,7 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyevents"
 
 	"go.uber.org/zap"
-	"golang.org/x/crypto/bcrypt"
 )
-
-// account is one break-glass credential: who signs in, and with what.
-type account struct {
-	email      string   // as configured: where codes go
-	emailValue any      // email, boxed once for the placeholder
-	identity   string   // normalised email
-	digest     [32]byte // of identity, for a constant-time comparison
-	hash       []byte
-	fakeHash   []byte // of the same cost: what an unknown email is compared with
-	// scope names the credential (email and hash) that sessions and codes
-	// are bound to: a session or code of another handler, or of this one
-	// before its hash was changed, is not accepted.
-	scope string
-	// credential names the same pair without the state's key, so that what
-	// is kept in the config's storage (max_uses counts, the last TOTP step)
-	// outlives a restart of state memory, whose key is new at each start.
-	credential string
-	totpKey    []byte
-	maxUses    int
-}
 
 // Provision resolves secrets and addresses once, checks them, and attaches
 // the shared app and Caddy's event bus.
@@ -64,66 +41,23 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 func (h *Handler) setup(app *App, logger *zap.Logger) error {
 	h.logger, h.app, h.state = logger, app, app.state
 	if h.compare == nil {
-		h.compare = bcrypt.CompareHashAndPassword
+		h.compare = compareHash
 	}
 	repl := caddy.NewReplacer()
-	steps := []func(*caddy.Replacer) error{h.setupAccount, h.setupAllowList, h.setupAlerts, h.setupAudit, h.setupMail, h.setupCookies, h.setupSite}
+	steps := []func(*caddy.Replacer) error{h.setupAccounts, h.setupAllowList, h.setupAlerts, h.setupAudit, h.setupMail, h.setupCookies, h.setupSite}
 	for _, step := range steps {
 		if err := step(repl); err != nil {
 			return err
 		}
 	}
+	if m := h.hashMemory(); m > app.MaxHashMemory {
+		return fmt.Errorf("accounts: an argon2id hash takes %d MiB per comparison, more than max_hash_memory (%d MiB)", m>>20, app.MaxHashMemory>>20)
+	}
 	app.handlers.add(h)
 	if h.DevLogCode {
 		h.logger.Warn("dev_log_code is on: one-time codes will be written to this log; never use it in production",
-			zap.String("email", h.account.email))
+			zap.Int("accounts", len(h.accounts)))
 	}
-	return nil
-}
-
-// setupAccount makes the account of email, hash and totp_secret.
-func (h *Handler) setupAccount(repl *caddy.Replacer) error {
-	if h.Email == "" {
-		return errors.New("email: required")
-	}
-	email, err := resolve(repl, h.Email)
-	if err != nil {
-		return fmt.Errorf("email: %v", err)
-	}
-	addr, err := netmail.ParseAddress(email)
-	if err != nil || addr.Address != email {
-		return fmt.Errorf("email %q: not a plain email address", email)
-	}
-	acc := &account{email: email, emailValue: email, identity: normalizeEmail(email), maxUses: h.MaxUses}
-	acc.digest = sha256.Sum256([]byte(acc.identity))
-	if h.Hash == "" {
-		return errors.New("hash: required (make one with `caddy hash-password`)")
-	}
-	hash, err := resolve(repl, h.Hash)
-	if err != nil {
-		return fmt.Errorf("hash: %v", err)
-	}
-	if acc.hash, err = parseBcrypt(hash); err != nil {
-		return err
-	}
-	if acc.fakeHash, err = fakeHashFor(acc.hash); err != nil {
-		return err
-	}
-	acc.scope = h.state.scopeOf(acc.identity, acc.hash)
-	acc.credential = credentialID(acc.identity, acc.hash)
-	if h.TOTPSecret != "" {
-		sec, err := resolve(repl, h.TOTPSecret)
-		if err != nil {
-			return fmt.Errorf("totp_secret: %v", err)
-		}
-		if acc.totpKey, err = decodeTOTPSecret(sec); err != nil {
-			return err
-		}
-	}
-	if h.MaxUses < 0 {
-		return fmt.Errorf("max_uses: must be at least 1, got %d", h.MaxUses)
-	}
-	h.account = acc
 	return nil
 }
 
@@ -267,41 +201,4 @@ func credentialID(identity string, hash []byte) string {
 
 func normalizeEmail(s string) string {
 	return strings.ToLower(strings.TrimSpace(s))
-}
-
-// parseBcrypt accepts a bcrypt hash as `caddy hash-password` prints it, or
-// base64-encoded. The error never shows the value.
-func parseBcrypt(s string) ([]byte, error) {
-	b := []byte(s)
-	if !strings.HasPrefix(s, "$2") {
-		if dec, err := base64.StdEncoding.DecodeString(s); err == nil {
-			b = dec
-		}
-	}
-	if _, err := bcrypt.Cost(b); err != nil {
-		return nil, errors.New("hash: not a bcrypt hash")
-	}
-	return b, nil
-}
-
-// fakeHashes caches, per cost, a hash of a random password: a wrong email is
-// compared against it so that it costs exactly what a wrong password costs.
-var fakeHashes sync.Map // int → []byte
-
-func fakeHashFor(hash []byte) ([]byte, error) {
-	cost, err := bcrypt.Cost(hash)
-	if err != nil {
-		return nil, err
-	}
-	if v, ok := fakeHashes.Load(cost); ok {
-		return v.([]byte), nil
-	}
-	pw := make([]byte, 32)
-	_, _ = rand.Read(pw) // never fails (crypto/rand)
-	fake, err := bcrypt.GenerateFromPassword(pw, cost)
-	if err != nil {
-		return nil, err
-	}
-	v, _ := fakeHashes.LoadOrStore(cost, fake)
-	return v.([]byte), nil
 }

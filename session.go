@@ -143,9 +143,19 @@ func (st *sessions) encode(s session) string {
 // signature, expiry, binding and revocation. It returns the session's ID and
 // issue time (RFC 3339) as substrings of value, and allocates nothing.
 func (st *sessions) check(value string, client netip.Addr, scope string) (id, issued string, expires int64, err error) {
+	id, issued, got, expires, err := st.open(value, client)
+	if err == nil && got != scope {
+		return "", "", 0, errSessionScope
+	}
+	return id, issued, expires, err
+}
+
+// open is check for any credential: it returns the session's scope too,
+// for the caller to look up.
+func (st *sessions) open(value string, client netip.Addr) (id, issued, scope string, expires int64, err error) {
 	dot := strings.LastIndexByte(value, '.')
 	if dot < 0 || len(value) > maxCookieLen {
-		return "", "", 0, errSessionMalformed
+		return "", "", "", 0, errSessionMalformed
 	}
 	payload, sig := value[:dot], value[dot+1:]
 
@@ -157,7 +167,7 @@ func (st *sessions) check(value string, client netip.Addr, scope string) (id, is
 	sum := sc.mac.Sum(sc.sum[:0])
 	b64.Encode(sc.enc[:], sum)
 	if !equalConstantTime(sc.enc[:b64.EncodedLen(len(sum))], sig) {
-		return "", "", 0, errSessionSignature
+		return "", "", "", 0, errSessionSignature
 	}
 
 	var f [6]string
@@ -165,35 +175,32 @@ func (st *sessions) check(value string, client netip.Addr, scope string) (id, is
 	for i := range 5 {
 		j := strings.IndexByte(rest, '|')
 		if j < 0 {
-			return "", "", 0, errSessionMalformed
+			return "", "", "", 0, errSessionMalformed
 		}
 		f[i], rest = rest[:j], rest[j+1:]
 	}
 	f[5] = rest
 	if f[0] != sessionFormat || f[1] == "" {
-		return "", "", 0, errSessionMalformed
+		return "", "", "", 0, errSessionMalformed
 	}
 	exp, ok := parseUnix(f[3])
 	if !ok {
-		return "", "", 0, errSessionMalformed
+		return "", "", "", 0, errSessionMalformed
 	}
 	if now().Unix() >= exp {
-		return "", "", 0, errSessionExpired
+		return "", "", "", 0, errSessionExpired
 	}
 	if string(client.AppendTo(sc.addr[:0])) != f[4] {
-		return "", "", 0, errSessionClient
-	}
-	if f[5] != scope {
-		return "", "", 0, errSessionScope
+		return "", "", "", 0, errSessionClient
 	}
 	st.mu.RLock()
 	_, revoked := st.revoked[f[1]]
 	nb := st.notBefore[f[5]]
 	st.mu.RUnlock()
 	if revoked || (nb != "" && issuedNotAfter(f[2], nb)) {
-		return "", "", 0, errSessionRevoked
+		return "", "", "", 0, errSessionRevoked
 	}
-	return f[1], f[2], exp, nil
+	return f[1], f[2], f[5], exp, nil
 }
 
 // verify is check returning the whole session (for logout and tests).

@@ -145,16 +145,16 @@ func (s storageTOTPReplay) use(ctx context.Context, scope string, step int64) (b
 	return true, s.st.Store(ctx, key, []byte(strconv.FormatInt(step, 10)))
 }
 
-// totpCheck is the altCheck of a handler with a TOTP secret.
-func (h *Handler) totpCheck() altCheck {
-	if h.account.totpKey == nil {
+// totpCheck is the altCheck of an account with a TOTP secret.
+func (h *Handler) totpCheck(acc *account) altCheck {
+	if acc.totpKey == nil {
 		return nil
 	}
 	return func(ctx context.Context, code string) (bool, error) {
-		step, ok := totpMatch(h.account.totpKey, code, now())
+		step, ok := totpMatch(acc.totpKey, code, now())
 		if !ok {
 			return false, nil
 		}
-		return h.app.totp.use(ctx, h.account.credential, step)
+		return h.app.totp.use(ctx, acc.credential, step)
 	}
 }

@@ -1,0 +1,342 @@
+// The accounts of a handler: named break-glass credentials, each held by one
+// person, with every hash `caddy hash-password` makes (bcrypt, argon2id)
+// checked by Caddy's own comparers, and the lookup of an email that costs
+// the same whichever account, if any, it names.
+
+package breakglass
+
+import (
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"sync"
+
+	netmail "net/mail"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp/caddyauth"
+
+	"golang.org/x/crypto/bcrypt"
+)
+
+// AccountConfig is one break-glass account: one person's way in.
+type AccountConfig struct {
+	// The account's email address: what its holder types, and where its
+	// codes go. Required. Placeholders are resolved at load.
+	Email string `json:"email,omitempty"`
+
+	// The account's password hash, as `caddy hash-password` prints it
+	// (bcrypt or argon2id), or base64-encoded. Required. Placeholders
+	// ({env.*}, {file.*}) are resolved at load.
+	Hash string `json:"hash,omitempty"`
+
+	// A base32 TOTP secret of this account (see the handler's
+	// totp_secret).
+	TOTPSecret string `json:"totp_secret,omitempty"`
+
+	// After this many logins of this account, its hash stops working until
+	// it is changed. Default: 0, unlimited.
+	MaxUses int `json:"max_uses,omitempty"`
+
+	// The user ID the upstream gets as {http.auth.user.sentinel_id}: a
+	// value no real user's primary key can take, so that an application
+	// behind the guard never acts as a real user. Default: "0".
+	SentinelID string `json:"sentinel_id,omitempty"`
+}
+
+// maxAccounts bounds the accounts of one handler: every sign-in compares
+// the email with each of them.
+const maxAccounts = 100
+
+// account is one provisioned account.
+type account struct {
+	email      string   // as configured: where codes go
+	emailValue any      // email, boxed once for the placeholder
+	identity   string   // normalised email
+	digest     [32]byte // of identity, for a constant-time comparison
+	hash       []byte
+	class      *hashClass // its algorithm and parameters
+	// scope names the credential (email and hash) that sessions and codes
+	// are bound to: a session or code of another account or handler, or of
+	// this one before its hash was changed, is not accepted.
+	scope string
+	// credential names the same pair without the state's key, so that what
+	// is kept in the config's storage (max_uses counts, the last TOTP step)
+	// outlives a restart of state memory, whose key is new at each start.
+	credential    string
+	totpKey       []byte
+	maxUses       int
+	sentinelValue any // the sentinel ID, boxed once
+}
+
+// hashClass is an algorithm with its parameters: hashes of one class cost
+// the same to compare. fake is a hash of a random password of that class.
+type hashClass struct {
+	name   string // e.g. "bcrypt cost 12", "argon2id m=47104,t=1,p=1"
+	memory int64  // bytes one comparison takes, beyond bcrypt's few KiB
+	fake   []byte
+}
+
+// accountsOf is the handler's accounts as configured: accounts, or the
+// one-account form (email, hash, totp_secret, max_uses, sentinel_id).
+func (h *Handler) accountsOf() ([]AccountConfig, error) {
+	single := h.Email != "" || h.Hash != "" || h.TOTPSecret != "" || h.MaxUses != 0 || h.SentinelID != ""
+	switch {
+	case len(h.Accounts) > 0 && single:
+		return nil, errors.New("accounts: give either accounts, or email and hash (one account), not both")
+	case len(h.Accounts) > maxAccounts:
+		return nil, fmt.Errorf("accounts: at most %d", maxAccounts)
+	case len(h.Accounts) > 0:
+		return h.Accounts, nil
+	}
+	return []AccountConfig{{Email: h.Email, Hash: h.Hash, TOTPSecret: h.TOTPSecret, MaxUses: h.MaxUses, SentinelID: h.SentinelID}}, nil
+}
+
+// setupAccounts provisions every account. An error names the account (by
+// its position, and its email once known) and never shows a secret.
+func (h *Handler) setupAccounts(repl *caddy.Replacer) error {
+	configs, err := h.accountsOf()
+	if err != nil {
+		return err
+	}
+	h.accounts, h.byScope = nil, map[string]*account{}
+	seen := map[string]bool{}
+	for i, c := range configs {
+		name := "account " + strconv.Itoa(i+1)
+		if len(configs) == 1 && len(h.Accounts) == 0 {
+			name = ""
+		}
+		acc, err := h.newAccount(repl, c, name)
+		if err != nil {
+			return err
+		}
+		if seen[acc.identity] {
+			return fmt.Errorf("account %s: given twice", acc.email)
+		}
+		seen[acc.identity] = true
+		h.accounts = append(h.accounts, acc)
+		h.byScope[acc.scope] = acc
+	}
+	h.classes = h.classes[:0]
+	for _, acc := range h.accounts {
+		if !containsClass(h.classes, acc.class) {
+			h.classes = append(h.classes, acc.class)
+		}
+	}
+	return nil
+}
+
+func containsClass(cs []*hashClass, c *hashClass) bool {
+	for _, x := range cs {
+		if x == c {
+			return true
+		}
+	}
+	return false
+}
+
+// newAccount provisions one account; name ("account 2") prefixes its errors
+// until its email is known, which then names it.
+func (h *Handler) newAccount(repl *caddy.Replacer, c AccountConfig, name string) (*account, error) {
+	field := func(f string) string {
+		if name == "" {
+			return f
+		}
+		return name + ": " + f
+	}
+	if c.Email == "" {
+		return nil, errors.New(field("email: required"))
+	}
+	email, err := resolve(repl, c.Email)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %v", field("email"), err)
+	}
+	addr, err := netmail.ParseAddress(email)
+	if err != nil || addr.Address != email {
+		return nil, fmt.Errorf("%s %q: not a plain email address", field("email"), email)
+	}
+	if name != "" {
+		name = "account " + email
+	}
+	acc := &account{email: email, emailValue: email, identity: normalizeEmail(email), maxUses: c.MaxUses}
+	acc.digest = sha256.Sum256([]byte(acc.identity))
+	if c.Hash == "" {
+		return nil, errors.New(field("hash: required (make one with `caddy hash-password`)"))
+	}
+	hash, err := resolve(repl, c.Hash)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %v", field("hash"), err)
+	}
+	if acc.hash, acc.class, err = parseHash(hash); err != nil {
+		return nil, errors.New(field(err.Error()))
+	}
+	acc.scope = h.state.scopeOf(acc.identity, acc.hash)
+	acc.credential = credentialID(acc.identity, acc.hash)
+	if c.TOTPSecret != "" {
+		sec, err := resolve(repl, c.TOTPSecret)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %v", field("totp_secret"), err)
+		}
+		if acc.totpKey, err = decodeTOTPSecret(sec); err != nil {
+			return nil, errors.New(field(err.Error()))
+		}
+	}
+	if c.MaxUses < 0 {
+		return nil, fmt.Errorf("%s: must be at least 1, got %d", field("max_uses"), c.MaxUses)
+	}
+	sentinel := "0"
+	if c.SentinelID != "" {
+		if sentinel, err = resolve(repl, c.SentinelID); err != nil {
+			return nil, fmt.Errorf("%s: %v", field("sentinel_id"), err)
+		}
+		if strings.ContainsFunc(sentinel, func(r rune) bool { return r < 0x20 || r == 0x7f }) || len(sentinel) > 64 {
+			return nil, errors.New(field("sentinel_id: at most 64 characters, and no control character"))
+		}
+	}
+	acc.sentinelValue = sentinel
+	return acc, nil
+}
+
+// Caddy's comparers: the same as basic_auth uses.
+var (
+	bcryptComparer   caddyauth.Comparer = caddyauth.BcryptHash{}
+	argon2idComparer caddyauth.Comparer = caddyauth.Argon2idHash{}
+)
+
+// comparerOf is the comparer of a hash parseHash accepted.
+func comparerOf(hash []byte) caddyauth.Comparer {
+	if strings.HasPrefix(string(hash), "$argon2id$") {
+		return argon2idComparer
+	}
+	return bcryptComparer
+}
+
+// compareHash is a comparison with Caddy's comparer of the hash's algorithm.
+func compareHash(hash, password []byte) error {
+	ok, err := comparerOf(hash).Compare(hash, password)
+	if err == nil && !ok {
+		err = bcrypt.ErrMismatchedHashAndPassword
+	}
+	return err
+}
+
+// parseHash accepts a bcrypt or argon2id hash as `caddy hash-password`
+// prints it, or base64-encoded, and returns its class. The error never
+// shows the value.
+func parseHash(s string) ([]byte, *hashClass, error) {
+	b := []byte(s)
+	if !strings.HasPrefix(s, "$") {
+		if dec, err := base64.StdEncoding.DecodeString(s); err == nil {
+			b = dec
+		}
+	}
+	switch {
+	case strings.HasPrefix(string(b), "$2"):
+		cost, err := bcrypt.Cost(b)
+		if err != nil {
+			return nil, nil, errors.New("hash: not a valid bcrypt hash")
+		}
+		c, err := classOf(fmt.Sprintf("bcrypt cost %d", cost), 0, func(pw []byte) ([]byte, error) {
+			return bcrypt.GenerateFromPassword(pw, cost)
+		})
+		return b, c, err
+	case strings.HasPrefix(string(b), "$argon2id$"):
+		parsed, _, err := caddyauth.DecodeHash(b)
+		if err != nil {
+			return nil, nil, errors.New("hash: not a valid argon2id hash")
+		}
+		params := strings.Split(string(b), "$")[3] // m=…,t=…,p=…, checked by DecodeHash
+		var mem int64
+		if m, ok := strings.CutPrefix(strings.Split(params, ",")[0], "m="); ok {
+			kib, _ := strconv.ParseInt(m, 10, 64)
+			mem = kib << 10
+		}
+		// The fake has the same parameters (and key length); parsed holds
+		// them, and hashes with a salt of its own below.
+		c, err := classOf(fmt.Sprintf("argon2id %s keylen %d", params, argon2KeyLen(b)), mem, func(pw []byte) ([]byte, error) {
+			return parsed.Hash(pw)
+		})
+		return b, c, err
+	}
+	return nil, nil, errors.New("hash: not a bcrypt or argon2id hash (make one with `caddy hash-password`)")
+}
+
+// argon2KeyLen is the length of an argon2id hash's key, in bytes.
+func argon2KeyLen(b []byte) int {
+	parts := strings.Split(string(b), "$")
+	return base64.RawStdEncoding.DecodedLen(len(parts[len(parts)-1]))
+}
+
+// hashClasses caches the classes, each with its fake hash, made once per
+// process.
+var (
+	hashClassMu sync.Mutex
+	hashClasses = map[string]*hashClass{}
+)
+
+func classOf(name string, memory int64, hash func(pw []byte) ([]byte, error)) (*hashClass, error) {
+	hashClassMu.Lock()
+	defer hashClassMu.Unlock()
+	if c, ok := hashClasses[name]; ok {
+		return c, nil
+	}
+	pw := make([]byte, 32)
+	_, _ = rand.Read(pw) // never fails (crypto/rand)
+	fake, err := hash(pw)
+	if err != nil {
+		return nil, fmt.Errorf("hash: making a fake hash of the same kind: %v", err)
+	}
+	c := &hashClass{name: name, memory: memory, fake: fake}
+	hashClasses[name] = c
+	return c, nil
+}
+
+// lookup finds the account of an email in constant time: every account's
+// digest is compared, whichever matches.
+func (h *Handler) lookup(email string) *account {
+	digest := sha256.Sum256([]byte(normalizeEmail(email)))
+	found := -1
+	for i, acc := range h.accounts {
+		eq := subtle.ConstantTimeCompare(digest[:], acc.digest[:])
+		found = subtle.ConstantTimeSelect(eq, i, found)
+	}
+	if found < 0 {
+		return nil
+	}
+	return h.accounts[found]
+}
+
+// checkPassword compares the password once with each class of hash the
+// handler's accounts use: with acc's own hash for its class, with the fake
+// hash for the others (and for all of them when acc is nil). So a sign-in
+// costs the same whether the email names an account, which one, or none.
+// It reports whether acc's hash matched.
+func (h *Handler) checkPassword(acc *account, pw []byte) bool {
+	ok := false
+	for _, c := range h.classes {
+		hash := c.fake
+		if acc != nil && acc.class == c {
+			hash = acc.hash
+		}
+		err := h.compare(hash, pw)
+		if acc != nil && acc.class == c {
+			ok = err == nil
+		}
+	}
+	return ok
+}
+
+// hashMemory is the most memory one sign-in's comparisons take at once
+// (they run one after the other).
+func (h *Handler) hashMemory() int64 {
+	var m int64
+	for _, c := range h.classes {
+		m = max(m, c.memory)
+	}
+	return m
+}
