@@ -471,7 +471,7 @@ func TestCaddyfileExampleFileAdapts(t *testing.T) {
 	if bg[0]["email"] != "ops@example.com" || bg[0]["dev_log_code"] != true {
 		t.Errorf("break_glass handler = %s", jsonText(t, bg[0]))
 	}
-	if _, err := parseBcrypt(bg[0]["hash"].(string)); err != nil {
+	if _, _, err := parseHash(bg[0]["hash"].(string)); err != nil {
 		t.Errorf("example hash: %v", err)
 	}
 	handlers := handlersInOrder(cfg)

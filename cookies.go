@@ -18,7 +18,11 @@ const flowCookie = "break_glass_flow"
 
 // The flow cookie identifies one browser's sign-in: the CSRF token is its
 // MAC, and a code is bound to the flow that asked for it. A new flow is made
-// at each right password, so a code never outlives the login it belongs to.
+// at each right password, so a code never outlives the login it belongs to;
+// that flow names the account's scope after a dot ("<id>.<scope>"), so the
+// code step knows which account's code to check. A client that changes the
+// scope only points at another account's codes, none of which is bound to
+// its flow.
 
 func newFlowID() string {
 	var b [16]byte
@@ -30,10 +34,11 @@ func newFlowID() string {
 // malformed one.
 func (h *Handler) flowFrom(r *http.Request) string {
 	c, err := r.Cookie(h.names(r).flow)
-	if err != nil || len(c.Value) != 32 {
+	if err != nil {
 		return ""
 	}
-	if _, err := hex.DecodeString(c.Value); err != nil {
+	id, scope, scoped := strings.Cut(c.Value, ".")
+	if !isHex(id, 32) || (scoped && !isHex(scope, 32)) {
 		return ""
 	}
 	return c.Value
@@ -136,4 +141,17 @@ func stripOwnCookies(h http.Header) {
 		return
 	}
 	h["Cookie"] = kept
+}
+
+// isHex reports whether s is n lowercase hex digits.
+func isHex(s string, n int) bool {
+	if len(s) != n {
+		return false
+	}
+	for i := range len(s) {
+		if c := s[i]; (c < '0' || c > '9') && (c < 'a' || c > 'f') {
+			return false
+		}
+	}
+	return true
 }

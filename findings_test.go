@@ -25,8 +25,8 @@ import (
 // signInAs signs in on h with its own email and password, from b.
 func (b *browser) signInAs(t testing.TB, h testHandler, password string) *http.Response {
 	t.Helper()
-	if resp := b.login(t, h, h.account.email, password); resp.StatusCode != http.StatusSeeOther {
-		t.Fatalf("right password on %s: status %d", h.account.email, resp.StatusCode)
+	if resp := b.login(t, h, h.accounts[0].email, password); resp.StatusCode != http.StatusSeeOther {
+		t.Fatalf("right password on %s: status %d", h.accounts[0].email, resp.StatusCode)
 	}
 	tok := csrfOf(t, b.do(t, h, "GET", "/admin/", nil))
 	return b.do(t, h, "POST", "/admin/", url.Values{"break_glass_step": {"code"}, "csrf_token": {tok}, "code": {devCode(t, h)}})
@@ -144,7 +144,7 @@ func TestCodesPerCredentialAreBounded(t *testing.T) {
 			t.Fatalf("code %d for the credential: %d, want %d", i, r.StatusCode, want)
 		}
 	}
-	if n, _ := h.state.codes.pendingFor(h.account.scope); n != defaultCodesPerCredential {
+	if n, _ := h.state.codes.pendingFor(h.accounts[0].scope); n != defaultCodesPerCredential {
 		t.Fatalf("%d codes pending, want %d", n, defaultCodesPerCredential)
 	}
 	tok := csrfOf(t, first.do(t, h, "GET", "/admin/", nil))
@@ -264,7 +264,7 @@ func TestRevokeEndsPendingCodesToo(t *testing.T) {
 				t.Fatal(r.StatusCode)
 			}
 			code := devCode(t, h)
-			if _, err := h.state.endSessions(h.account.scope); err != nil { // what revoke does
+			if _, err := h.state.endSessions(h.accounts[0].scope); err != nil { // what revoke does
 				t.Fatal(err)
 			}
 			tok := csrfOf(t, b.do(t, h, "GET", "/admin/", nil))

@@ -56,7 +56,7 @@ func (h *Handler) setup(app *App, logger *zap.Logger) error {
 	app.handlers.add(h)
 	if h.DevLogCode {
 		h.logger.Warn("dev_log_code is on: one-time codes will be written to this log; never use it in production",
-			zap.Int("accounts", len(h.accounts)))
+			zap.Strings("accounts", h.emails()))
 	}
 	return nil
 }
@@ -201,4 +201,13 @@ func credentialID(identity string, hash []byte) string {
 
 func normalizeEmail(s string) string {
 	return strings.ToLower(strings.TrimSpace(s))
+}
+
+// emails are the accounts' emails, in order.
+func (h *Handler) emails() []string {
+	out := make([]string, len(h.accounts))
+	for i, acc := range h.accounts {
+		out[i] = acc.email
+	}
+	return out
 }

@@ -1,0 +1,348 @@
+package breakglass
+
+import (
+	"context"
+	"net/http"
+	"net/url"
+	"regexp"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/caddy-break-glass/caddy-break-glass/bgtest"
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp/caddyauth"
+	"go.uber.org/zap"
+)
+
+const bobPassword = "bob's own long passphrase"
+
+// argon2idOf hashes pw with the parameters `caddy hash-password --algorithm
+// argon2id` uses by default (those of Caddy's own fake hash).
+func argon2idOf(t testing.TB, pw string) string {
+	t.Helper()
+	params, _, err := caddyauth.DecodeHash(caddyauth.Argon2idHash{}.FakeHash())
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := params.Hash([]byte(pw))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
+
+var argonOnce sync.Map
+
+// argonHash is an argon2id hash of bobPassword, made once.
+func argonHash(t testing.TB) string {
+	if v, ok := argonOnce.Load("bob"); ok {
+		return v.(string)
+	}
+	v, _ := argonOnce.LoadOrStore("bob", argon2idOf(t, bobPassword))
+	return v.(string)
+}
+
+// hashLog records the hash of every comparison a handler makes.
+type hashLog struct {
+	mu     sync.Mutex
+	hashes []string
+}
+
+func (l *hashLog) compare(hash, pw []byte) error {
+	l.mu.Lock()
+	l.hashes = append(l.hashes, string(hash))
+	l.mu.Unlock()
+	return compareHash(hash, pw)
+}
+
+func (l *hashLog) take() []string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	out := l.hashes
+	l.hashes = nil
+	return out
+}
+
+// twoAccounts is a handler with alice (bcrypt) and bob (argon2id).
+func twoAccounts(t *testing.T, app *App, mod func(*Handler)) (testHandler, *hashLog) {
+	hl := &hashLog{}
+	h := newTestHandler(t, app, func(h *Handler) {
+		h.Email, h.Hash = "", ""
+		h.Accounts = []AccountConfig{
+			{Email: "alice@example.com", Hash: testHash(t, 5)},
+			{Email: "bob@example.com", Hash: argonHash(t), SentinelID: "-1"},
+		}
+		h.compare = hl.compare
+		if mod != nil {
+			mod(h)
+		}
+	})
+	return h, hl
+}
+
+var codeFor = regexp.MustCompile(`^\d{6}$`)
+
+// signInAs runs the flow as one account, reading its code from the log.
+func signInAs(t *testing.T, h testHandler, c *bgtest.Client, email, password string) bgtest.Reply {
+	t.Helper()
+	return c.SignIn("/admin/", email, password, func() string {
+		code := devCode(t, h)
+		if !codeFor.MatchString(code) {
+			t.Fatalf("code %q", code)
+		}
+		return code
+	})
+}
+
+func TestTwoAccountsEachSignInAsThemselves(t *testing.T) {
+	h, _ := twoAccounts(t, nil, nil)
+	alice, bob := h.client(t, "192.0.2.1"), h.client(t, "192.0.2.2")
+	if r := signInAs(t, h, alice, "alice@example.com", testPassword); r.Status != http.StatusSeeOther {
+		t.Fatalf("alice: %d %s", r.Status, r.Body)
+	}
+	if r := signInAs(t, h, bob, "bob@example.com", bobPassword); r.Status != http.StatusSeeOther {
+		t.Fatalf("bob: %d %s", r.Status, r.Body)
+	}
+	for c, want := range map[*bgtest.Client]string{alice: "upstream id=alice@example.com ", bob: "upstream id=bob@example.com "} {
+		if r := c.Get("/admin/"); !strings.HasPrefix(r.Body, want) {
+			t.Errorf("%s: upstream saw %q, want %q…", c.Name, r.Body, want)
+		}
+	}
+	// Each code went to its own account: the dev log names the account.
+	var to []string
+	for _, l := range h.logLines(t, "break-glass code (dev_log_code)") {
+		to = append(to, l["email"].(string))
+	}
+	if !slices.Equal(to, []string{"alice@example.com", "bob@example.com"}) {
+		t.Errorf("codes went to %q", to)
+	}
+}
+
+func TestAnUnknownEmailAWrongPasswordAndAnotherAccountsPasswordCostAlike(t *testing.T) {
+	h, hl := twoAccounts(t, &App{MaxAttempts: 100}, nil)
+	c := h.client(t, "192.0.2.1")
+	type answer struct {
+		status int
+		hashes []string
+		page   string
+	}
+	// What differs by design: the CSRF token, the attempts left, the email
+	// typed (shown back in the form).
+	csrf, left := regexp.MustCompile(`value="[^"]{20,}"`), regexp.MustCompile(`\d+ attempts left`)
+	try := func(email, password string) answer {
+		r := c.Login("/admin/", email, password, "", nil)
+		page := left.ReplaceAllString(csrf.ReplaceAllString(r.Body, ""), "")
+		page = strings.ReplaceAll(page, email, "EMAIL")
+		return answer{r.Status, hl.take(), page}
+	}
+	hl.take()
+	cases := map[string]answer{
+		"unknown email":                 try("nobody@example.com", testPassword),
+		"wrong password of alice":       try("alice@example.com", "wrong"),
+		"bob's password, alice's email": try("alice@example.com", bobPassword),
+		"alice's password, bob's email": try("bob@example.com", testPassword),
+	}
+	var first *answer
+	for name, a := range cases {
+		if a.status != http.StatusUnauthorized {
+			t.Errorf("%s: status %d", name, a.status)
+		}
+		// One comparison per kind of hash (bcrypt, argon2id), in order.
+		if len(a.hashes) != 2 || !strings.HasPrefix(a.hashes[0], "$2") || !strings.HasPrefix(a.hashes[1], "$argon2id$") {
+			t.Errorf("%s: compared %d hashes: %.20q", name, len(a.hashes), a.hashes)
+		}
+		if first == nil {
+			first = &a
+		} else if a.page != first.page {
+			t.Errorf("%s: the page differs from the others", name)
+		}
+	}
+}
+
+func TestChangingOneAccountsHashEndsOnlyItsSessions(t *testing.T) {
+	app := &App{MaxAttempts: 10}
+	h, _ := twoAccounts(t, app, nil)
+	alice, bob := h.client(t, "192.0.2.1"), h.client(t, "192.0.2.2")
+	signInAs(t, h, alice, "alice@example.com", testPassword)
+	signInAs(t, h, bob, "bob@example.com", bobPassword)
+
+	// The same app and state, bob's hash changed (a new argon2id hash).
+	newBob := argon2idOf(t, "bob's new passphrase")
+	h2, _ := twoAccounts(t, app, func(h *Handler) { h.Accounts[1].Hash = newBob })
+	alice2, bob2 := h2.clientWith(t, alice, upstream), h2.clientWith(t, bob, upstream)
+	if r := alice2.Get("/admin/"); r.Header.Get("X-Upstream") != "reached" {
+		t.Errorf("alice's session ended with bob's hash: %d", r.Status)
+	}
+	if r := bob2.Get("/admin/"); r.Header.Get("X-Upstream") == "reached" {
+		t.Error("bob's session outlived his hash")
+	}
+}
+
+func TestMaxUsesAndTOTPAreCountedPerAccount(t *testing.T) {
+	secret := "JBSWY3DPEHPK3PXP"
+	h, _ := twoAccounts(t, nil, func(h *Handler) {
+		h.Accounts[0].MaxUses = 1
+		h.Accounts[0].TOTPSecret = secret
+		h.Accounts[1].TOTPSecret = secret
+	})
+	if r := signInAs(t, h, h.client(t, "192.0.2.1"), "alice@example.com", testPassword); r.Status != http.StatusSeeOther {
+		t.Fatalf("alice's one use: %d", r.Status)
+	}
+	// alice is spent, bob is not; the page says so only to alice's password.
+	if r := h.client(t, "192.0.2.3").Login("/admin/", "alice@example.com", testPassword, "", nil); r.Status != http.StatusForbidden || !strings.Contains(r.Body, "max_uses") {
+		t.Errorf("alice after her max_uses: %d", r.Status)
+	}
+	if r := h.client(t, "192.0.2.4").Login("/admin/", "alice@example.com", "wrong", "", nil); r.Status != http.StatusUnauthorized {
+		t.Errorf("a wrong password for the spent account: %d, want 401 as for any", r.Status)
+	}
+	// One TOTP step works once per account: alice's use of it is not bob's.
+	key, err := decodeTOTPSecret(secret)
+	if err != nil {
+		t.Fatal(err)
+	}
+	code := hotp(key, uint64(totpStep(now())), 6)
+	for _, who := range []struct{ ip, email, pw string }{{"192.0.2.5", "bob@example.com", bobPassword}} {
+		c := h.client(t, who.ip)
+		if r := c.Login("/admin/", who.email, who.pw, "", nil); r.Status != http.StatusSeeOther {
+			t.Fatalf("%s: %d", who.email, r.Status)
+		}
+		if r := c.SubmitCode("/admin/", code); r.Status != http.StatusSeeOther {
+			t.Fatalf("%s with TOTP: %d %s", who.email, r.Status, r.Body)
+		}
+		c2 := h.client(t, "192.0.2.6")
+		c2.Login("/admin/", who.email, who.pw, "", nil)
+		if r := c2.SubmitCode("/admin/", code); r.Status == http.StatusSeeOther {
+			t.Errorf("%s: the same TOTP step twice", who.email)
+		}
+	}
+}
+
+func TestABadHashIsRefusedAtLoadNamingTheAccountNotTheValue(t *testing.T) {
+	for name, hash := range map[string]string{
+		"not a hash":       "s3cr3t-value",
+		"broken bcrypt":    "$2a$10$s3cr3t",
+		"broken argon2id":  "$argon2id$v=19$m=s3cr3t,t=1,p=1$abc$def",
+		"unknown argon2":   "$argon2i$v=19$m=65536,t=1,p=1$s3cr3t$s3cr3t",
+		"scrypt-like PHC":  "$scrypt$ln=16,r=8,p=1$s3cr3t$s3cr3t",
+		"wrong argon2 ver": "$argon2id$v=18$m=65536,t=1,p=1$s3cr3t$s3cr3t",
+	} {
+		t.Run(name, func(t *testing.T) {
+			h := &Handler{Accounts: []AccountConfig{{Email: "alice@example.com", Hash: testHash(t, 5)}, {Email: "bob@example.com", Hash: hash}}, DevLogCode: true}
+			err := h.setup(testApp(t), zapNop())
+			if err == nil || !strings.Contains(err.Error(), "account bob@example.com: hash") || strings.Contains(err.Error(), "s3cr3t") {
+				t.Fatalf("error %v", err)
+			}
+		})
+	}
+}
+
+func TestAccountsAreCheckedAtLoad(t *testing.T) {
+	for name, tc := range map[string]struct {
+		h    Handler
+		want string
+	}{
+		"both forms":    {Handler{Email: "a@example.com", Hash: "x", Accounts: []AccountConfig{{Email: "b@example.com"}}}, "not both"},
+		"twice":         {Handler{Accounts: []AccountConfig{{Email: "a@example.com", Hash: "$2a$05$"}, {Email: "A@example.com", Hash: "$2a$05$"}}}, "account A@example.com: given twice"},
+		"no email":      {Handler{Accounts: []AccountConfig{{Hash: "x"}}}, "account 1: email: required"},
+		"bad sentinel":  {Handler{Accounts: []AccountConfig{{Email: "a@example.com", SentinelID: "a\nb"}}}, "sentinel_id"},
+		"negative uses": {Handler{Accounts: []AccountConfig{{Email: "a@example.com", MaxUses: -1}}}, "max_uses"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			h := tc.h
+			h.DevLogCode = true
+			for i := range h.Accounts {
+				if h.Accounts[i].Hash != "x" {
+					h.Accounts[i].Hash = testHash(t, 5)
+				}
+			}
+			if err := h.setup(testApp(t), zapNop()); err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("error %v, want it to say %q", err, tc.want)
+			}
+		})
+	}
+}
+
+func TestArgon2idMemoryCountsAgainstMaxHashMemory(t *testing.T) {
+	app := &App{MaxHashMemory: 16 << 20}
+	h := &Handler{Accounts: []AccountConfig{{Email: "bob@example.com", Hash: argonHash(t)}}, DevLogCode: true}
+	if err := h.setup(testApp(t, app), zapNop()); err == nil || !strings.Contains(err.Error(), "46 MiB") {
+		t.Fatalf("an argon2id hash over max_hash_memory: %v", err)
+	}
+	// The gate: a waiter whose memory does not fit waits, first in line.
+	g := newHashGate(4, 100)
+	if !g.acquire(context.Background(), 0, 60, time.Second) {
+		t.Fatal("first")
+	}
+	if g.acquire(context.Background(), 0, 60, 10*time.Millisecond) {
+		t.Fatal("a second 60 of 100 was let in")
+	}
+	done := make(chan bool)
+	go func() { done <- g.acquire(context.Background(), 0, 60, time.Minute) }()
+	time.Sleep(10 * time.Millisecond)
+	g.release(60)
+	if !<-done {
+		t.Fatal("the waiter was not served once the memory was back")
+	}
+}
+
+func TestTheSentinelIDReachesTheUpstream(t *testing.T) {
+	h, _ := twoAccounts(t, nil, nil)
+	for _, who := range []struct{ ip, email, pw, want string }{
+		{"192.0.2.1", "alice@example.com", testPassword, "0"},
+		{"192.0.2.2", "bob@example.com", bobPassword, "-1"},
+	} {
+		c := h.client(t, who.ip)
+		signInAs(t, h, c, who.email, who.pw)
+		var got string
+		c = h.clientWith(t, c, caddyhttp.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
+			got, _ = r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer).GetString("http.auth.user.sentinel_id")
+			return nil
+		}))
+		if c.Get("/admin/"); got != who.want {
+			t.Errorf("%s: sentinel %q, want %q", who.email, got, who.want)
+		}
+	}
+}
+
+// clientWith is a client of h with the cookies of old, in front of next.
+func (h testHandler) clientWith(t *testing.T, old *bgtest.Client, next caddyhttp.Handler) *bgtest.Client {
+	srv := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		r = caddyhttp.PrepareRequest(r, caddy.NewReplacer(), w, nil)
+		if err := h.ServeHTTP(w, r, next); err != nil {
+			t.Errorf("%s %s: %v", r.Method, r.URL, err)
+		}
+	})
+	c := bgtest.New(t, bgtest.HandlerTransport(srv, old.Name+":40000"), old.Base)
+	c.Name = old.Name
+	u, _ := url.Parse(old.Base + "/admin/")
+	c.Jar().SetCookies(u, old.Jar().Cookies(u))
+	return c
+}
+
+// logLines are the handler's log entries with message msg, as maps.
+func (h testHandler) logLines(t *testing.T, msg string) []map[string]any {
+	var out []map[string]any
+	for _, e := range h.logs.FilterMessage(msg).All() {
+		out = append(out, e.ContextMap())
+	}
+	return out
+}
+
+// testApp is a provisioned app (its defaults, or app's settings).
+func testApp(t *testing.T, app ...*App) *App {
+	a := &App{}
+	if len(app) > 0 {
+		a = app[0]
+	}
+	if err := a.setup(zap.NewNop(), nil); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = a.Cleanup() })
+	return a
+}
+
+func zapNop() *zap.Logger { return zap.NewNop() }
