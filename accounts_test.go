@@ -13,6 +13,7 @@ import (
 
 	"github.com/caddy-break-glass/caddy-break-glass/bgtest"
 	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/caddyauth"
 	"go.uber.org/zap"
@@ -346,3 +347,40 @@ func testApp(t *testing.T, app ...*App) *App {
 }
 
 func zapNop() *zap.Logger { return zap.NewNop() }
+
+func TestAccountBlocksInTheCaddyfile(t *testing.T) {
+	var h Handler
+	d := caddyfile.NewTestDispenser(`break_glass {
+		account alice@example.com {
+			hash {env.BG_ALICE_HASH}
+			totp_secret {env.BG_ALICE_TOTP}
+			max_uses 1
+		}
+		account bob@example.com {
+			hash {env.BG_BOB_HASH}
+			sentinel_id -1
+		}
+	}`)
+	if err := h.UnmarshalCaddyfile(d); err != nil {
+		t.Fatal(err)
+	}
+	want := []AccountConfig{
+		{Email: "alice@example.com", Hash: "{env.BG_ALICE_HASH}", TOTPSecret: "{env.BG_ALICE_TOTP}", MaxUses: 1},
+		{Email: "bob@example.com", Hash: "{env.BG_BOB_HASH}", SentinelID: "-1"},
+	}
+	if !slices.Equal(h.Accounts, want) {
+		t.Fatalf("accounts %+v, want %+v", h.Accounts, want)
+	}
+	for input, msg := range map[string]string{
+		`break_glass { account { hash x } }`:                       "account: needs the account's email",
+		`break_glass { account a@example.com b { hash x } }`:       "takes one email",
+		`break_glass { account a@example.com { } }`:                "account a@example.com: needs a hash",
+		"break_glass { account a@example.com {\nhash x\npw y\n} }": `unknown option "pw"`,
+		`break_glass { account a@example.com { max_uses 0 } }`:     "max_uses",
+	} {
+		var h Handler
+		if err := h.UnmarshalCaddyfile(caddyfile.NewTestDispenser(input)); err == nil || !strings.Contains(err.Error(), msg) {
+			t.Errorf("%s: error %v, want %q", input, err, msg)
+		}
+	}
+}
