@@ -16,6 +16,7 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/caddyauth"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"go.uber.org/zap"
 )
 
@@ -101,6 +102,8 @@ func signInAs(t *testing.T, h testHandler, c *bgtest.Client, email, password str
 
 func TestTwoAccountsEachSignInAsThemselves(t *testing.T) {
 	h, _ := twoAccounts(t, nil, nil)
+	bobLogins := metricAccountEvents.WithLabelValues("bob@example.com", eventLogin)
+	before := testutil.ToFloat64(bobLogins)
 	alice, bob := h.client(t, "192.0.2.1"), h.client(t, "192.0.2.2")
 	if r := signInAs(t, h, alice, "alice@example.com", testPassword); r.Status != http.StatusSeeOther {
 		t.Fatalf("alice: %d %s", r.Status, r.Body)
@@ -120,6 +123,9 @@ func TestTwoAccountsEachSignInAsThemselves(t *testing.T) {
 	}
 	if !slices.Equal(to, []string{"alice@example.com", "bob@example.com"}) {
 		t.Errorf("codes went to %q", to)
+	}
+	if n := testutil.ToFloat64(bobLogins) - before; n != 1 {
+		t.Errorf("account_events_total{account=bob, event=login} grew by %v, want 1", n)
 	}
 }
 
