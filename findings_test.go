@@ -14,7 +14,6 @@ import (
 	"strings"
 	"sync"
 	"testing"
-	"time"
 
 	"github.com/caddy-break-glass/caddy-break-glass/bgtest"
 	"github.com/caddyserver/certmagic"
@@ -92,10 +91,7 @@ func TestAnotherClientsSignInNeverVoidsAPendingCode(t *testing.T) {
 	useTestClock(t)
 	h := newTestHandler(t, &App{MaxAttempts: 5}, nil)
 	operator := h.client(t, "192.0.2.1")
-	if r := operator.Login("/admin/", "ops@example.com", testPassword, "", nil); r.Status != http.StatusSeeOther {
-		t.Fatalf("operator's password: %d", r.Status)
-	}
-	code := devCode(t, h)
+	code := h.codeAt(t, operator)
 	for range 3 {
 		if r := h.client(t, "192.0.2.66").Login("/admin/", "ops@example.com", testPassword, "", nil); r.Status != http.StatusSeeOther {
 			t.Fatalf("attacker's password: %d", r.Status)
@@ -115,10 +111,7 @@ func TestCodesPerCredentialAreBounded(t *testing.T) {
 	useTestClock(t)
 	h := newTestHandler(t, &App{MaxAttempts: 5}, func(h *Handler) { h.AllowedIPs = []string{"192.0.2.0/24"} })
 	first := h.client(t, "192.0.2.1")
-	if r := first.Login("/admin/", "ops@example.com", testPassword, "", nil); r.Status != http.StatusSeeOther {
-		t.Fatal(r.Status)
-	}
-	code := devCode(t, h)
+	code := h.codeAt(t, first)
 	for i := 2; i <= defaultCodesPerCredential+3; i++ {
 		r := h.client(t, "192.0.2."+strconv.Itoa(i)).Login("/admin/", "ops@example.com", testPassword, "", nil)
 		want := http.StatusSeeOther
@@ -186,19 +179,12 @@ func TestAClientWithoutFailuresIsServedBeforeFailingClients(t *testing.T) {
 		form := bgtest.LoginForm(c.Get("/admin/").CSRF(t), "ops@example.com", pw, "")
 		wg.Go(func() { c.Do("POST", "/admin/", form, nil) })
 	}
-	waitFor := func(cond func() bool) {
-		for deadline := time.Now().Add(5 * time.Second); !cond(); time.Sleep(time.Millisecond) {
-			if time.Now().After(deadline) {
-				t.Fatal("timed out")
-			}
-		}
-	}
 	post(h.client(t, "192.0.2.8"), "holder") // takes the only slot
-	waitFor(func() bool { return len(oc.calls()) == 2 })
+	waitUntil(t, func() bool { return len(oc.calls()) == 2 })
 	post(flooder, "flood-2") // queued first, with a failure
-	waitFor(func() bool { return h.app.hashes.waiting() == 1 })
+	waitUntil(t, func() bool { return h.app.hashes.waiting() == 1 })
 	post(h.client(t, "192.0.2.1"), testPassword) // queued second, no failure
-	waitFor(func() bool { return h.app.hashes.waiting() == 2 })
+	waitUntil(t, func() bool { return h.app.hashes.waiting() == 2 })
 	for range 3 {
 		oc.release <- struct{}{}
 	}
@@ -239,10 +225,7 @@ func TestRevokeEndsPendingCodesToo(t *testing.T) {
 			}
 			h := newTestHandler(t, app, nil)
 			c := h.client(t, "192.0.2.1")
-			if r := c.Login("/admin/", "ops@example.com", testPassword, "", nil); r.Status != http.StatusSeeOther {
-				t.Fatal(r.Status)
-			}
-			code := devCode(t, h)
+			code := h.codeAt(t, c)
 			if _, err := h.state.endSessions(h.account.scope); err != nil { // what revoke does
 				t.Fatal(err)
 			}

@@ -116,6 +116,33 @@ func devCode(t testing.TB, h testHandler) string {
 	return fmt.Sprint(e[len(e)-1]["code"])
 }
 
+// codeAt posts the right password from c and returns the code the handler
+// logged for it; the test fails unless the password step answers 303.
+func (h testHandler) codeAt(t testing.TB, c *bgtest.Client) string {
+	t.Helper()
+	if r := c.Login("/admin/", "ops@example.com", testPassword, "", nil); r.Status != http.StatusSeeOther {
+		t.Fatalf("right password from %s: status %d", c.Name, r.Status)
+	}
+	return devCode(t, h)
+}
+
+// waitUntil polls cond until it holds; the test fails after bgtest.WaitTimeout.
+func waitUntil(t testing.TB, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(bgtest.WaitTimeout); !cond(); time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("timed out")
+		}
+	}
+}
+
+// override sets *v to x until the test ends.
+func override[T any](t testing.TB, v *T, x T) {
+	old := *v
+	*v = x
+	t.Cleanup(func() { *v = old })
+}
+
 // setCookie is the cookie named name that r sets, or nil.
 func setCookie(r bgtest.Reply, name string) *http.Cookie {
 	for _, c := range (&http.Response{Header: r.Header}).Cookies() {
@@ -333,8 +360,7 @@ func TestLogoutEndsTheSessionEvenForAReplayedCookie(t *testing.T) {
 func TestWrongCodesCountAndTheThirdVoidsTheCode(t *testing.T) {
 	h := newTestHandler(t, &App{MaxAttempts: 10}, nil)
 	c := h.client(t, "192.0.2.1")
-	c.Login("/admin/", "ops@example.com", testPassword, "", nil)
-	code := devCode(t, h)
+	code := h.codeAt(t, c)
 	wrong := "000000"
 	if code == wrong {
 		wrong = "111111"
@@ -355,9 +381,9 @@ func TestWrongCodesCountAndTheThirdVoidsTheCode(t *testing.T) {
 func TestCodeFromAnotherClientDoesNotWork(t *testing.T) {
 	h := newTestHandler(t, nil, nil)
 	c := h.client(t, "192.0.2.1")
-	c.Login("/admin/", "ops@example.com", testPassword, "", nil)
+	code := h.codeAt(t, c)
 	thief := withCookiesOf(h.client(t, "192.0.2.2"), c) // even with the operator's cookies
-	if thief.SubmitCode("/admin/", devCode(t, h)).Status == http.StatusSeeOther {
+	if thief.SubmitCode("/admin/", code).Status == http.StatusSeeOther {
 		t.Fatal("a code worked from another client")
 	}
 }
@@ -410,9 +436,7 @@ func TestLoginPageWarnsOfEarlierFailures(t *testing.T) {
 }
 
 func TestDeliveryFailuresNeverBlockTheLogin(t *testing.T) {
-	oldTimeout := webhookTimeout
-	webhookTimeout = time.Minute
-	t.Cleanup(func() { webhookTimeout = oldTimeout })
+	override(t, &webhookTimeout, time.Minute)
 	hook := bgtest.StartWebhook(t)
 	hook.Hang()
 	// An SMTP server that accepts connections and never says a word.
@@ -532,10 +556,8 @@ func TestSessionsAndCodesAreBoundToTheIssuingCredential(t *testing.T) {
 
 	// A code issued by a does not sign in on b.
 	onA = a.client(t, "192.0.2.2")
-	if r := onA.Login("/admin/", "ops@example.com", testPassword, "", nil); r.Status != http.StatusSeeOther {
-		t.Fatalf("password on a: %d", r.Status)
-	}
-	if withCookiesOf(b.client(t, "192.0.2.2"), onA).SubmitCode("/admin/", devCode(t, a)).Status == http.StatusSeeOther {
+	code := a.codeAt(t, onA)
+	if withCookiesOf(b.client(t, "192.0.2.2"), onA).SubmitCode("/admin/", code).Status == http.StatusSeeOther {
 		t.Fatal("a's code signed in on b")
 	}
 }
@@ -569,9 +591,7 @@ func TestLogoutNeedsTheExactParameter(t *testing.T) {
 }
 
 func TestHashingBeyondTheCapGets503AndDoesNotCount(t *testing.T) {
-	old := hashWait
-	hashWait = 50 * time.Millisecond
-	t.Cleanup(func() { hashWait = old })
+	override(t, &hashWait, 50*time.Millisecond)
 	h := newTestHandler(t, &App{MaxAttempts: 3, MaxConcurrentHashes: 1}, nil)
 	bc := &blockingCompare{release: make(chan struct{})}
 	h.compare = bc.compare
@@ -580,15 +600,11 @@ func TestHashingBeyondTheCapGets503AndDoesNotCount(t *testing.T) {
 	done := make(chan int)
 	form := bgtest.LoginForm(first.Get("/admin/").CSRF(t), "ops@example.com", "wrong", "")
 	go func() { done <- first.Do("POST", "/admin/", form, nil).Status }()
-	for { // wait until the first attempt holds the only slot
+	waitUntil(t, func() bool { // until the first attempt holds the only slot
 		bc.mu.Lock()
-		n := bc.calls
-		bc.mu.Unlock()
-		if n == 1 {
-			break
-		}
-		time.Sleep(time.Millisecond)
-	}
+		defer bc.mu.Unlock()
+		return bc.calls == 1
+	})
 	r := h.client(t, "192.0.2.2").Login("/admin/", "ops@example.com", "wrong", "", nil)
 	if r.Status != http.StatusServiceUnavailable || r.Header.Get("Retry-After") == "" {
 		t.Fatalf("with the only hashing slot taken: %d, Retry-After %q; want 503 with Retry-After", r.Status, r.Header.Get("Retry-After"))
@@ -625,9 +641,7 @@ func TestRequestsBeforeTheTLSHandshakeCompletesGet425(t *testing.T) {
 }
 
 func TestNoSessionIsIssuedWhenRevocationsAreFull(t *testing.T) {
-	old := maxRevoked
-	maxRevoked = 1
-	t.Cleanup(func() { maxRevoked = old })
+	override(t, &maxRevoked, 1)
 	h := newTestHandler(t, nil, nil)
 	c := h.client(t, "192.0.2.1")
 	h.signInAt(t, c)
@@ -675,9 +689,7 @@ func TestAFloodFromManyClientsNeverRunsMoreHashesThanTheCap(t *testing.T) {
 }
 
 func TestASlowBodyHoldsNoHashingSlot(t *testing.T) {
-	old := hashWait
-	hashWait = 200 * time.Millisecond
-	t.Cleanup(func() { hashWait = old })
+	override(t, &hashWait, 200*time.Millisecond)
 	h := newTestHandler(t, &App{MaxConcurrentHashes: 1}, nil)
 
 	// A client that sends half a form and stalls.

@@ -110,9 +110,7 @@ func TestStorageStateSurvivesARestartOfEveryInstance(t *testing.T) {
 }
 
 func TestStorageRaceLosesNoFailureAndUsesNoCodeTwice(t *testing.T) {
-	old := attemptLockWait
-	attemptLockWait = time.Minute // wait for the other instance, never refuse
-	t.Cleanup(func() { attemptLockWait = old })
+	override(t, &attemptLockWait, time.Minute) // wait for the other instance, never refuse
 	st := &certmagic.FileStorage{Path: t.TempDir()}
 	insts := []*state{newStorageTestState(t, st), newStorageTestState(t, st)}
 	k := netip.MustParseAddr("192.0.2.9")
