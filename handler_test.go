@@ -143,9 +143,11 @@ func override[T any](t testing.TB, v *T, x T) {
 	t.Cleanup(func() { *v = old })
 }
 
-// setCookie is the cookie named name that r sets, or nil.
+// setCookies are the cookies r sets; setCookie is the one named name, or nil.
+func setCookies(r bgtest.Reply) []*http.Cookie { return (&http.Response{Header: r.Header}).Cookies() }
+
 func setCookie(r bgtest.Reply, name string) *http.Cookie {
-	for _, c := range (&http.Response{Header: r.Header}).Cookies() {
+	for _, c := range setCookies(r) {
 		if c.Name == name {
 			return c
 		}
