@@ -35,6 +35,19 @@ func writeAudit(t *testing.T, path string, n int) string {
 	return head
 }
 
+// newTestAudit is an audit log on a new file, closed at the test's end,
+// and the file's path.
+func newTestAudit(t testing.TB) (*auditLog, string) {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "audit.jsonl")
+	a, err := newAuditLog(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = a.Destruct() })
+	return a, path
+}
+
 // verifyAuditFile is verifyAudit of the file at path, and what it read.
 func verifyAuditFile(path string, heads ...string) (auditReport, []byte, error) {
 	b, _ := os.ReadFile(path)
@@ -276,12 +289,7 @@ func (f *faultyFile) Truncate(n int64) error {
 func TestAFailedWriteIsUndoneOrRecovered(t *testing.T) {
 	for _, noUndo := range []bool{false, true} {
 		t.Run(fmt.Sprintf("noUndo=%v", noUndo), func(t *testing.T) {
-			path := filepath.Join(t.TempDir(), "audit.jsonl")
-			a, err := newAuditLog(path)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer a.Destruct()
+			a, path := newTestAudit(t)
 			ff := &faultyFile{File: a.f.(*os.File), noUndo: noUndo}
 			a.f = ff
 			a.write(auditRecord{Event: auditLogin})
@@ -305,12 +313,7 @@ func TestAFailedWriteIsUndoneOrRecovered(t *testing.T) {
 }
 
 func TestAuditFileEmptiedInPlaceStartsANewChain(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "audit.jsonl")
-	a, err := newAuditLog(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer a.Destruct()
+	a, path := newTestAudit(t)
 	old, _ := a.write(auditRecord{Event: auditLogin})
 	if err := os.Truncate(path, 0); err != nil { // logrotate's copytruncate
 		t.Fatal(err)
@@ -491,11 +494,7 @@ func TestAuditOneFileThroughASymlinkedDirectoryKeepsOneChain(t *testing.T) {
 }
 
 func TestAuditLongLinesAreClippedAndTheTailIsReadAcrossChunks(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "audit.jsonl")
-	a, err := newAuditLog(path)
-	if err != nil {
-		t.Fatal(err)
-	}
+	a, path := newTestAudit(t)
 	// A 2 MiB path, each byte escaped to six: clipped, the line stays short
 	// enough for the next append to find its end.
 	if _, err := a.write(auditRecord{Event: auditRequest, Path: "/" + strings.Repeat("<", 2<<20)}); err != nil {
