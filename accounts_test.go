@@ -332,11 +332,7 @@ func (h testHandler) clientWith(t *testing.T, old *bgtest.Client, next caddyhttp
 
 // logLines are the handler's log entries with message msg, as maps.
 func (h testHandler) logLines(t *testing.T, msg string) []map[string]any {
-	var out []map[string]any
-	for _, e := range h.logs.FilterMessage(msg).All() {
-		out = append(out, e.ContextMap())
-	}
-	return out
+	return h.logs.Logs().All(msg)
 }
 
 // testApp is a provisioned app (its defaults, or app's settings).
