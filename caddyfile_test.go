@@ -3,7 +3,6 @@
 package breakglass
 
 import (
-	"bufio"
 	"bytes"
 	"encoding/base64"
 	"encoding/json"
@@ -17,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddy-break-glass/caddy-break-glass/bgtest"
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
@@ -627,12 +627,8 @@ func TestProvisionResolvesEnvPlaceholdersInEmailAndHash(t *testing.T) {
 	h := validHandlerJSON("{env.BREAK_GLASS_TEST_HASH}")
 	h["email"] = "{env.BREAK_GLASS_TEST_EMAIL}"
 	h["dev_log_code"] = true // its warning shows the resolved email
-	logPath := filepath.Join(t.TempDir(), "caddy.log")
-	if err := validateJSONConfig(t, testCaddyConfig(h, nil, logPath)); err != nil {
-		t.Fatalf("provisioning failed: %v", err)
-	}
 	var emails []any
-	for _, e := range readLogEntries(t, logPath) {
+	for _, e := range provisionLogs(t, h) {
 		if v, ok := e["email"]; ok {
 			emails = append(emails, v)
 		}
@@ -696,12 +692,8 @@ func TestProvisionLogsWarningsForEmptyAlertEmailsAndDevLogCode(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			h := validHandlerJSON(hash)
 			tc.handler(h)
-			logPath := filepath.Join(t.TempDir(), "caddy.log")
-			if err := validateJSONConfig(t, testCaddyConfig(h, nil, logPath)); err != nil {
-				t.Fatalf("provisioning failed: %v", err)
-			}
 			var alertWarnings, devWarnings int
-			for _, e := range readLogEntries(t, logPath) {
+			for _, e := range provisionLogs(t, h) {
 				msg, _ := e["msg"].(string)
 				if e["logger"] != "http.handlers.break_glass" {
 					continue
@@ -834,23 +826,23 @@ func validateJSONConfig(t *testing.T, cfg map[string]any) error {
 	return caddy.Validate(&c)
 }
 
-// readLogEntries decodes a file of JSON log lines; the file must exist.
-func readLogEntries(t *testing.T, path string) []map[string]any {
+// provisionLogs provisions a config whose only route is the handler and
+// returns what the handler logged; each line must be a JSON object.
+func provisionLogs(t *testing.T, handler map[string]any) bgtest.Logs {
 	t.Helper()
-	data, err := os.ReadFile(path)
+	logPath := filepath.Join(t.TempDir(), "caddy.log")
+	if err := validateJSONConfig(t, testCaddyConfig(handler, nil, logPath)); err != nil {
+		t.Fatalf("provisioning failed: %v", err)
+	}
+	data, err := os.ReadFile(logPath)
 	if err != nil {
 		t.Fatalf("reading the log: %v", err)
 	}
-	var entries []map[string]any
-	sc := bufio.NewScanner(bytes.NewReader(data))
-	for sc.Scan() {
-		var e map[string]any
-		if err := json.Unmarshal(sc.Bytes(), &e); err != nil {
-			t.Fatalf("log line %q: %v", sc.Text(), err)
-		}
-		entries = append(entries, e)
+	logs := bgtest.ReadLogs(bytes.NewReader(data))
+	if n := bytes.Count(data, []byte("\n")); len(logs) != n {
+		t.Fatalf("%d of the %d log lines are JSON objects:\n%s", len(logs), n, data)
 	}
-	return entries
+	return logs
 }
 
 // handlersInOrder returns every handler object of an adapted config, depth

@@ -128,20 +128,20 @@ func TestREADMEConfigsLeaveNoPathUnguarded(t *testing.T) {
 				rawGet(t, "127.0.0.2", addr, p, "")
 			}
 			check(false)
-			c := w.client("127.0.0.2")
-			c.signIn()
-			if r := c.get("/admin/"); r.status != http.StatusOK {
-				t.Fatalf("signed in: %d", r.status)
+			c := w.kit("127.0.0.2")
+			w.signIn(c)
+			if r := c.Get("/admin/"); r.Status != http.StatusOK {
+				t.Fatalf("signed in: %d", r.Status)
 			}
 			admin.take()
 			var cookies []string
-			for _, ck := range c.hc.Jar.Cookies(mustURL(w.base + "/admin/")) {
+			for _, ck := range c.Jar().Cookies(mustURL(w.base + "/admin/")) {
 				cookies = append(cookies, ck.Name+"="+ck.Value)
 			}
 			for _, p := range append(bypassPaths, "/", "/public", "/adminx") {
 				// A browser sends the cookies only where their path matches.
 				ck := ""
-				if u := mustURL(w.base + p); len(c.hc.Jar.Cookies(u)) > 0 {
+				if u := mustURL(w.base + p); len(c.Jar().Cookies(u)) > 0 {
 					ck = strings.Join(cookies, "; ")
 				}
 				rawGet(t, "127.0.0.2", addr, p, ck)
