@@ -208,6 +208,14 @@ func (w *world) config(adapter string, maxAttempts int) string {
 	return w.caddyfile(maxAttempts, "")
 }
 
+func mustURL(s string) *url.URL {
+	u, err := url.Parse(s)
+	if err != nil {
+		panic(err)
+	}
+	return u
+}
+
 // log is what Caddy logged so far.
 func (w *world) log() bgtest.Logs { return bgtest.ReadLogFile(w.logFile) }
 
@@ -346,7 +354,7 @@ func TestIntegrationFullFlow(t *testing.T) {
 			}
 
 			// Logout, then the login page again, and a replayed cookie fails.
-			u, _ := url.Parse(w.base)
+			u := mustURL(w.base)
 			saved := op.Jar().Cookies(u)
 			if p := op.Get("/admin/?break_glass=logout"); p.Status != 200 || !strings.Contains(p.Body, "signed out") {
 				t.Fatalf("logout: %d", p.Status)
