@@ -5,7 +5,6 @@ package breakglass
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -18,7 +17,7 @@ import (
 	"time"
 	"unicode/utf8"
 
-	"github.com/caddyserver/caddy/v2"
+	"github.com/caddy-break-glass/caddy-break-glass/bgtest"
 	"github.com/emersion/go-smtp"
 	"go.uber.org/goleak"
 	"go.uber.org/zap"
@@ -38,9 +37,16 @@ func newTestState(t *testing.T) *state {
 	return st
 }
 
+// observedLogger is zap's observer, for the tests not yet on jsonLogger.
 func observedLogger() (*zap.Logger, *observer.ObservedLogs) {
 	core, logs := observer.New(zapcore.DebugLevel)
 	return zap.New(core), logs
+}
+
+// logsWith are the entries of l with msg and these fields, compared as
+// Logs.Find compares them.
+func logsWith(l bgtest.Logs, msg string, fields map[string]string) bgtest.Logs {
+	return l.Where(func(e map[string]any) bool { return bgtest.Logs{e}.Find(msg, fields) != nil })
 }
 
 // startSilentServer is an HTTP server that takes requests and answers none
@@ -57,19 +63,11 @@ func startSilentServer(t testing.TB) *httptest.Server {
 	return s
 }
 
-func plainMailer(addr string) *mailer {
-	m, err := (&SMTPConfig{Address: addr, TLS: "none", From: "Break Glass <bg@example.com>"}).provision(caddy.NewReplacer(), "smtp")
-	if err != nil {
-		panic(err)
-	}
-	return m
-}
-
 func TestAlertEmailsAreSentOnePerRecipientAndOneFailureStopsNoOther(t *testing.T) {
 	srv := startSMTP(t, smtpOptions{rejectRcpt: []string{"gone@example.com"}})
 	st := newTestState(t)
-	log, logs := observedLogger()
-	h := &alerts{state: st, mailer: plainMailer(srv.Addr),
+	log, buf := jsonLogger()
+	h := &alerts{state: st, mailer: testMailer(t, srv.Addr, SMTPConfig{TLS: "none"}),
 		emails: []string{"sec@example.com", "gone@example.com", "soc@example.com"}}
 	h.send(newEvent(eventLogin, "ops@example.com", "192.0.2.10", "admin.example.com", "", time.Now()), log)
 	st.deliveries.close(time.Minute) // waits for every delivery
@@ -90,36 +88,30 @@ func TestAlertEmailsAreSentOnePerRecipientAndOneFailureStopsNoOther(t *testing.T
 			t.Errorf("alert to %s lacks the facts: %+v", to, m)
 		}
 	}
-	failed := logs.FilterMessage("break-glass delivery failed").FilterField(zap.String("recipient", "gone@example.com")).All()
-	if len(failed) != 1 || failed[0].Level != zapcore.ErrorLevel {
-		t.Fatalf("want one ERROR naming gone@example.com, got %v", logs.All())
+	logs := buf.Logs()
+	failed := logsWith(logs, "break-glass delivery failed", map[string]string{"recipient": "gone@example.com"})
+	if len(failed) != 1 || failed[0]["level"] != "error" {
+		t.Fatalf("want one ERROR naming gone@example.com, got %v", logs)
 	}
-	if n := logs.FilterMessage("break-glass delivery succeeded").Len(); n != 2 {
+	if n := len(logs.All("break-glass delivery succeeded")); n != 2 {
 		t.Fatalf("%d successes logged, want 2", n)
 	}
 }
 
 func TestWebhookGetsTheLoginEventAsJSON(t *testing.T) {
-	got := make(chan map[string]any, 1)
-	var ctype string
-	hook := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		ctype = r.Header.Get("Content-Type")
-		var v map[string]any
-		body, _ := io.ReadAll(r.Body)
-		if err := json.Unmarshal(body, &v); err != nil {
-			t.Errorf("webhook body %q: %v", body, err)
-		}
-		got <- v
-	}))
-	defer hook.Close()
+	hook := bgtest.StartWebhook(t)
 	st := newTestState(t)
-	log, logs := observedLogger()
+	log, buf := jsonLogger()
 	h := &alerts{state: st, webhooks: []*webhook{{url: hook.URL + "/hook", host: "hook"}}}
 	at := time.Date(2026, 11, 25, 12, 0, 0, 0, time.FixedZone("X", 3600))
 	h.send(newEvent(eventLogin, "ops@example.com", "192.0.2.10", "admin.example.com", "", at), log)
 	st.deliveries.close(time.Minute)
 
-	v := <-got
+	req := hook.Wait(t, 1)[0]
+	v := req.JSON
+	if v == nil {
+		t.Fatalf("webhook body %q is not a JSON object", req.Body)
+	}
 	want := map[string]string{
 		"event": "break_glass_login", "ip": "192.0.2.10", "severity": "critical",
 		"timestamp": "2026-11-25T11:00:00Z",
@@ -132,11 +124,11 @@ func TestWebhookGetsTheLoginEventAsJSON(t *testing.T) {
 	if msg, _ := v["message"].(string); !strings.Contains(msg, "192.0.2.10") || !strings.Contains(msg, "ops@example.com") {
 		t.Errorf("message = %q", msg)
 	}
-	if ctype != "application/json" {
+	if ctype := req.Header.Get("Content-Type"); ctype != "application/json" {
 		t.Errorf("Content-Type = %q", ctype)
 	}
-	if logs.FilterMessage("break-glass delivery succeeded").FilterField(zap.String("channel", "webhook")).Len() != 1 {
-		t.Errorf("no success logged: %v", logs.All())
+	if logs := buf.Logs(); len(logsWith(logs, "break-glass delivery succeeded", map[string]string{"channel": "webhook"})) != 1 {
+		t.Errorf("no success logged: %v", logs)
 	}
 }
 
@@ -145,18 +137,15 @@ func TestWebhookFailuresAreLoggedAtError(t *testing.T) {
 	webhookTimeout = 300 * time.Millisecond
 	t.Cleanup(func() { webhookTimeout = old })
 
-	status500 := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		w.WriteHeader(http.StatusInternalServerError)
-	}))
-	defer status500.Close()
+	status500 := bgtest.StartWebhook(t)
+	status500.SetStatus(http.StatusInternalServerError)
+	// A redirect to a port that refuses: followed, the error would not say 302.
 	redirect := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		http.Redirect(w, r, "http://127.0.0.1:1/elsewhere", http.StatusFound)
 	}))
 	defer redirect.Close()
-	hang := make(chan struct{})
-	silent := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { <-hang }))
-	defer silent.Close()
-	defer close(hang)
+	silent := bgtest.StartWebhook(t)
+	silent.Hang()
 	refused := httptest.NewServer(http.NotFoundHandler())
 	refusedURL := refused.URL
 	refused.Close()
@@ -172,18 +161,19 @@ func TestWebhookFailuresAreLoggedAtError(t *testing.T) {
 	} {
 		t.Run(name, func(t *testing.T) {
 			st := newTestState(t)
-			log, logs := observedLogger()
+			log, buf := jsonLogger()
 			h := &alerts{state: st, webhooks: []*webhook{{url: tc.url + "/hook/SECRET-TOKEN", host: "hook"}}}
 			h.send(newEvent(eventLogin, "ops@example.com", "192.0.2.10", "h", "", time.Now()), log)
 			st.deliveries.close(time.Minute)
-			e := logs.FilterMessage("break-glass delivery failed").All()
-			if len(e) != 1 || e[0].Level != zapcore.ErrorLevel {
-				t.Fatalf("want one ERROR, got %v", logs.All())
+			logs := buf.Logs()
+			e := logs.All("break-glass delivery failed")
+			if len(e) != 1 || e[0]["level"] != "error" {
+				t.Fatalf("want one ERROR, got %v", logs)
 			}
-			if strings.Contains(fmt.Sprint(e[0].ContextMap()), "SECRET-TOKEN") {
-				t.Fatalf("the webhook URL's token is in the log: %v", e[0].ContextMap())
+			if strings.Contains(fmt.Sprint(e[0]), "SECRET-TOKEN") {
+				t.Fatalf("the webhook URL's token is in the log: %v", e[0])
 			}
-			if s := e[0].ContextMap()["error"]; !strings.Contains(s.(string), tc.want) {
+			if s, _ := e[0]["error"].(string); !strings.Contains(s, tc.want) {
 				t.Fatalf("error %q does not say %q", s, tc.want)
 			}
 		})
@@ -217,36 +207,31 @@ func TestStoppingCancelsSlowDeliveriesAndLeavesNoGoroutine(t *testing.T) {
 	webhookTimeout, deliveryGrace = time.Minute, 100*time.Millisecond
 	t.Cleanup(func() { webhookTimeout, deliveryGrace = oldTimeout, oldGrace })
 
-	srv := startSMTP(t, smtpOptions{delay: time.Minute}) // accepts, then sits on DATA
-	hang := make(chan struct{})
-	silent := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		select {
-		case <-hang:
-		case <-r.Context().Done():
+	// The servers stop as the subtest ends, before goleak looks.
+	t.Run("stop", func(t *testing.T) {
+		srv := startSMTP(t, smtpOptions{delay: time.Minute}) // accepts, then sits on DATA
+		silent := bgtest.StartWebhook(t)
+		silent.Hang()
+		d, err := newState()
+		if err != nil {
+			t.Fatal(err)
 		}
-	}))
-	d, err := newState()
-	if err != nil {
-		t.Fatal(err)
-	}
-	st := d.(*state)
-	m := plainMailer(srv.Addr)
-	m.timeout = time.Minute
-	h := &alerts{state: st, mailer: m, emails: []string{"a@example.com", "b@example.com"}, webhooks: []*webhook{{url: silent.URL, host: "silent"}}}
-	for range 5 {
-		h.send(newEvent(eventLogin, "ops@example.com", "192.0.2.10", "h", "", time.Now()), zap.NewNop())
-	}
-	time.Sleep(200 * time.Millisecond) // let them get stuck
-	start := time.Now()
-	if err := st.Destruct(); err != nil {
-		t.Fatal(err)
-	}
-	if d := time.Since(start); d > 10*time.Second {
-		t.Fatalf("stopping waited %v: deliveries were not cancelled", d)
-	}
-	close(hang)
-	silent.Close()
-	srv.Close()
+		st := d.(*state)
+		m := testMailer(t, srv.Addr, SMTPConfig{TLS: "none"})
+		m.timeout = time.Minute
+		h := &alerts{state: st, mailer: m, emails: []string{"a@example.com", "b@example.com"}, webhooks: []*webhook{{url: silent.URL, host: "silent"}}}
+		for range 5 {
+			h.send(newEvent(eventLogin, "ops@example.com", "192.0.2.10", "h", "", time.Now()), zap.NewNop())
+		}
+		time.Sleep(200 * time.Millisecond) // let them get stuck
+		start := time.Now()
+		if err := st.Destruct(); err != nil {
+			t.Fatal(err)
+		}
+		if d := time.Since(start); d > 10*time.Second {
+			t.Fatalf("stopping waited %v: deliveries were not cancelled", d)
+		}
+	})
 }
 
 // rawSMTP is an SMTP server that keeps each message as it came, bytes and
@@ -301,7 +286,7 @@ func (r rawSession) Data(in io.Reader) error {
 
 func TestAlertMailsAreBoundedWhateverTheInputs(t *testing.T) {
 	srv := startRawSMTP(t)
-	m := plainMailer(srv.Addr)
+	m := testMailer(t, srv.Addr, SMTPConfig{TLS: "none"})
 	for name, ev := range hostileInputs() {
 		t.Run(name, func(t *testing.T) {
 			before := len(srv.Raws())
@@ -345,52 +330,22 @@ func TestAlertMailsAreBoundedWhateverTheInputs(t *testing.T) {
 	}
 }
 
-// countingHook is a webhook receiver that keeps the messages it got, by
-// host.
-type countingHook struct {
-	*httptest.Server
-	mu   sync.Mutex
-	msgs map[string][]string
-	got  chan struct{}
-}
-
-func startCountingHook(t *testing.T) *countingHook {
-	c := &countingHook{msgs: map[string][]string{}, got: make(chan struct{}, 100)}
-	c.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		var ev alertEvent
-		_ = json.NewDecoder(r.Body).Decode(&ev)
-		c.mu.Lock()
-		c.msgs[ev.Host] = append(c.msgs[ev.Host], ev.Message)
-		c.mu.Unlock()
-		c.got <- struct{}{}
-	}))
-	t.Cleanup(c.Close)
-	return c
-}
-
-func (c *countingHook) messages(host string) []string {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return append([]string(nil), c.msgs[host]...)
-}
-
-// wait waits (up to a liveness bound, not a timing claim) for n more POSTs.
-func (c *countingHook) wait(t *testing.T, n int) {
-	t.Helper()
-	for range n {
-		select {
-		case <-c.got:
-		case <-time.After(15 * time.Second):
-			t.Fatal("a webhook POST never came")
+// hookMessages are the messages of the alerts the webhook got for host.
+func hookMessages(hook *bgtest.Webhook, host string) []string {
+	var msgs []string
+	for _, ev := range hook.Events() {
+		if ev["host"] == host {
+			msgs = append(msgs, fmt.Sprint(ev["message"]))
 		}
 	}
+	return msgs
 }
 
 func TestCodeIssuedAlertsGoOncePerCredentialPerWindow(t *testing.T) {
 	clk := useTestClock(t)
-	hook := startCountingHook(t)
+	hook := bgtest.StartWebhook(t)
 	st := newTestState(t)
-	log, logs := observedLogger()
+	log, buf := jsonLogger()
 	al := &alerts{state: st, window: 15 * time.Minute, webhooks: []*webhook{{url: hook.URL, host: "hook"}}}
 	ev := func(host string) alertEvent {
 		return newEvent(eventCodeIssued, "ops@example.com", "192.0.2.10", host, "INC-7", now())
@@ -403,19 +358,19 @@ func TestCodeIssuedAlertsGoOncePerCredentialPerWindow(t *testing.T) {
 	}
 	// Another credential is not held back by the first.
 	al.bounded(ev("b.example.com"), &events[evCodeIssued], "scope-b", log)
-	held := logs.FilterMessage("break-glass code_issued alert held back: one already went for this credential in this window; the next one will count it").All()
-	if len(held) != 19 || held[0].Level != zapcore.WarnLevel {
+	held := buf.Logs().All("break-glass code_issued alert held back: one already went for this credential in this window; the next one will count it")
+	if len(held) != 19 || held[0]["level"] != "warn" {
 		t.Fatalf("%d held back logged, want 19 WARN", len(held))
 	}
-	hook.wait(t, 2)
+	hook.Wait(t, 2)
 	// After the window, the next alert counts those held back, since the
 	// first of them (at 12:00:01).
 	clk.Advance(15 * time.Minute)
 	al.bounded(ev("a.example.com"), &events[evCodeIssued], "scope-a", log)
-	hook.wait(t, 1)
+	hook.Wait(t, 3)
 	st.notices.close(time.Minute) // every alert sent has arrived
 
-	msgs := hook.messages("a.example.com")
+	msgs := hookMessages(hook, "a.example.com")
 	if len(msgs) != 2 {
 		t.Fatalf("%d alerts for the first credential, want 2: %q", len(msgs), msgs)
 	}
@@ -425,23 +380,23 @@ func TestCodeIssuedAlertsGoOncePerCredentialPerWindow(t *testing.T) {
 	if want := "19 other code requests for this credential were not alerted one by one since 2026-11-25T12:00:01Z"; !strings.Contains(msgs[1], want) {
 		t.Errorf("the alert after the window: %q, want it to say %q", msgs[1], want)
 	}
-	if n := len(hook.messages("b.example.com")); n != 1 {
+	if n := len(hookMessages(hook, "b.example.com")); n != 1 {
 		t.Errorf("%d alerts for the second credential, want 1", n)
 	}
 }
 
 func TestCodeIssuedAlertsDoNotDependOnTheDeliveriesQueue(t *testing.T) {
-	hook := startCountingHook(t)
+	hook := bgtest.StartWebhook(t)
 	st := newTestState(t)
-	log, logs := observedLogger()
+	log, buf := jsonLogger()
 	h := &alerts{state: st, webhooks: []*webhook{{url: hook.URL, host: "hook"}}}
 	// With the queue of code mails and login alerts refusing everything,
 	// a code_issued alert still goes: it has its own queue.
 	st.deliveries.close(0)
 	h.send(newEvent(eventCodeIssued, "ops@example.com", "192.0.2.10", "a.example.com", "", time.Now()), log)
 	st.notices.close(time.Minute)
-	if n := len(hook.messages("a.example.com")); n != 1 {
-		t.Fatalf("%d code_issued alerts delivered, want 1; logs: %v", n, logs.All())
+	if n := len(hookMessages(hook, "a.example.com")); n != 1 {
+		t.Fatalf("%d code_issued alerts delivered, want 1; logs: %v", n, buf.Logs())
 	}
 }
 

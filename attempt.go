@@ -276,7 +276,7 @@ func (a *attempt) failed(kind eventKind, remaining int, lockedUntil time.Time) (
 	if lockedUntil.IsZero() {
 		return outcome{}, false
 	}
-	a.record(event{kind: evLockout, account: a.h.account.email, detail: "until " + lockedUntil.UTC().Format(time.RFC3339),
+	a.record(event{kind: evLockout, detail: "until " + lockedUntil.UTC().Format(time.RFC3339),
 		fields: []zap.Field{zap.Time("locked_until", lockedUntil), zap.Int("max_attempts", a.h.app.MaxAttempts)}})
 	return a.lockedOut(lockedUntil), true
 }

@@ -35,17 +35,48 @@ func writeAudit(t *testing.T, path string, n int) string {
 	return head
 }
 
+// newTestAudit is an audit log on a new file, closed at the test's end,
+// and the file's path.
+func newTestAudit(t testing.TB) (*auditLog, string) {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "audit.jsonl")
+	a, err := newAuditLog(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = a.Destruct() })
+	return a, path
+}
+
+// verifyAuditFile is verifyAudit of the file at path, and what it read.
+func verifyAuditFile(path string, heads ...string) (auditReport, []byte, error) {
+	b, _ := os.ReadFile(path)
+	rep, err := verifyAudit(bytes.NewReader(b), heads...)
+	return rep, b, err
+}
+
+// crashAndAppend cuts the last line of the file at path short, as a crash
+// does, appends a line and checks the recovery: 4 lines, line 2 the cut one.
+func crashAndAppend(t *testing.T, path string) {
+	t.Helper()
+	b, _ := os.ReadFile(path)
+	if err := os.WriteFile(path, b[:len(b)-30], 0o600); err != nil {
+		t.Fatal(err)
+	}
+	head := writeAudit(t, path, 1)
+	if rep, _, err := verifyAuditFile(path); err != nil || rep.Lines != 4 || len(rep.Recovered) != 1 || rep.Recovered[0] != 2 || rep.Head != head {
+		t.Fatalf("after recovery: %+v, %v", rep, err)
+	}
+}
+
 func TestAuditChainVerifiesAndContinuesAfterReopening(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "audit.jsonl")
 	writeAudit(t, path, 3)
 	head := writeAudit(t, path, 2) // reopened: the chain goes on
-	f, _ := os.Open(path)
-	defer f.Close()
-	rep, err := verifyAudit(f)
+	rep, b, err := verifyAuditFile(path)
 	if err != nil || rep.Lines != 5 || rep.Head != head {
 		t.Fatalf("verify: %+v, %v; want 5 lines, head %s", rep, err, head)
 	}
-	b, _ := os.ReadFile(path)
 	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
 	if !strings.Contains(lines[0], `"prev":"`+auditGenesis+`"`) || !strings.Contains(lines[3], `"prev":"`+lineHash([]byte(lines[2]))+`"`) {
 		t.Fatalf("the chain does not link the lines:\n%s", b)
@@ -125,24 +156,14 @@ func TestVerifyAuditCommand(t *testing.T) {
 func TestAuditCutLineAfterACrashIsRecovered(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "audit.jsonl")
 	writeAudit(t, path, 2)
-	b, _ := os.ReadFile(path)
-	if err := os.WriteFile(path, b[:len(b)-30], 0o600); err != nil { // a crash cut the last line
-		t.Fatal(err)
-	}
-	head := writeAudit(t, path, 1)
-	f, _ := os.Open(path)
-	defer f.Close()
-	rep, err := verifyAudit(f)
-	if err != nil || rep.Lines != 4 || len(rep.Recovered) != 1 || rep.Recovered[0] != 2 || rep.Head != head {
-		t.Fatalf("after recovery: %+v, %v", rep, err)
-	}
+	crashAndAppend(t, path)
 	out, err := runCommand(t, verifyAuditCommand(), path)
 	if err != nil || !strings.Contains(out, "line 2 was cut short by a crash and recovered (line 3 says so)") {
 		t.Fatalf("verify-audit: %v\n%s", err, out)
 	}
 	// A changed line is not passed off as a crash: "recovered" must chain
 	// from exactly that line.
-	b, _ = os.ReadFile(path)
+	b, _ := os.ReadFile(path)
 	b[5] ^= 1
 	if _, err := verifyAudit(bytes.NewReader(b)); err == nil || !strings.HasPrefix(err.Error(), "line 1:") {
 		t.Fatalf("a changed first line: %v", err)
@@ -268,12 +289,7 @@ func (f *faultyFile) Truncate(n int64) error {
 func TestAFailedWriteIsUndoneOrRecovered(t *testing.T) {
 	for _, noUndo := range []bool{false, true} {
 		t.Run(fmt.Sprintf("noUndo=%v", noUndo), func(t *testing.T) {
-			path := filepath.Join(t.TempDir(), "audit.jsonl")
-			a, err := newAuditLog(path)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer a.Destruct()
+			a, path := newTestAudit(t)
 			ff := &faultyFile{File: a.f.(*os.File), noUndo: noUndo}
 			a.f = ff
 			a.write(auditRecord{Event: auditLogin})
@@ -285,8 +301,7 @@ func TestAFailedWriteIsUndoneOrRecovered(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			b, _ := os.ReadFile(path)
-			rep, err := verifyAudit(bytes.NewReader(b), head)
+			rep, b, err := verifyAuditFile(path, head)
 			if err != nil || rep.Found[head] != rep.Lines {
 				t.Fatalf("after a failed write: %+v, %v\n%s", rep, err, b)
 			}
@@ -298,19 +313,13 @@ func TestAFailedWriteIsUndoneOrRecovered(t *testing.T) {
 }
 
 func TestAuditFileEmptiedInPlaceStartsANewChain(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "audit.jsonl")
-	a, err := newAuditLog(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer a.Destruct()
+	a, path := newTestAudit(t)
 	old, _ := a.write(auditRecord{Event: auditLogin})
 	if err := os.Truncate(path, 0); err != nil { // logrotate's copytruncate
 		t.Fatal(err)
 	}
 	head, _ := a.write(auditRecord{Event: auditLogout})
-	b, _ := os.ReadFile(path)
-	rep, err := verifyAudit(bytes.NewReader(b))
+	rep, b, err := verifyAuditFile(path)
 	if err != nil || rep.Lines != 2 || rep.Head != head || !strings.Contains(string(b), `"event":"chain_continued"`) || !strings.Contains(string(b), old) {
 		t.Fatalf("after copytruncate: %+v, %v\n%s", rep, err, b)
 	}
@@ -441,8 +450,7 @@ func TestAuditTwoProcessesAppendingToOneFileKeepOneChain(t *testing.T) {
 	if err := cmd.Wait(); err != nil {
 		t.Fatalf("the other process: %v\n%s", err, stderr.Bytes())
 	}
-	b, _ := os.ReadFile(path)
-	rep, err := verifyAudit(bytes.NewReader(b))
+	rep, b, err := verifyAuditFile(path)
 	if err != nil || rep.Lines != 2*auditPerWriter {
 		t.Fatalf("after two processes appended: %+v, %v (want %d lines)", rep, err, 2*auditPerWriter)
 	}
@@ -469,12 +477,11 @@ func TestAuditOneFileThroughASymlinkedDirectoryKeepsOneChain(t *testing.T) {
 	}
 	wg.Wait()
 	for _, h := range hs {
-		if n := h.logs.FilterMessage("break-glass: writing the audit log").Len(); n > 0 {
-			t.Fatalf("%d failed writes: %v", n, h.logs.All()[0].ContextMap())
+		if failed := h.logs.Logs().All("break-glass: writing the audit log"); len(failed) > 0 {
+			t.Fatalf("%d failed writes: %v", len(failed), failed[0])
 		}
 	}
-	b, _ := os.ReadFile(filepath.Join(dir, "audit.jsonl"))
-	rep, err := verifyAudit(bytes.NewReader(b))
+	rep, b, err := verifyAuditFile(filepath.Join(dir, "audit.jsonl"))
 	if err != nil || rep.Lines != 2*auditPerWriter {
 		t.Fatalf("after two handlers appended, by two paths: %+v, %v (want %d lines)", rep, err, 2*auditPerWriter)
 	}
@@ -487,11 +494,7 @@ func TestAuditOneFileThroughASymlinkedDirectoryKeepsOneChain(t *testing.T) {
 }
 
 func TestAuditLongLinesAreClippedAndTheTailIsReadAcrossChunks(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "audit.jsonl")
-	a, err := newAuditLog(path)
-	if err != nil {
-		t.Fatal(err)
-	}
+	a, path := newTestAudit(t)
 	// A 2 MiB path, each byte escaped to six: clipped, the line stays short
 	// enough for the next append to find its end.
 	if _, err := a.write(auditRecord{Event: auditRequest, Path: "/" + strings.Repeat("<", 2<<20)}); err != nil {
@@ -508,16 +511,7 @@ func TestAuditLongLinesAreClippedAndTheTailIsReadAcrossChunks(t *testing.T) {
 	}
 	// The last line cut by a crash: the line before it (of many 4 KiB
 	// chunks) is what the "recovered" line names.
-	if err := os.WriteFile(path, b[:len(b)-30], 0o600); err != nil {
-		t.Fatal(err)
-	}
-	head := writeAudit(t, path, 1)
-	f, _ := os.Open(path)
-	defer f.Close()
-	rep, err := verifyAudit(f)
-	if err != nil || rep.Lines != 4 || len(rep.Recovered) != 1 || rep.Recovered[0] != 2 || rep.Head != head {
-		t.Fatalf("after recovery: %+v, %v", rep, err)
-	}
+	crashAndAppend(t, path)
 }
 
 func TestAuditRotationThroughASymlinkedDirectoryKeepsOneWriter(t *testing.T) {
@@ -553,8 +547,7 @@ func TestAuditRotationThroughASymlinkedDirectoryKeepsOneWriter(t *testing.T) {
 	if _, err := a.write(auditRecord{Event: auditLogout}); err != nil {
 		t.Fatal(err)
 	}
-	b, _ := os.ReadFile(real)
-	if _, err := verifyAudit(bytes.NewReader(b)); err != nil || strings.Count(string(b), `"event":"chain_continued"`) != 1 || !strings.Contains(string(b), oldHead) {
+	if _, b, err := verifyAuditFile(real); err != nil || strings.Count(string(b), `"event":"chain_continued"`) != 1 || !strings.Contains(string(b), oldHead) {
 		t.Fatalf("the new file: %v\n%s", err, b)
 	}
 	// The new file's identity is the writer's: yet another path to it

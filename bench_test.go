@@ -56,9 +56,7 @@ func BenchmarkClientIPNormalisation(b *testing.B) {
 // own cookie before passing a request on).
 func BenchmarkServeHTTPWithSession(b *testing.B) {
 	h := newTestHandler(b, nil, nil)
-	br := newBrowser("192.0.2.1")
-	br.signIn(b, h)
-	cookie := br.cookies[sessionCookie]
+	cookie := setCookie(h.signInAt(b, h.client(b, "192.0.2.1")), sessionCookie)
 	next := caddyhttp.HandlerFunc(func(http.ResponseWriter, *http.Request) error { return nil })
 	r := httptest.NewRequest("GET", "/admin/", nil)
 	r.RemoteAddr = "192.0.2.1:4000"

@@ -38,18 +38,24 @@ func eachBackend(t *testing.T, fn func(t *testing.T, b backends)) {
 
 var confClient = netip.MustParseAddr("192.0.2.1")
 
-// attempt reserves and settles one attempt, returning what reserve said
-// and, when reserved, what settle said.
+// tryAttempt reserves and settles one attempt of confClient, returning what
+// reserve said and, when reserved, what settle said.
 func tryAttempt(t *testing.T, l limiterBackend, kind attemptKind, o charge, lm limits) (reservation, int, time.Time) {
 	t.Helper()
-	c, err := l.reserve(confClient, kind, lm)
+	return tryAttemptFrom(t, l, confClient, kind, o, lm)
+}
+
+// tryAttemptFrom is tryAttempt of the client key.
+func tryAttemptFrom(t *testing.T, l limiterBackend, key netip.Addr, kind attemptKind, o charge, lm limits) (reservation, int, time.Time) {
+	t.Helper()
+	c, err := l.reserve(key, kind, lm)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if c.res != reserved {
 		return c.res, 0, c.until
 	}
-	rem, until, err := l.settle(confClient, kind, o, lm)
+	rem, until, err := l.settle(key, kind, o, lm)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -62,22 +68,93 @@ func TestConformanceLockoutAtMaxAttemptsAndNotExtended(t *testing.T) {
 		lm := limits{maxAttempts: 3, window: 10 * time.Minute}
 		var until time.Time
 		for i := 1; i <= 3; i++ {
+			if _, locked, _ := b.limiter.lockedUntil(confClient); locked {
+				t.Fatalf("locked after %d failures", i-1)
+			}
 			res, rem, u := tryAttempt(t, b.limiter, attemptCode, chargeFailed, lm)
-			if res != reserved || rem != 3-i {
-				t.Fatalf("failure %d: %v, %d left", i, res, rem)
+			if res != reserved || rem != 3-i || u.IsZero() != (i < 3) {
+				t.Fatalf("failure %d: %v, %d left, locked until %v", i, res, rem, u)
 			}
 			until = u
 		}
-		if !until.Equal(clk.Now().Add(10 * time.Minute)) {
-			t.Fatalf("locked until %v", until)
+		if got, locked, _ := b.limiter.lockedUntil(confClient); !locked || !got.Equal(until) || !until.Equal(clk.Now().Add(10*time.Minute)) {
+			t.Fatalf("locked until %v, lockedUntil = %v, %v; want a 10m lockout", until, got, locked)
 		}
-		clk.Advance(5 * time.Minute)
-		if res, _, u := tryAttempt(t, b.limiter, attemptPassword, chargeFailed, lm); res != refusedLocked || !u.Equal(until) {
-			t.Fatalf("during the lockout: %v until %v, want refusedLocked until %v", res, u, until)
+		// Another client is counted apart.
+		other := netip.MustParseAddr("192.0.2.2")
+		if _, locked, _ := b.limiter.lockedUntil(other); locked || b.limiter.remaining(other, lm) != 3 {
+			t.Fatal("another client's failures locked this one or spent its attempts")
 		}
-		clk.Advance(5 * time.Minute)
+		// No attempt during the lockout starts a new one or moves it.
+		for range 9 {
+			clk.Advance(time.Minute)
+			for _, kind := range []attemptKind{attemptPassword, attemptCode} {
+				res, _, u := tryAttempt(t, b.limiter, kind, chargeFailed, lm)
+				if got, _, _ := b.limiter.lockedUntil(confClient); res != refusedLocked || !u.Equal(until) || !got.Equal(until) {
+					t.Fatalf("during the lockout: %v until %v (lockedUntil %v), want refusedLocked until %v", res, u, got, until)
+				}
+			}
+		}
+		clk.Advance(time.Minute) // 10m after the lockout began: it is over
+		if _, locked, _ := b.limiter.lockedUntil(confClient); locked || b.limiter.remaining(confClient, lm) != 3 {
+			t.Fatal("after the lockout the client is still locked or has not a fresh 3 attempts")
+		}
 		if res, rem, _ := tryAttempt(t, b.limiter, attemptCode, chargeFailed, lm); res != reserved || rem != 2 {
 			t.Fatalf("after the lockout: %v, %d left; want a fresh window", res, rem)
+		}
+	})
+}
+
+func TestConformanceAddressesOfOneClientShareACounter(t *testing.T) {
+	eachBackend(t, func(t *testing.T, b backends) {
+		useTestClock(t)
+		lm := limits{maxAttempts: 2, window: time.Minute}
+		for _, c := range []struct {
+			first, then string
+			shared      bool
+		}{
+			{"2001:db8:1:2::1", "2001:db8:1:2:ffff:ffff:ffff:fffe", true}, // one /64
+			{"2001:db8:1:2::1", "2001:db8:1:3::1", false},                 // the neighbouring /64 of a locked one
+			{"::ffff:192.0.2.7", "192.0.2.7", true},                       // IPv4-mapped and IPv4
+		} {
+			first, _ := parseClientIP(c.first)
+			then, _ := parseClientIP(c.then)
+			tryAttemptFrom(t, b.limiter, limiterKey(first), attemptCode, chargeFailed, lm)
+			_, _, until := tryAttemptFrom(t, b.limiter, limiterKey(then), attemptCode, chargeFailed, lm)
+			if _, locked, _ := b.limiter.lockedUntil(limiterKey(then)); locked == until.IsZero() || locked != c.shared {
+				t.Errorf("a failure from %s, then one from %s: locked %v (until %v), want %v", c.first, c.then, locked, until, c.shared)
+			}
+		}
+	})
+}
+
+func TestConformanceFailuresAreForgottenAfterTheirWindowAndOnUnlock(t *testing.T) {
+	eachBackend(t, func(t *testing.T, b backends) {
+		clk := useTestClock(t)
+		lm := limits{maxAttempts: 3, window: time.Minute}
+		tryAttempt(t, b.limiter, attemptCode, chargeFailed, lm)
+		tryAttempt(t, b.limiter, attemptCode, chargeFailed, lm)
+		clk.Advance(time.Minute)
+		if res, rem, until := tryAttempt(t, b.limiter, attemptCode, chargeFailed, lm); res != reserved || rem != 2 || !until.IsZero() {
+			t.Fatalf("first failure of a new window: %v, %d left, until %v; want 2 left, not locked", res, rem, until)
+		}
+		tryAttempt(t, b.limiter, attemptCode, chargeFailed, lm)
+		if ok, err := b.limiter.unlock(confClient); !ok || err != nil {
+			t.Fatalf("unlock did not find the client: %v", err)
+		}
+		if rem := b.limiter.remaining(confClient, lm); rem != 3 {
+			t.Fatalf("remaining after unlock = %d, want 3", rem)
+		}
+	})
+}
+
+func TestConformanceASettledSuccessFreesItsAttempt(t *testing.T) {
+	eachBackend(t, func(t *testing.T, b backends) {
+		useTestClock(t)
+		for range 5 {
+			if res, _, _ := tryAttempt(t, b.limiter, attemptCode, chargeNone, limits{maxAttempts: 1, window: time.Minute}); res != reserved {
+				t.Fatalf("a settled success still held the only attempt: %v", res)
+			}
 		}
 	})
 }
@@ -159,6 +236,46 @@ func TestConformanceAPendingCodePerClientAndCredential(t *testing.T) {
 	})
 }
 
+func TestConformanceACodeIsBoundToItsCredentialFlowAndClient(t *testing.T) {
+	eachBackend(t, func(t *testing.T, b backends) {
+		useTestClock(t)
+		b.codes.put("s", "123456", flowA, confClient, time.Minute, "", codeLimits{})
+		for name, c := range map[string]struct {
+			scope, flow string
+			client      netip.Addr
+		}{
+			"another step-1 cookie": {"s", flowB, confClient},
+			"another client":        {"s", flowA, netip.MustParseAddr("192.0.2.2")},
+			"another credential":    {"t", flowA, confClient},
+		} {
+			if res, _, _ := b.codes.verify(c.scope, c.flow, c.client, "123456", nil); res != codeNotFound {
+				t.Fatalf("%s: %v, want codeNotFound", name, res)
+			}
+		}
+		if res, _, _ := b.codes.verify("s", flowA, confClient, "123456", nil); res != codeOK {
+			t.Fatalf("the attempts from elsewhere spent the code: %v", res)
+		}
+	})
+}
+
+func TestConformanceACodeEndsAtItsExpiry(t *testing.T) {
+	eachBackend(t, func(t *testing.T, b backends) {
+		clk := useTestClock(t)
+		b.codes.put("s", "123456", flowA, confClient, 10*time.Minute, "", codeLimits{})
+		clk.Advance(10*time.Minute - time.Second)
+		if _, ok := b.codes.pending("s", flowA, confClient); !ok {
+			t.Fatal("code not pending before its expiry")
+		}
+		clk.Advance(time.Second)
+		if _, ok := b.codes.pending("s", flowA, confClient); ok {
+			t.Fatal("code still pending at its expiry")
+		}
+		if res, _, _ := b.codes.verify("s", flowA, confClient, "123456", nil); res != codeNotFound {
+			t.Fatalf("expired code: %v, want codeNotFound", res)
+		}
+	})
+}
+
 func TestConformanceCodesPerCredentialAndWindow(t *testing.T) {
 	eachBackend(t, func(t *testing.T, b backends) {
 		clk := useTestClock(t)
@@ -182,18 +299,36 @@ func TestConformanceCodesPerCredentialAndWindow(t *testing.T) {
 	})
 }
 
-func TestConformanceWrongCodesVoidAndCancelAllEndsEveryCode(t *testing.T) {
+func TestConformanceThreeWrongCodesVoidTheCode(t *testing.T) {
 	eachBackend(t, func(t *testing.T, b backends) {
 		useTestClock(t)
-		cl := codeLimits{perCredential: 10, window: time.Hour}
-		b.codes.put("s", "123456", flowA, confClient, time.Minute, "", cl)
+		b.codes.put("s", "123456", flowA, confClient, time.Minute, "", codeLimits{})
 		for i, want := range []codeResult{codeWrong, codeWrong, codeVoided} {
 			if res, _, _ := b.codes.verify("s", flowA, confClient, "000000", nil); res != want {
 				t.Fatalf("wrong code %d: %v, want %v", i+1, res, want)
 			}
 		}
+		if res, _, _ := b.codes.verify("s", flowA, confClient, "123456", nil); res != codeNotFound {
+			t.Fatalf("right code after 3 wrong ones: %v, want codeNotFound", res)
+		}
+	})
+}
+
+func TestConformanceCancelEndsItsFlowsCodeAndCancelAllEveryCode(t *testing.T) {
+	eachBackend(t, func(t *testing.T, b backends) {
+		useTestClock(t)
+		cl := codeLimits{perCredential: 10, window: time.Hour}
+		other := netip.MustParseAddr("192.0.2.2")
 		b.codes.put("s", "123456", flowA, confClient, time.Minute, "", cl)
-		b.codes.put("s", "654321", flowB, netip.MustParseAddr("192.0.2.2"), time.Minute, "", cl)
+		b.codes.put("s", "654321", flowB, other, time.Minute, "", cl)
+		if err := b.codes.cancel("s", flowB); err != nil {
+			t.Fatal(err)
+		}
+		_, pendingA := b.codes.pending("s", flowA, confClient)
+		if _, pendingB := b.codes.pending("s", flowB, other); !pendingA || pendingB {
+			t.Fatalf("after cancelling flow B: flow A's code pending %v, B's %v; want true, false", pendingA, pendingB)
+		}
+		b.codes.put("s", "654321", flowB, other, time.Minute, "", cl)
 		if err := b.codes.cancelAll("s"); err != nil {
 			t.Fatal(err)
 		}

@@ -10,27 +10,16 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
-	"net/url"
 	"strconv"
 	"strings"
 	"sync"
 	"testing"
-	"time"
 
+	"github.com/caddy-break-glass/caddy-break-glass/bgtest"
 	"github.com/caddyserver/certmagic"
 	"go.uber.org/zap"
 	"golang.org/x/crypto/bcrypt"
 )
-
-// signInAs signs in on h with its own email and password, from b.
-func (b *browser) signInAs(t testing.TB, h testHandler, password string) *http.Response {
-	t.Helper()
-	if resp := b.login(t, h, h.account.email, password); resp.StatusCode != http.StatusSeeOther {
-		t.Fatalf("right password on %s: status %d", h.account.email, resp.StatusCode)
-	}
-	tok := csrfOf(t, b.do(t, h, "GET", "/admin/", nil))
-	return b.do(t, h, "POST", "/admin/", url.Values{"break_glass_step": {"code"}, "csrf_token": {tok}, "code": {devCode(t, h)}})
-}
 
 // Finding 1: two handlers share the limiter, and a sign-in on one used to
 // reset the client's whole counter.
@@ -40,32 +29,29 @@ func TestASignInWithAnotherCredentialForgivesNoFailure(t *testing.T) {
 	ownHash, _ := bcrypt.GenerateFromPassword([]byte("the attacker's own password"), 5)
 	own := newTestHandler(t, app, func(h *Handler) { h.Email, h.Hash = "b@example.com", string(ownHash) })
 
-	b := newBrowser("192.0.2.1")
+	c := guarded.client(t, "192.0.2.1")
 	wrong := 0
 	for round := 0; round < 4; round++ {
 		for range 4 {
-			r := b.login(t, guarded, "ops@example.com", "guess")
+			r := c.Login("/admin/", "ops@example.com", "guess", "", nil)
 			wrong++
-			if r.StatusCode == http.StatusTooManyRequests { // the locked page
+			if r.Status == http.StatusTooManyRequests { // the locked page
 				if wrong != 5 {
 					t.Fatalf("locked out at wrong password %d, want the 5th", wrong)
 				}
 				return
 			}
-			if r.StatusCode != http.StatusUnauthorized {
-				t.Fatalf("wrong password: %d", r.StatusCode)
+			if r.Status != http.StatusUnauthorized {
+				t.Fatalf("wrong password: %d", r.Status)
 			}
 		}
-		if r := newBrowserFrom(b).signInAs(t, own, "the attacker's own password"); r.StatusCode != http.StatusSeeOther && wrong < 5 {
-			t.Fatalf("the sign-in on the other credential: %d", r.StatusCode)
+		// A new browser on the same address, signing in with its own credential.
+		r := own.client(t, "192.0.2.1").SignIn("/admin/", own.account.email, "the attacker's own password", func() string { return devCode(t, own) })
+		if r.Status != http.StatusSeeOther && wrong < 5 {
+			t.Fatalf("the sign-in on the other credential: %d", r.Status)
 		}
 	}
 	t.Fatalf("%d wrong passwords from one client with max_attempts 5: a sign-in elsewhere forgave them", wrong)
-}
-
-// newBrowserFrom is a new browser (no cookies) on the same address as b.
-func newBrowserFrom(b *browser) *browser {
-	return &browser{remote: b.remote, cookies: map[string]*http.Cookie{}, tls: b.tls}
 }
 
 // Finding 2: right passwords were never limited. A client now gets
@@ -76,8 +62,8 @@ func TestRightPasswordsAreBoundedPerClientBeforeHashing(t *testing.T) {
 	h := newTestHandler(t, &App{MaxAttempts: 5}, nil)
 	codes := 0
 	for i := range 10 {
-		r := newBrowser("192.0.2.1").login(t, h, "ops@example.com", testPassword)
-		switch r.StatusCode {
+		r := h.client(t, "192.0.2.1").Login("/admin/", "ops@example.com", testPassword, "", nil)
+		switch r.Status {
 		case http.StatusSeeOther:
 			codes++
 		case http.StatusTooManyRequests:
@@ -85,7 +71,7 @@ func TestRightPasswordsAreBoundedPerClientBeforeHashing(t *testing.T) {
 				t.Fatal("429 without Retry-After")
 			}
 		default:
-			t.Fatalf("right password %d: %d", i+1, r.StatusCode)
+			t.Fatalf("right password %d: %d", i+1, r.Status)
 		}
 	}
 	if codes != defaultCodesPerClient {
@@ -94,7 +80,7 @@ func TestRightPasswordsAreBoundedPerClientBeforeHashing(t *testing.T) {
 	if n := len(h.cmp.take()); n != defaultCodesPerClient {
 		t.Fatalf("%d comparisons, want %d: refused right passwords were hashed", n, defaultCodesPerClient)
 	}
-	if n := len(h.logs.FilterMessage("break-glass code (dev_log_code)").All()); n != defaultCodesPerClient {
+	if n := len(h.logs.Logs().All("break-glass code (dev_log_code)")); n != defaultCodesPerClient {
 		t.Fatalf("%d codes issued, want %d", n, defaultCodesPerClient)
 	}
 }
@@ -104,20 +90,15 @@ func TestRightPasswordsAreBoundedPerClientBeforeHashing(t *testing.T) {
 func TestAnotherClientsSignInNeverVoidsAPendingCode(t *testing.T) {
 	useTestClock(t)
 	h := newTestHandler(t, &App{MaxAttempts: 5}, nil)
-	operator := newBrowser("192.0.2.1")
-	if r := operator.login(t, h, "ops@example.com", testPassword); r.StatusCode != http.StatusSeeOther {
-		t.Fatalf("operator's password: %d", r.StatusCode)
-	}
-	code := devCode(t, h)
+	operator := h.client(t, "192.0.2.1")
+	code := h.codeAt(t, operator)
 	for range 3 {
-		if r := newBrowser("192.0.2.66").login(t, h, "ops@example.com", testPassword); r.StatusCode != http.StatusSeeOther {
-			t.Fatalf("attacker's password: %d", r.StatusCode)
+		if r := h.client(t, "192.0.2.66").Login("/admin/", "ops@example.com", testPassword, "", nil); r.Status != http.StatusSeeOther {
+			t.Fatalf("attacker's password: %d", r.Status)
 		}
 	}
-	tok := csrfOf(t, operator.do(t, h, "GET", "/admin/", nil))
-	r := operator.do(t, h, "POST", "/admin/", url.Values{"break_glass_step": {"code"}, "csrf_token": {tok}, "code": {code}})
-	if r.StatusCode != http.StatusSeeOther {
-		t.Fatalf("the operator's code after another client's sign-ins: %d, want 303", r.StatusCode)
+	if r := operator.SubmitCode("/admin/", code); r.Status != http.StatusSeeOther {
+		t.Fatalf("the operator's code after another client's sign-ins: %d, want 303", r.Status)
 	}
 	if rem := h.state.limiter.remaining(limiterKey(netip.MustParseAddr("192.0.2.1")), h.app.lim); rem != 5 {
 		t.Fatalf("the operator has %d attempts left, want 5", rem)
@@ -129,27 +110,23 @@ func TestAnotherClientsSignInNeverVoidsAPendingCode(t *testing.T) {
 func TestCodesPerCredentialAreBounded(t *testing.T) {
 	useTestClock(t)
 	h := newTestHandler(t, &App{MaxAttempts: 5}, func(h *Handler) { h.AllowedIPs = []string{"192.0.2.0/24"} })
-	first := newBrowser("192.0.2.1")
-	if r := first.login(t, h, "ops@example.com", testPassword); r.StatusCode != http.StatusSeeOther {
-		t.Fatal(r.StatusCode)
-	}
-	code := devCode(t, h)
+	first := h.client(t, "192.0.2.1")
+	code := h.codeAt(t, first)
 	for i := 2; i <= defaultCodesPerCredential+3; i++ {
-		r := newBrowser("192.0.2."+strconv.Itoa(i)).login(t, h, "ops@example.com", testPassword)
+		r := h.client(t, "192.0.2."+strconv.Itoa(i)).Login("/admin/", "ops@example.com", testPassword, "", nil)
 		want := http.StatusSeeOther
 		if i > defaultCodesPerCredential {
 			want = http.StatusTooManyRequests
 		}
-		if r.StatusCode != want {
-			t.Fatalf("code %d for the credential: %d, want %d", i, r.StatusCode, want)
+		if r.Status != want {
+			t.Fatalf("code %d for the credential: %d, want %d", i, r.Status, want)
 		}
 	}
 	if n, _ := h.state.codes.pendingFor(h.account.scope); n != defaultCodesPerCredential {
 		t.Fatalf("%d codes pending, want %d", n, defaultCodesPerCredential)
 	}
-	tok := csrfOf(t, first.do(t, h, "GET", "/admin/", nil))
-	if r := first.do(t, h, "POST", "/admin/", url.Values{"break_glass_step": {"code"}, "csrf_token": {tok}, "code": {code}}); r.StatusCode != http.StatusSeeOther {
-		t.Fatalf("the first code after the bound was reached: %d", r.StatusCode)
+	if r := first.SubmitCode("/admin/", code); r.Status != http.StatusSeeOther {
+		t.Fatalf("the first code after the bound was reached: %d", r.Status)
 	}
 }
 
@@ -191,32 +168,23 @@ func TestAClientWithoutFailuresIsServedBeforeFailingClients(t *testing.T) {
 	h := newTestHandler(t, &App{MaxAttempts: 5, MaxConcurrentHashes: 1}, nil)
 	oc := &orderedCompare{release: make(chan struct{})}
 	h.compare = oc.compare
-	flooder := newBrowser("192.0.2.9")
-	flooder.login(t, h, "ops@example.com", "flood-1") // one failure: priority 1
+	flooder := h.client(t, "192.0.2.9")
+	flooder.Login("/admin/", "ops@example.com", "flood-1", "", nil) // one failure: priority 1
 	oc.mu.Lock()
 	oc.block = true
 	oc.mu.Unlock()
 
 	var wg sync.WaitGroup
-	post := func(b *browser, pw string) {
-		tok := csrfOf(t, b.do(t, h, "GET", "/admin/", nil))
-		wg.Go(func() {
-			b.do(t, h, "POST", "/admin/", url.Values{"break_glass_step": {"login"}, "csrf_token": {tok}, "email": {"ops@example.com"}, "password": {pw}})
-		})
+	post := func(c *bgtest.Client, pw string) {
+		form := bgtest.LoginForm(c.Get("/admin/").CSRF(t), "ops@example.com", pw, "")
+		wg.Go(func() { c.Do("POST", "/admin/", form, nil) })
 	}
-	waitFor := func(cond func() bool) {
-		for deadline := time.Now().Add(5 * time.Second); !cond(); time.Sleep(time.Millisecond) {
-			if time.Now().After(deadline) {
-				t.Fatal("timed out")
-			}
-		}
-	}
-	post(newBrowser("192.0.2.8"), "holder") // takes the only slot
-	waitFor(func() bool { return len(oc.calls()) == 2 })
+	post(h.client(t, "192.0.2.8"), "holder") // takes the only slot
+	waitUntil(t, func() bool { return len(oc.calls()) == 2 })
 	post(flooder, "flood-2") // queued first, with a failure
-	waitFor(func() bool { return h.app.hashes.waiting() == 1 })
-	post(newBrowser("192.0.2.1"), testPassword) // queued second, no failure
-	waitFor(func() bool { return h.app.hashes.waiting() == 2 })
+	waitUntil(t, func() bool { return h.app.hashes.waiting() == 1 })
+	post(h.client(t, "192.0.2.1"), testPassword) // queued second, no failure
+	waitUntil(t, func() bool { return h.app.hashes.waiting() == 2 })
 	for range 3 {
 		oc.release <- struct{}{}
 	}
@@ -233,15 +201,12 @@ func TestCodePostsWithoutAPendingCodeCannotFillTheLimiter(t *testing.T) {
 	useTestClock(t)
 	h := newTestHandler(t, &App{MaxAttempts: 5, MaxTrackedClients: 5}, func(h *Handler) { h.AllowedIPs = []string{"192.0.2.0/24"} })
 	for i := 10; i < 60; i++ {
-		b := newBrowser("192.0.2." + strconv.Itoa(i))
-		tok := csrfOf(t, b.do(t, h, "GET", "/admin/", nil))
-		r := b.do(t, h, "POST", "/admin/", url.Values{"break_glass_step": {"code"}, "csrf_token": {tok}, "code": {"123456"}})
-		if r.StatusCode != http.StatusUnauthorized {
-			t.Fatalf("a code post with no code pending: %d, want 401", r.StatusCode)
+		if r := h.client(t, "192.0.2."+strconv.Itoa(i)).SubmitCode("/admin/", "123456"); r.Status != http.StatusUnauthorized {
+			t.Fatalf("a code post with no code pending: %d, want 401", r.Status)
 		}
 	}
-	if r := newBrowser("192.0.2.1").login(t, h, "ops@example.com", testPassword); r.StatusCode != http.StatusSeeOther {
-		t.Fatalf("a fresh operator after a flood of code posts: %d, want 303", r.StatusCode)
+	if r := h.client(t, "192.0.2.1").Login("/admin/", "ops@example.com", testPassword, "", nil); r.Status != http.StatusSeeOther {
+		t.Fatalf("a fresh operator after a flood of code posts: %d, want 303", r.Status)
 	}
 }
 
@@ -259,18 +224,13 @@ func TestRevokeEndsPendingCodesToo(t *testing.T) {
 				t.Cleanup(func() { _ = app.Cleanup() })
 			}
 			h := newTestHandler(t, app, nil)
-			b := newBrowser("192.0.2.1")
-			if r := b.login(t, h, "ops@example.com", testPassword); r.StatusCode != http.StatusSeeOther {
-				t.Fatal(r.StatusCode)
-			}
-			code := devCode(t, h)
+			c := h.client(t, "192.0.2.1")
+			code := h.codeAt(t, c)
 			if _, err := h.state.endSessions(h.account.scope); err != nil { // what revoke does
 				t.Fatal(err)
 			}
-			tok := csrfOf(t, b.do(t, h, "GET", "/admin/", nil))
-			r := b.do(t, h, "POST", "/admin/", url.Values{"break_glass_step": {"code"}, "csrf_token": {tok}, "code": {code}})
-			if r.StatusCode == http.StatusSeeOther || r.Header.Get("Set-Cookie") != "" && strings.Contains(r.Header.Get("Set-Cookie"), sessionCookie+"=") {
-				t.Fatalf("a code pending before the revoke signed in: %d", r.StatusCode)
+			if r := c.SubmitCode("/admin/", code); r.Status == http.StatusSeeOther || setCookie(r, sessionCookie) != nil {
+				t.Fatalf("a code pending before the revoke signed in: %d", r.Status)
 			}
 		})
 	}
@@ -282,26 +242,20 @@ func TestRevokeEndsPendingCodesToo(t *testing.T) {
 func TestCookiePathKeepsTheCookiesToTheGuardedPath(t *testing.T) {
 	for _, overTLS := range []bool{false, true} {
 		h := newTestHandler(t, nil, func(h *Handler) { h.CookiePath = "/admin" })
-		b := newBrowser("192.0.2.1")
-		b.tls = overTLS
-		login := b.login(t, h, "ops@example.com", testPassword)
-		if login.StatusCode != http.StatusSeeOther || len(login.Cookies()) == 0 {
-			t.Fatal(login.StatusCode)
+		c := h.client(t, "192.0.2.1")
+		if overTLS {
+			c = h.tlsClient(t, "192.0.2.1")
 		}
-		for _, c := range login.Cookies() {
-			if c.Path != "/admin" || c.Name != flowCookie {
-				t.Fatalf("TLS %v: flow cookie %+v, want %s with Path=/admin", overTLS, c, flowCookie)
+		login := c.Login("/admin/", "ops@example.com", testPassword, "", nil)
+		if login.Status != http.StatusSeeOther || len(setCookies(login)) == 0 {
+			t.Fatal(login.Status)
+		}
+		for _, ck := range setCookies(login) {
+			if ck.Path != "/admin" || ck.Name != flowCookie {
+				t.Fatalf("TLS %v: flow cookie %+v, want %s with Path=/admin", overTLS, ck, flowCookie)
 			}
 		}
-		tok := csrfOf(t, b.do(t, h, "GET", "/admin/", nil))
-		r := b.do(t, h, "POST", "/admin/", url.Values{"break_glass_step": {"code"}, "csrf_token": {tok}, "code": {devCode(t, h)}})
-		var sess *http.Cookie
-		for _, c := range r.Cookies() {
-			if c.Name == sessionCookie {
-				sess = c
-			}
-		}
-		if sess == nil || sess.Path != "/admin" || sess.Secure != overTLS {
+		if sess := setCookie(c.SubmitCode("/admin/", devCode(t, h)), sessionCookie); sess == nil || sess.Path != "/admin" || sess.Secure != overTLS {
 			t.Fatalf("TLS %v: session cookie %+v, want Path=/admin", overTLS, sess)
 		}
 	}

@@ -150,18 +150,14 @@ func FuzzClientIP(f *testing.F) {
 // FuzzVerifyAudit: any file content is checked without a panic, and a file
 // that passes is whole lines, each with its hash.
 func FuzzVerifyAudit(f *testing.F) {
-	dir := f.TempDir()
-	a, err := newAuditLog(dir + "/audit.jsonl")
-	if err != nil {
-		f.Fatal(err)
-	}
+	a, path := newTestAudit(f)
 	for _, ev := range []string{auditCodeIssued, auditLogin, auditRequest} {
 		if _, err := a.write(auditRecord{Event: ev, Email: "ops@example.com", Reason: "INC <1>"}); err != nil {
 			f.Fatal(err)
 		}
 	}
 	a.Destruct()
-	seed, _ := os.ReadFile(dir + "/audit.jsonl")
+	seed, _ := os.ReadFile(path)
 	f.Add(seed)
 	f.Add([]byte("{}\n"))
 	f.Add([]byte(`{"prev":"","hash":"` + strings.Repeat("0", 64) + `"}` + "\n"))

@@ -1,4 +1,5 @@
-// Tests of code generation and the pending-code store.
+// Tests of code generation, of the memory code store's record and of the
+// code mail; the store's rules run on both backends in conformance_test.go.
 
 package breakglass
 
@@ -59,77 +60,8 @@ var (
 	clientB = netip.MustParseAddr("192.0.2.11")
 )
 
+// flowA and flowB are two logins' step-1 cookies.
 const flowA, flowB = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa", "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb"
-
-func TestCodeWorksOnce(t *testing.T) {
-	useTestClock(t)
-	s := newCodeStore([]byte("k"))
-	s.put("ops@example.com", "123456", flowA, clientA, time.Minute, "", codeLimits{})
-	if r, _, _ := s.verify("ops@example.com", flowA, clientA, "123456", nil); r != codeOK {
-		t.Fatalf("right code: %v, want codeOK", r)
-	}
-	if r, _, _ := s.verify("ops@example.com", flowA, clientA, "123456", nil); r != codeNotFound {
-		t.Fatalf("second use: %v, want codeNotFound", r)
-	}
-}
-
-func TestCodeExpires(t *testing.T) {
-	clk := useTestClock(t)
-	s := newCodeStore([]byte("k"))
-	s.put("ops@example.com", "123456", flowA, clientA, 10*time.Minute, "", codeLimits{})
-	clk.Advance(10 * time.Minute)
-	if _, ok := s.pending("ops@example.com", flowA, clientA); ok {
-		t.Fatal("code still pending at its expiry")
-	}
-	if r, _, _ := s.verify("ops@example.com", flowA, clientA, "123456", nil); r != codeNotFound {
-		t.Fatalf("expired code: %v, want codeNotFound", r)
-	}
-}
-
-func TestCodeIsBoundToItsLoginAndClient(t *testing.T) {
-	useTestClock(t)
-	s := newCodeStore([]byte("k"))
-	s.put("ops@example.com", "123456", flowA, clientA, time.Minute, "", codeLimits{})
-	if r, _, _ := s.verify("ops@example.com", flowB, clientA, "123456", nil); r != codeNotFound {
-		t.Fatalf("another step-1 cookie: %v, want codeNotFound", r)
-	}
-	if r, _, _ := s.verify("ops@example.com", flowA, clientB, "123456", nil); r != codeNotFound {
-		t.Fatalf("another client: %v, want codeNotFound", r)
-	}
-	if r, _, _ := s.verify("other@example.com", flowA, clientA, "123456", nil); r != codeNotFound {
-		t.Fatalf("another identity: %v, want codeNotFound", r)
-	}
-	if r, _, _ := s.verify("ops@example.com", flowA, clientA, "123456", nil); r != codeOK {
-		t.Fatalf("the attempts from elsewhere spent the code: %v", r)
-	}
-}
-
-func TestNewLoginReplacesPendingCode(t *testing.T) {
-	useTestClock(t)
-	s := newCodeStore([]byte("k"))
-	s.put("ops@example.com", "111111", flowA, clientA, time.Minute, "", codeLimits{})
-	s.put("ops@example.com", "222222", flowB, clientA, time.Minute, "", codeLimits{})
-	if r, _, _ := s.verify("ops@example.com", flowA, clientA, "111111", nil); r != codeNotFound {
-		t.Fatalf("the replaced code: %v, want codeNotFound", r)
-	}
-	if r, _, _ := s.verify("ops@example.com", flowB, clientA, "222222", nil); r != codeOK {
-		t.Fatalf("the newer code: %v, want codeOK", r)
-	}
-}
-
-func TestThreeWrongCodesVoidThePendingCode(t *testing.T) {
-	useTestClock(t)
-	s := newCodeStore([]byte("k"))
-	s.put("ops@example.com", "123456", flowA, clientA, time.Minute, "", codeLimits{})
-	for i, want := range []codeResult{codeWrong, codeWrong, codeVoided} {
-		if r, _, _ := s.verify("ops@example.com", flowA, clientA, "000000", nil); r != want {
-			t.Fatalf("wrong code %d: %v, want %v", i+1, r, want)
-		}
-	}
-	if r, _, _ := s.verify("ops@example.com", flowA, clientA, "123456", nil); r != codeNotFound {
-		t.Fatalf("right code after 3 wrong ones: %v, want codeNotFound", r)
-	}
-}
 
 func TestCodeStoreKeepsNoCode(t *testing.T) {
 	s := newCodeStore([]byte("k"))
@@ -137,20 +69,6 @@ func TestCodeStoreKeepsNoCode(t *testing.T) {
 	b, err := json.Marshal(s.m["ops@example.com"])
 	if err != nil || strings.Contains(string(b), "987654") || !strings.Contains(string(b), `"mac":"`) {
 		t.Fatalf("the code record %s (%v): the code is kept in clear, or no MAC of it", b, err)
-	}
-}
-
-func TestCancelDropsOnlyThatFlowsCode(t *testing.T) {
-	useTestClock(t)
-	s := newCodeStore([]byte("k"))
-	s.put("ops@example.com", "123456", flowA, clientA, time.Minute, "", codeLimits{})
-	s.cancel("ops@example.com", flowB)
-	if _, ok := s.pending("ops@example.com", flowA, clientA); !ok {
-		t.Fatal("another flow cancelled the code")
-	}
-	s.cancel("ops@example.com", flowA)
-	if _, ok := s.pending("ops@example.com", flowA, clientA); ok {
-		t.Fatal("cancel left the code pending")
 	}
 }
 

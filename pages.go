@@ -1,6 +1,7 @@
-// The pages the handler serves in place of a guarded resource: login, code,
-// locked out, forbidden and short messages. Inline HTML from embedded
-// templates, no script, no external asset.
+// The pages the handler serves in place of a guarded resource (login, code,
+// locked out, forbidden and short messages), and the one time layout of
+// pages and mails. Inline HTML from embedded templates, no script, no
+// external asset.
 
 package breakglass
 
@@ -60,8 +61,8 @@ type page struct {
 	CSS     template.CSS
 }
 
-// formatTime shows a time to the operator, in UTC so that it reads the same
-// whatever zone the server runs in.
+// formatTime is the one layout of times in pages and mails: in UTC, so that
+// it reads the same whatever zone the server runs in.
 func formatTime(t time.Time) string {
 	return t.UTC().Format("15:04:05 MST, 2 Jan 2006")
 }

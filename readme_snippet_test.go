@@ -1,10 +1,10 @@
 // The webhook verification snippet of the README, compiled and run against
-// a real signed POST: it must be the README's text, byte for byte.
+// a real signed POST: the function below must be the README's Go block that
+// holds it, byte for byte.
 
 package breakglass
 
 import (
-	"context"
 	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/hex"
@@ -14,24 +14,7 @@ import (
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/caddyserver/caddy/v2"
 )
-
-const readmeSnippet = `// verifyBreakGlassSignature checks a break-glass webhook request: its
-// signature, and that it was signed within maxAge.
-func verifyBreakGlassSignature(secret []byte, header http.Header, body []byte, maxAge time.Duration) bool {
-	ts := header.Get("X-Break-Glass-Timestamp")
-	sec, err := strconv.ParseInt(ts, 10, 64)
-	if err != nil || time.Since(time.Unix(sec, 0)).Abs() > maxAge {
-		return false
-	}
-	mac := hmac.New(sha256.New, secret)
-	mac.Write([]byte(ts + "."))
-	mac.Write(body)
-	want := "sha256=" + hex.EncodeToString(mac.Sum(nil))
-	return hmac.Equal([]byte(want), []byte(header.Get("X-Break-Glass-Signature")))
-}`
 
 // verifyBreakGlassSignature checks a break-glass webhook request: its
 // signature, and that it was signed within maxAge.
@@ -53,24 +36,21 @@ func TestREADMEWebhookVerificationSnippet(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !strings.Contains(string(readme), readmeSnippet) {
+	// The README's Go block holding the function, from its first line to
+	// the closing fence.
+	_, block, _ := strings.Cut(string(readme), "```go\n// verifyBreakGlassSignature ")
+	snippet, _, ok := strings.Cut(block, "\n```\n")
+	if !ok {
 		t.Fatal("README.md does not hold the verification snippet this test runs")
 	}
+	snippet = "// verifyBreakGlassSignature " + snippet
 	src, _ := os.ReadFile("readme_snippet_test.go")
-	if strings.Count(string(src), readmeSnippet) != 2 { // the constant, and the function compiled below it
-		t.Fatal("the compiled function is not the snippet")
+	if !strings.Contains(string(src), "\n"+snippet+"\n\nfunc TestREADMEWebhookVerificationSnippet") {
+		t.Fatalf("the compiled function is not the snippet:\n%s", snippet)
 	}
 
-	srv, got := recordingServer(t)
-	wh, err := WebhookConfig{URL: srv.URL, Secret: "s3cret"}.provision(caddy.NewReplacer(), "alert_webhook")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := wh.post(context.Background(), newEvent(eventLogin, "ops@example.com", "192.0.2.1", "h", "", time.Now())); err != nil {
-		t.Fatal(err)
-	}
-	req := <-got
-	if !verifyBreakGlassSignature([]byte("s3cret"), req.header, req.body, 5*time.Minute) {
+	req := posted(t, WebhookConfig{Secret: "s3cret"}, newEvent(eventLogin, "ops@example.com", "192.0.2.1", "h", "", time.Now()))
+	if !verifyBreakGlassSignature([]byte("s3cret"), req.Header, req.Body, 5*time.Minute) {
 		t.Fatal("the snippet refuses a genuine request")
 	}
 	for name, c := range map[string]struct {
@@ -78,15 +58,15 @@ func TestREADMEWebhookVerificationSnippet(t *testing.T) {
 		body   []byte
 		header func(http.Header)
 	}{
-		"wrong secret":  {"other", req.body, nil},
-		"changed body":  {"s3cret", []byte(strings.Replace(string(req.body), "192.0.2.1", "192.0.2.2", 1)), nil},
-		"old timestamp": {"s3cret", req.body, func(h http.Header) { h.Set("X-Break-Glass-Timestamp", "1700000000") }},
-		"no signature":  {"s3cret", req.body, func(h http.Header) { h.Del("X-Break-Glass-Signature") }},
-		"upper-case signature": {"s3cret", req.body, func(h http.Header) {
+		"wrong secret":  {"other", req.Body, nil},
+		"changed body":  {"s3cret", []byte(strings.Replace(string(req.Body), "192.0.2.1", "192.0.2.2", 1)), nil},
+		"old timestamp": {"s3cret", req.Body, func(h http.Header) { h.Set("X-Break-Glass-Timestamp", "1700000000") }},
+		"no signature":  {"s3cret", req.Body, func(h http.Header) { h.Del("X-Break-Glass-Signature") }},
+		"upper-case signature": {"s3cret", req.Body, func(h http.Header) {
 			h.Set("X-Break-Glass-Signature", strings.ToUpper(h.Get("X-Break-Glass-Signature")))
 		}},
 	} {
-		h := req.header.Clone()
+		h := req.Header.Clone()
 		if c.header != nil {
 			c.header(h)
 		}

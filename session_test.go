@@ -53,41 +53,31 @@ func TestSessionRejectsAnyChangedByte(t *testing.T) {
 	}
 }
 
-func TestSessionSignedWithAnotherKeyIsRejected(t *testing.T) {
-	useTestClock(t)
-	other := newSessions([]byte("another key, another app instance"))
-	_, v := newTestSession(t, other, clientA)
-	st := newSessions([]byte("0123456789abcdef0123456789abcdef"))
-	if _, err := st.verify(v, clientA, "ops@example.com"); !errors.Is(err, errSessionSignature) {
-		t.Fatalf("err = %v, want errSessionSignature", err)
-	}
-}
-
-func TestSessionExpires(t *testing.T) {
-	clk := useTestClock(t)
-	st := newSessions([]byte("k"))
-	_, v := newTestSession(t, st, clientA)
-	clk.Advance(time.Hour)
-	if _, err := st.verify(v, clientA, "ops@example.com"); !errors.Is(err, errSessionExpired) {
-		t.Fatalf("err = %v, want errSessionExpired", err)
-	}
-}
-
-func TestSessionFromAnotherClientIsRejected(t *testing.T) {
-	useTestClock(t)
-	st := newSessions([]byte("k"))
-	_, v := newTestSession(t, st, clientA)
-	if _, err := st.verify(v, clientB, "ops@example.com"); !errors.Is(err, errSessionClient) {
-		t.Fatalf("err = %v, want errSessionClient", err)
-	}
-}
-
-func TestSessionForAnotherCredentialIsRejected(t *testing.T) {
-	useTestClock(t)
-	st := newSessions([]byte("k"))
-	_, v := newTestSession(t, st, clientA)
-	if _, err := st.verify(v, clientA, "other@example.com"); !errors.Is(err, errSessionScope) {
-		t.Fatalf("err = %v, want errSessionScope", err)
+func TestSessionIsRejected(t *testing.T) {
+	for name, c := range map[string]struct {
+		otherKey bool          // signed with another key: another app instance's
+		age      time.Duration // at the check
+		client   netip.Addr
+		scope    string
+		want     error
+	}{
+		"signed with another key": {true, 0, clientA, "ops@example.com", errSessionSignature},
+		"expired":                 {false, time.Hour, clientA, "ops@example.com", errSessionExpired},
+		"from another client":     {false, 0, clientB, "ops@example.com", errSessionClient},
+		"for another credential":  {false, 0, clientA, "other@example.com", errSessionScope},
+	} {
+		t.Run(name, func(t *testing.T) {
+			clk := useTestClock(t)
+			st, signer := newSessions([]byte("k")), newSessions([]byte("k"))
+			if c.otherKey {
+				signer = newSessions([]byte("another key, another app instance"))
+			}
+			_, v := newTestSession(t, signer, clientA)
+			clk.Advance(c.age)
+			if _, err := st.verify(v, c.client, c.scope); !errors.Is(err, c.want) {
+				t.Fatalf("err = %v, want %v", err, c.want)
+			}
+		})
 	}
 }
 

@@ -11,6 +11,18 @@ import (
 	"github.com/caddyserver/caddy/v2"
 )
 
+// testMailer is cfg provisioned to send to addr as Break Glass
+// <bg@example.com>.
+func testMailer(t *testing.T, addr string, cfg SMTPConfig) *mailer {
+	t.Helper()
+	cfg.Address, cfg.From = addr, "Break Glass <bg@example.com>"
+	m, err := cfg.provision(caddy.NewReplacer(), "smtp")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
 func TestSMTPDeliversInEachTLSMode(t *testing.T) {
 	tlsCfg, caFile := selfSigned(t)
 	for name, tc := range map[string]struct {
@@ -37,12 +49,7 @@ func TestSMTPDeliversInEachTLSMode(t *testing.T) {
 	} {
 		t.Run(name, func(t *testing.T) {
 			srv := startSMTP(t, tc.srv)
-			cfg := tc.cfg
-			cfg.Address, cfg.From = srv.Addr, "Break Glass <bg@example.com>"
-			m, err := cfg.provision(caddy.NewReplacer(), "smtp")
-			if err != nil {
-				t.Fatal(err)
-			}
+			m := testMailer(t, srv.Addr, tc.cfg)
 			if err := m.send(context.Background(), mailMessage{to: "ops@example.com", subject: "hello", text: "body", html: "<p>body</p>"}); err != nil {
 				t.Fatal(err)
 			}
@@ -75,13 +82,7 @@ func TestSMTPRefusesWhatItShould(t *testing.T) {
 	} {
 		t.Run(name, func(t *testing.T) {
 			srv := startSMTP(t, tc.srv)
-			cfg := tc.cfg
-			cfg.Address, cfg.From = srv.Addr, "bg@example.com"
-			m, err := cfg.provision(caddy.NewReplacer(), "smtp")
-			if err != nil {
-				t.Fatal(err)
-			}
-			err = m.send(context.Background(), mailMessage{to: "ops@example.com", subject: "s", text: "t"})
+			err := testMailer(t, srv.Addr, tc.cfg).send(context.Background(), mailMessage{to: "ops@example.com", subject: "s", text: "t"})
 			if err == nil || !strings.Contains(strings.ToLower(err.Error()), strings.ToLower(tc.want)) {
 				t.Fatalf("err = %v, want one about %q", err, tc.want)
 			}

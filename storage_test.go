@@ -9,13 +9,13 @@ import (
 	"errors"
 	"net/http"
 	"net/netip"
-	"net/url"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/caddy-break-glass/caddy-break-glass/bgtest"
 	"github.com/caddyserver/certmagic"
 	"go.uber.org/zap"
 )
@@ -110,9 +110,7 @@ func TestStorageStateSurvivesARestartOfEveryInstance(t *testing.T) {
 }
 
 func TestStorageRaceLosesNoFailureAndUsesNoCodeTwice(t *testing.T) {
-	old := attemptLockWait
-	attemptLockWait = time.Minute // wait for the other instance, never refuse
-	t.Cleanup(func() { attemptLockWait = old })
+	override(t, &attemptLockWait, time.Minute) // wait for the other instance, never refuse
 	st := &certmagic.FileStorage{Path: t.TempDir()}
 	insts := []*state{newStorageTestState(t, st), newStorageTestState(t, st)}
 	k := netip.MustParseAddr("192.0.2.9")
@@ -225,23 +223,22 @@ func TestStorageDownFailsSignInsClosedAndKeepsSessions(t *testing.T) {
 	}
 	t.Cleanup(func() { _ = app.Cleanup() })
 	h := newTestHandler(t, app, nil)
-	op := newBrowser("192.0.2.1")
-	if r := op.signIn(t, h); r.StatusCode != http.StatusSeeOther {
-		t.Fatalf("sign-in with storage up: %d", r.StatusCode)
+	op := h.client(t, "192.0.2.1")
+	if r := h.signInAt(t, op); r.Status != http.StatusSeeOther {
+		t.Fatalf("sign-in with storage up: %d", r.Status)
 	}
-	other := newBrowser("192.0.2.2")
-	tok := csrfOf(t, other.do(t, h, "GET", "/admin/", nil))
+	other := h.client(t, "192.0.2.2")
+	form := bgtest.LoginForm(other.Get("/admin/").CSRF(t), "ops@example.com", "wrong", "")
 
 	st.down.Store(true)
-	r := other.do(t, h, "POST", "/admin/", url.Values{"break_glass_step": {"login"}, "csrf_token": {tok}, "email": {"ops@example.com"}, "password": {"wrong"}})
-	if r.StatusCode != http.StatusServiceUnavailable {
-		t.Fatalf("a sign-in with storage down: %d, want 503", r.StatusCode)
+	if r := other.Do("POST", "/admin/", form, nil); r.Status != http.StatusServiceUnavailable {
+		t.Fatalf("a sign-in with storage down: %d, want 503", r.Status)
 	}
-	if h.logs.FilterMessage("break-glass state unavailable: sign-in refused").Len() == 0 {
+	if h.logs.Logs().Find("break-glass state unavailable: sign-in refused", nil) == nil {
 		t.Fatal("no ERROR for the storage failure")
 	}
-	if r := op.do(t, h, "GET", "/admin/", nil); r.Header.Get("X-Upstream") != "reached" {
-		t.Fatalf("the open session stopped working with storage down: %d", r.StatusCode)
+	if r := op.Get("/admin/"); r.Header.Get("X-Upstream") != "reached" {
+		t.Fatalf("the open session stopped working with storage down: %d", r.Status)
 	}
 
 	st.down.Store(false)

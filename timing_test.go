@@ -7,11 +7,12 @@
 package breakglass
 
 import (
-	"net/url"
 	"slices"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/caddy-break-glass/caddy-break-glass/bgtest"
 )
 
 var failureKinds = []struct{ name, email, password string }{
@@ -29,15 +30,15 @@ func TestReportTimingOfFailedLogins(t *testing.T) {
 	if err := h.setup(h.app, h.logger); err != nil {
 		t.Fatal(err)
 	}
-	b := newBrowser("192.0.2.1")
-	tok := csrfOf(t, b.do(t, h, "GET", "/admin/", nil))
+	c := h.client(t, "192.0.2.1")
+	tok := c.Get("/admin/").CSRF(t)
 	const rounds = 15
 	times := make([][]time.Duration, len(failureKinds))
 	for range rounds { // interleaved, so that drift hits every kind alike
 		for i, k := range failureKinds {
-			form := url.Values{"break_glass_step": {"login"}, "csrf_token": {tok}, "email": {k.email}, "password": {k.password}}
+			form := bgtest.LoginForm(tok, k.email, k.password, "")
 			start := time.Now()
-			b.do(t, h, "POST", "/admin/", form)
+			c.Do("POST", "/admin/", form, nil)
 			times[i] = append(times[i], time.Since(start))
 		}
 	}
@@ -64,12 +65,11 @@ func BenchmarkFailedLogin(b *testing.B) {
 			if err := h.setup(h.app, h.logger); err != nil {
 				b.Fatal(err)
 			}
-			br := newBrowser("192.0.2.1")
-			tok := csrfOf(b, br.do(b, h, "GET", "/admin/", nil))
-			form := url.Values{"break_glass_step": {"login"}, "csrf_token": {tok}, "email": {k.email}, "password": {k.password}}
+			c := h.client(b, "192.0.2.1")
+			form := bgtest.LoginForm(c.Get("/admin/").CSRF(b), k.email, k.password, "")
 			b.ResetTimer()
 			for b.Loop() {
-				br.do(b, h, "POST", "/admin/", form)
+				c.Do("POST", "/admin/", form, nil)
 			}
 		})
 	}

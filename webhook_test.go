@@ -10,9 +10,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
-	"io"
 	"net/http"
-	"net/http/httptest"
 	"strconv"
 	"strings"
 	"testing"
@@ -20,6 +18,7 @@ import (
 	"unicode/utf16"
 	"unicode/utf8"
 
+	"github.com/caddy-break-glass/caddy-break-glass/bgtest"
 	"github.com/caddyserver/caddy/v2"
 )
 
@@ -41,19 +40,30 @@ func rfc2104HMACSHA256(key, msg []byte) []byte {
 	return outer[:]
 }
 
+// hookRequest is what practice_test.go's rawHook keeps of a request.
 type hookRequest struct {
 	header http.Header
 	body   []byte
 }
 
-func recordingServer(t *testing.T) (*httptest.Server, chan hookRequest) {
-	got := make(chan hookRequest, 10)
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		b, _ := io.ReadAll(r.Body)
-		got <- hookRequest{r.Header.Clone(), b}
-	}))
-	t.Cleanup(srv.Close)
-	return srv, got
+// posted is the one request the webhook of cfg makes for ev, to a receiver
+// of this test at /hook.
+func posted(t *testing.T, cfg WebhookConfig, ev alertEvent) bgtest.HookRequest {
+	t.Helper()
+	hook := bgtest.StartWebhook(t)
+	cfg.URL = hook.URL + "/hook"
+	wh, err := cfg.provision(caddy.NewReplacer(), "alert_webhook")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := wh.post(context.Background(), ev); err != nil {
+		t.Fatal(err)
+	}
+	reqs := hook.Requests()
+	if len(reqs) != 1 || reqs[0].Method != http.MethodPost || reqs[0].Path != "/hook" {
+		t.Fatalf("the webhook got %d requests, want one POST to /hook: %+v", len(reqs), reqs)
+	}
+	return reqs[0]
 }
 
 func TestHMACByHandMatchesRFC4231(t *testing.T) {
@@ -65,65 +75,50 @@ func TestHMACByHandMatchesRFC4231(t *testing.T) {
 }
 
 func TestWebhookFormatsHeadersAndSignature(t *testing.T) {
-	srv, got := recordingServer(t)
 	t.Setenv("BG_TEST_HOOK_TOKEN", "tok-123")
 	t.Setenv("BG_TEST_HOOK_SECRET", "shh-secret")
 	ev := newEvent(eventLogin, "ops@example.com", "192.0.2.10", "admin.example.com", "INC-7 <!channel> @everyone", time.Now())
 
 	for _, format := range []string{"generic", "slack", "discord"} {
 		t.Run(format, func(t *testing.T) {
-			wh, err := WebhookConfig{URL: srv.URL + "/hook", Format: format, Secret: "{env.BG_TEST_HOOK_SECRET}",
-				Headers: map[string]string{"Authorization": "Bearer {env.BG_TEST_HOOK_TOKEN}"}}.provision(caddy.NewReplacer(), "alert_webhook")
-			if err != nil {
-				t.Fatal(err)
-			}
 			before := time.Now().Unix()
-			if err := wh.post(context.Background(), ev); err != nil {
-				t.Fatal(err)
+			req := posted(t, WebhookConfig{Format: format, Secret: "{env.BG_TEST_HOOK_SECRET}",
+				Headers: map[string]string{"Authorization": "Bearer {env.BG_TEST_HOOK_TOKEN}"}}, ev)
+			if req.Header.Get("Authorization") != "Bearer tok-123" || req.Header.Get("Content-Type") != "application/json" {
+				t.Fatalf("headers: %v", req.Header)
 			}
-			req := <-got
-			if req.header.Get("Authorization") != "Bearer tok-123" || req.header.Get("Content-Type") != "application/json" {
-				t.Fatalf("headers: %v", req.header)
-			}
-			ts := req.header.Get("X-Break-Glass-Timestamp")
+			ts := req.Header.Get("X-Break-Glass-Timestamp")
 			if n, err := strconv.ParseInt(ts, 10, 64); err != nil || n < before || n > time.Now().Unix() {
 				t.Fatalf("timestamp %q", ts)
 			}
-			want := "sha256=" + hex.EncodeToString(rfc2104HMACSHA256([]byte("shh-secret"), append([]byte(ts+"."), req.body...)))
-			if sig := req.header.Get("X-Break-Glass-Signature"); sig != want {
+			want := "sha256=" + hex.EncodeToString(rfc2104HMACSHA256([]byte("shh-secret"), append([]byte(ts+"."), req.Body...)))
+			if sig := req.Header.Get("X-Break-Glass-Signature"); sig != want {
 				t.Fatalf("signature %q, want %q", sig, want)
 			}
-			var body map[string]any
-			if err := json.Unmarshal(req.body, &body); err != nil {
-				t.Fatal(err)
-			}
+			body := req.JSON
 			switch format {
 			case "generic":
 				if body["event"] != eventLogin || body["reason"] != "INC-7 <!channel> @everyone" || body["severity"] != "critical" {
-					t.Fatalf("generic body: %s", req.body)
+					t.Fatalf("generic body: %s", req.Body)
 				}
 			case "slack":
 				text, _ := body["text"].(string)
 				if len(body) != 1 || !strings.Contains(text, "192.0.2.10") || strings.Contains(text, "<!channel>") || !strings.Contains(text, "&lt;!channel&gt;") {
-					t.Fatalf("slack body: %s", req.body)
+					t.Fatalf("slack body: %s", req.Body)
 				}
 			case "discord":
 				content, _ := body["content"].(string)
 				am, _ := body["allowed_mentions"].(map[string]any)
 				if !strings.Contains(content, "Reason: INC-7") || am == nil || len(am["parse"].([]any)) != 0 {
-					t.Fatalf("discord body: %s", req.body)
+					t.Fatalf("discord body: %s", req.Body)
 				}
 			}
 		})
 	}
 
 	// Without a secret: no signature headers.
-	wh, _ := WebhookConfig{URL: srv.URL}.provision(caddy.NewReplacer(), "alert_webhook")
-	if err := wh.post(context.Background(), ev); err != nil {
-		t.Fatal(err)
-	}
-	if req := <-got; req.header.Get("X-Break-Glass-Signature") != "" || req.header.Get("X-Break-Glass-Timestamp") != "" {
-		t.Fatalf("unsigned webhook carries signature headers: %v", req.header)
+	if req := posted(t, WebhookConfig{}, ev); req.Header.Get("X-Break-Glass-Signature") != "" || req.Header.Get("X-Break-Glass-Timestamp") != "" {
+		t.Fatalf("unsigned webhook carries signature headers: %v", req.Header)
 	}
 }
 
@@ -146,25 +141,18 @@ func hostileInputs() map[string]alertEvent {
 	}
 }
 
-// postedBody posts ev in format to a recording server and returns the body.
+// postedBody posts ev in format to a receiver and returns the body, valid
+// UTF-8 and a JSON object.
 func postedBody(t *testing.T, format string, ev alertEvent) (raw []byte, body map[string]any) {
 	t.Helper()
-	srv, got := recordingServer(t)
-	wh, err := WebhookConfig{URL: srv.URL, Format: format}.provision(caddy.NewReplacer(), "alert_webhook")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := wh.post(context.Background(), ev); err != nil {
-		t.Fatal(err)
-	}
-	raw = (<-got).body
-	if !utf8.Valid(raw) {
+	req := posted(t, WebhookConfig{Format: format}, ev)
+	if !utf8.Valid(req.Body) {
 		t.Fatalf("%s body is not valid UTF-8", format)
 	}
-	if err := json.Unmarshal(raw, &body); err != nil {
-		t.Fatal(err)
+	if req.JSON == nil {
+		t.Fatalf("%s body is not a JSON object: %q", format, req.Body)
 	}
-	return raw, body
+	return req.Body, req.JSON
 }
 
 func utf16Len(s string) int { return len(utf16.Encode([]rune(s))) }
