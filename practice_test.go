@@ -363,14 +363,14 @@ func TestALockoutFloodNeverCrowdsOutTheLoginAlert(t *testing.T) {
 		t.Fatalf("sign-in during the flood: %d", r.Status)
 	}
 	hook.WaitEvent(t, eventLogin)
-	if n := len(h.logs.FilterMessage("break-glass delivery dropped: too many deliveries in flight, or the app is stopping").All()); n != 0 {
+	if n := len(h.logs.Logs().All("break-glass delivery dropped: too many deliveries in flight, or the app is stopping")); n != 0 {
 		t.Fatalf("%d deliveries dropped", n)
 	}
 	time.Sleep(300 * time.Millisecond)
 	if n := hook.Count(eventLockout); n != lockoutAlertsPerWindow {
 		t.Fatalf("%d lockout alerts for 300 lockouts in a minute, want %d", n, lockoutAlertsPerWindow)
 	}
-	if n := len(h.logs.FilterMessage("break-glass lockout alert held back: too many lockouts at once; the next lockout alert will count it").All()); n != 300-lockoutAlertsPerWindow {
+	if n := len(h.logs.Logs().All("break-glass lockout alert held back: too many lockouts at once; the next lockout alert will count it")); n != 300-lockoutAlertsPerWindow {
 		t.Fatalf("%d lockout alerts held back, want %d", n, 300-lockoutAlertsPerWindow)
 	}
 	// A minute later, the next lockout alert counts those held back.
