@@ -12,6 +12,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/caddy-break-glass/caddy-break-glass/bgtest"
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
 )
@@ -46,9 +47,9 @@ func testAdminAPI(t *testing.T, mode string) {
 	w.load(cfg, "caddyfile")
 
 	// Lock a client: the status shows it, never a code.
-	bad := w.client("127.0.0.3")
-	bad.login("ops@example.com", "wrong")
-	bad.login("ops@example.com", "wrong")
+	bad := w.kit("127.0.0.3")
+	bad.Login("/admin/", "ops@example.com", "wrong", "", nil)
+	bad.Login("/admin/", "ops@example.com", "wrong", "", nil)
 	code, st := adminCall(t, admin, "GET", "/break_glass/status", "")
 	if code != 200 {
 		t.Fatalf("status: %d %v", code, st)
@@ -69,8 +70,8 @@ func testAdminAPI(t *testing.T, mode string) {
 	if code, v := adminCall(t, admin, "POST", "/break_glass/unlock", `{"client": "127.0.0.3"}`); code != 200 {
 		t.Fatalf("unlock: %d %v", code, v)
 	}
-	if r := bad.get("/admin/"); r.status != http.StatusUnauthorized {
-		t.Fatalf("after unlock: %d, want the login page", r.status)
+	if r := bad.Get("/admin/"); r.Status != http.StatusUnauthorized {
+		t.Fatalf("after unlock: %d, want the login page", r.Status)
 	}
 	if code, _ := adminCall(t, admin, "POST", "/break_glass/unlock", `{"client": "127.0.0.3"}`); code != 404 {
 		t.Fatalf("unlocking an untracked client: %d, want 404", code)
@@ -80,13 +81,13 @@ func testAdminAPI(t *testing.T, mode string) {
 	}
 
 	// Two sessions, one pending code; revoke ends both sessions.
-	a, b := w.client("127.0.0.2"), w.client("127.0.0.4")
-	a.signIn()
+	a, b := w.kit("127.0.0.2"), w.kit("127.0.0.4")
+	w.signIn(a)
 	w.smtp.waitMails(t, 3) // its code and two alerts, before the next sign-in reads the mailbox
-	b.signIn()
+	w.signIn(b)
 	w.smtp.waitMails(t, 6)
-	pending := w.client("127.0.0.1")
-	pending.login("ops@example.com", testPassword)
+	pending := w.kit("127.0.0.1")
+	pending.Login("/admin/", "ops@example.com", testPassword, "", nil)
 	_, st = adminCall(t, admin, "GET", "/break_glass/status", "")
 	id := st["identities"].([]any)[0].(map[string]any)
 	if id["live_sessions"] != float64(2) || id["code_pending"] != true {
@@ -99,9 +100,9 @@ func testAdminAPI(t *testing.T, mode string) {
 	if code, v := adminCall(t, admin, "POST", "/break_glass/revoke", `{}`); code != 200 || v["revoked"] != float64(2) {
 		t.Fatalf("revoke: %d %v", code, v)
 	}
-	for _, c := range []*client{a, b} {
-		if r := c.get("/admin/"); r.status != http.StatusUnauthorized {
-			t.Fatalf("%s after revoke: %d", c.ip, r.status)
+	for _, c := range []*bgtest.Client{a, b} {
+		if r := c.Get("/admin/"); r.Status != http.StatusUnauthorized {
+			t.Fatalf("%s after revoke: %d", c.Name, r.Status)
 		}
 	}
 	// With state storage, the revoke is written for the other instances.
@@ -111,9 +112,7 @@ func testAdminAPI(t *testing.T, mode string) {
 	if code, _ := adminCall(t, admin, "POST", "/break_glass/revoke", `{"email": "nobody@example.com"}`); code != 404 {
 		t.Fatalf("revoking an unknown email: %d, want 404", code)
 	}
-	if w.findLog("break-glass admin: sessions revoked", map[string]string{"level": "warn"}) == nil {
-		t.Fatal("no WARN for the revoke")
-	}
+	bgtest.WaitLog(t, w.log, "break-glass admin: sessions revoked", map[string]string{"level": "warn"})
 }
 
 // A config that fails to load leaves the running one, and its app, current.

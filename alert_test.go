@@ -21,8 +21,6 @@ import (
 	"github.com/emersion/go-smtp"
 	"go.uber.org/goleak"
 	"go.uber.org/zap"
-	"go.uber.org/zap/zapcore"
-	"go.uber.org/zap/zaptest/observer"
 )
 
 // newTestState makes a fresh shared state, destroyed when the test ends.
@@ -37,30 +35,10 @@ func newTestState(t *testing.T) *state {
 	return st
 }
 
-// observedLogger is zap's observer, for the tests not yet on jsonLogger.
-func observedLogger() (*zap.Logger, *observer.ObservedLogs) {
-	core, logs := observer.New(zapcore.DebugLevel)
-	return zap.New(core), logs
-}
-
 // logsWith are the entries of l with msg and these fields, compared as
 // Logs.Find compares them.
 func logsWith(l bgtest.Logs, msg string, fields map[string]string) bgtest.Logs {
 	return l.Where(func(e map[string]any) bool { return bgtest.Logs{e}.Find(msg, fields) != nil })
-}
-
-// startSilentServer is an HTTP server that takes requests and answers none
-// until the test ends.
-func startSilentServer(t testing.TB) *httptest.Server {
-	hang := make(chan struct{})
-	s := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		select {
-		case <-hang:
-		case <-r.Context().Done():
-		}
-	}))
-	t.Cleanup(func() { close(hang); s.Close() })
-	return s
 }
 
 func TestAlertEmailsAreSentOnePerRecipientAndOneFailureStopsNoOther(t *testing.T) {

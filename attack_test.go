@@ -8,14 +8,12 @@ package breakglass
 import (
 	"fmt"
 	"net/http"
-	"net/http/httptest"
-	"net/url"
-	"os"
 	"runtime"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/caddy-break-glass/caddy-break-glass/bgtest"
 	"github.com/caddyserver/caddy/v2"
 	"go.uber.org/goleak"
 )
@@ -31,22 +29,20 @@ func TestSpoofedForwardingHeadersFromAnUntrustedPeerChangeNothing(t *testing.T) 
 	}
 	// Not allowed, whatever it claims.
 	for _, hdr := range spoof {
-		if r := w.client("127.0.0.9").do("GET", "/admin/", nil, hdr); r.status != http.StatusForbidden {
-			t.Fatalf("127.0.0.9 claiming %v: %d, want 403", hdr, r.status)
+		if r := w.kit("127.0.0.9").Do("GET", "/admin/", nil, hdr); r.Status != http.StatusForbidden {
+			t.Fatalf("127.0.0.9 claiming %v: %d, want 403", hdr, r.Status)
 		}
 	}
 	// An allowed client is counted as itself, whatever it claims: its
 	// failures under other names lock it out.
-	c := w.client("127.0.0.3")
+	c := w.kit("127.0.0.3")
 	for i, hdr := range spoof[:3] {
-		tok := c.do("GET", "/admin/", nil, hdr).csrf(t)
-		r := c.do("POST", "/admin/", url.Values{"break_glass_step": {"login"}, "csrf_token": {tok}, "email": {"ops@example.com"}, "password": {"wrong"}}, hdr)
-		if want := []int{401, 401, 429}[i]; r.status != want {
-			t.Fatalf("failure %d claiming %v: %d, want %d", i+1, hdr, r.status, want)
+		if r, want := c.Login("/admin/", "ops@example.com", "wrong", "", hdr), []int{401, 401, 429}[i]; r.Status != want {
+			t.Fatalf("failure %d claiming %v: %d, want %d", i+1, hdr, r.Status, want)
 		}
 	}
-	if r := w.client("127.0.0.1").get("/admin/"); r.status != http.StatusUnauthorized {
-		t.Fatalf("the client named in the headers was locked instead: %d", r.status)
+	if r := w.kit("127.0.0.1").Get("/admin/"); r.Status != http.StatusUnauthorized {
+		t.Fatalf("the client named in the headers was locked instead: %d", r.Status)
 	}
 }
 
@@ -54,30 +50,28 @@ func TestNoSecretInAnyResponseOrLogLine(t *testing.T) {
 	w := newWorld(t)
 	w.load(w.caddyfile(3, ""), "caddyfile")
 	var responses []string
-	record := func(r reply) reply {
+	record := func(r bgtest.Reply) bgtest.Reply {
 		var b strings.Builder
-		for k, vs := range r.header {
+		for k, vs := range r.Header {
 			if k == "Set-Cookie" {
 				continue // where a cookie is delivered, it is meant to be
 			}
 			fmt.Fprintf(&b, "%s: %s\n", k, strings.Join(vs, ", "))
 		}
-		responses = append(responses, b.String()+r.body)
+		responses = append(responses, b.String()+r.Body)
 		return r
 	}
-	c := w.client("127.0.0.2")
-	record(c.get("/admin/"))
-	record(c.login("ops@example.com", "wrong"))
-	record(c.login("nobody@example.com", testPassword))
-	record(c.login("ops@example.com", testPassword))
-	codePage := record(c.get("/admin/"))
-	mail := w.smtp.waitMails(t, 1)[0]
-	code := codeRE.FindString(mail.Text)
-	record(c.do("POST", "/admin/", url.Values{"break_glass_step": {"code"}, "csrf_token": {codePage.csrf(t)}, "code": {code}}, nil))
-	record(c.get("/admin/inside"))
-	u, _ := url.Parse(w.base)
+	c := w.kit("127.0.0.2")
+	record(c.Get("/admin/"))
+	record(c.Login("/admin/", "ops@example.com", "wrong", "", nil))
+	record(c.Login("/admin/", "nobody@example.com", testPassword, "", nil))
+	record(c.Login("/admin/", "ops@example.com", testPassword, "", nil))
+	codePage := record(c.Get("/admin/"))
+	_, code := w.codeMail(0)
+	record(c.Do("POST", "/admin/", bgtest.CodeForm(codePage.CSRF(t), code), nil))
+	record(c.Get("/admin/inside"))
 	var cookie string
-	for _, ck := range c.hc.Jar.Cookies(u) {
+	for _, ck := range c.Jar().Cookies(mustURL(w.base)) {
 		if ck.Name == sessionCookie {
 			cookie = ck.Value
 		}
@@ -85,25 +79,19 @@ func TestNoSecretInAnyResponseOrLogLine(t *testing.T) {
 	if cookie == "" {
 		t.Fatal("no session cookie")
 	}
-	record(c.get("/admin/?break_glass=logout"))
+	record(c.Get("/admin/?break_glass=logout"))
 	time.Sleep(200 * time.Millisecond) // alerts logged
 
-	logBytes, err := os.ReadFile(w.logFile)
-	if err != nil {
-		t.Fatal(err)
-	}
 	secrets := map[string]string{"the password": testPassword, "the hash": w.hash, "the code": code, "the session cookie": cookie}
+	log := w.wantNotLogged(secrets)
 	for name, secret := range secrets {
 		for i, r := range responses {
 			if strings.Contains(r, secret) {
 				t.Errorf("response %d contains %s", i, name)
 			}
 		}
-		if strings.Contains(string(logBytes), secret) {
-			t.Errorf("the log contains %s", name)
-		}
 	}
-	if !strings.Contains(string(logBytes), "break-glass login succeeded") {
+	if !strings.Contains(log, "break-glass login succeeded") {
 		t.Fatal("the log was not captured: the scan proves nothing")
 	}
 }
@@ -114,35 +102,15 @@ func TestGoroutinesEndAfterManyLoginsWithSlowAndFailingDeliveries(t *testing.T) 
 	t.Cleanup(func() { webhookTimeout, deliveryGrace = oldTimeout, oldGrace })
 	ignore := goleak.IgnoreCurrent()
 
-	w := newWorld(t)
-	slow := startSMTP(t, smtpOptions{delay: time.Minute}) // takes the mail, then sits on it
-	hang := make(chan struct{})
-	silentHook := httptest.NewServer(http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
-		select {
-		case <-hang:
-		case <-r.Context().Done():
-		}
-	}))
-	failing := httptest.NewServer(http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) { rw.WriteHeader(500) }))
-	w.load(fmt.Sprintf(`{
-	admin off
-	log {
-		output file %s
-		format json
-		level DEBUG
-	}
-	break_glass {
-		max_attempts 100
-		smtp %s {
-			tls none
-			from bg@example.com
-			timeout 1m
-		}
-	}
-}
-http://127.0.0.1:%d {
-	bind 127.0.0.1
-	break_glass /a* {
+	// The world is a subtest's, so that its servers are stopped by the time
+	// the goroutines are counted.
+	ok := t.Run("logins", func(t *testing.T) {
+		w := newWorld(t)
+		slow := startSMTP(t, smtpOptions{delay: time.Minute}) // takes the mail, then sits on it
+		silent, failing := bgtest.StartWebhook(t), bgtest.StartWebhook(t)
+		silent.Hang()
+		failing.SetStatus(http.StatusInternalServerError)
+		w.load(strings.Replace(w.caddyfile(100, fmt.Sprintf(`break_glass /a* {
 		email ops@example.com
 		hash {env.BG_TEST_HASH}
 		allowed_ips 127.0.0.0/8
@@ -156,56 +124,43 @@ http://127.0.0.1:%d {
 		allowed_ips 127.0.0.0/8
 		alert_webhook %s
 		dev_log_code
-	}
-	respond "inside"
-}
-`, w.logFile, slow.Addr, w.port, silentHook.URL, failing.URL), "caddyfile")
+	}`, silent.URL, failing.URL)), w.smtp.Addr+" {", slow.Addr+" {\n\t\t\ttimeout 1m", 1), "caddyfile")
 
-	for i := range 8 {
-		path := []string{"/a/", "/b/"}[i%2]
-		c := w.client(fmt.Sprintf("127.0.0.%d", 10+i))
-		tok := c.do("GET", path, nil, nil).csrf(t)
-		r := c.do("POST", path, url.Values{"break_glass_step": {"login"}, "csrf_token": {tok}, "email": {"ops@example.com"}, "password": {testPassword}}, nil)
-		if r.status != http.StatusSeeOther {
-			t.Fatalf("login %d: %d", i, r.status)
+		for i := range 8 {
+			path := []string{"/a/", "/b/"}[i%2]
+			c := w.kit(fmt.Sprintf("127.0.0.%d", 10+i))
+			if r := c.SignIn(path, "ops@example.com", testPassword, func() string { return w.lastDevCode(t) }); r.Status != http.StatusSeeOther {
+				t.Fatalf("code %d: %d", i, r.Status)
+			}
 		}
-		tok = c.do("GET", path, nil, nil).csrf(t)
-		r = c.do("POST", path, url.Values{"break_glass_step": {"code"}, "csrf_token": {tok}, "code": {w.lastDevCode(t)}}, nil)
-		if r.status != http.StatusSeeOther {
-			t.Fatalf("code %d: %d", i, r.status)
+		if n := ourGoroutines(); n < 8 {
+			t.Fatalf("only %d goroutines of ours run while deliveries hang: the test proves nothing", n)
 		}
-	}
-	if n := ourGoroutines(); n < 8 {
-		t.Fatalf("only %d goroutines of ours run while deliveries hang: the test proves nothing", n)
-	}
-	// The slow server holds each delivery for a minute; stopping must cancel
-	// them after the grace, not wait for them.
-	stopped := make(chan error, 1)
-	go func() { stopped <- caddy.Stop() }()
-	select {
-	case err := <-stopped:
-		if err != nil {
-			t.Fatal(err)
+		// The slow server holds each delivery for a minute; stopping must cancel
+		// them after the grace, not wait for them.
+		stopped := make(chan error, 1)
+		go func() { stopped <- caddy.Stop() }()
+		select {
+		case err := <-stopped:
+			if err != nil {
+				t.Fatal(err)
+			}
+		case <-time.After(20 * time.Second):
+			t.Fatal("stopping Caddy waits on the hanging deliveries instead of cancelling them")
 		}
-	case <-time.After(20 * time.Second):
-		t.Fatal("stopping Caddy waits on the hanging deliveries instead of cancelling them")
+		// A goroutine that has just returned may still be on its way out: give
+		// the scheduler a moment, as goleak does.
+		n := ourGoroutines()
+		for deadline := time.Now().Add(2 * time.Second); n != 0 && time.Now().Before(deadline); n = ourGoroutines() {
+			time.Sleep(10 * time.Millisecond)
+		}
+		if n != 0 {
+			t.Fatalf("%d goroutines of this package still run after Caddy stopped", n)
+		}
+	})
+	if !ok {
+		return
 	}
-	// A goroutine that has just returned may still be on its way out: give
-	// the scheduler a moment, as goleak does.
-	n := ourGoroutines()
-	for deadline := time.Now().Add(2 * time.Second); n != 0 && time.Now().Before(deadline); n = ourGoroutines() {
-		time.Sleep(10 * time.Millisecond)
-	}
-	if n != 0 {
-		t.Fatalf("%d goroutines of this package still run after Caddy stopped", n)
-	}
-	close(hang)
-	silentHook.Close()
-	failing.Close()
-	slow.Close()
-	w.smtp.Close()
-	w.hook.Close()
-	w.up.Close()
 	goleak.VerifyNone(t, ignore,
 		// Caddy's own, not ours: its log file roller and a storage lock refresher.
 		goleak.IgnoreTopFunction("github.com/DeRuina/timberjack.(*Logger).millRun"),
@@ -216,10 +171,8 @@ http://127.0.0.1:%d {
 func (w *world) lastDevCode(t *testing.T) string {
 	t.Helper()
 	var code string
-	for _, l := range w.logs() {
-		if l["msg"] == "break-glass code (dev_log_code)" {
-			code, _ = l["code"].(string)
-		}
+	if codes := w.log().All("break-glass code (dev_log_code)"); len(codes) > 0 {
+		code, _ = codes[len(codes)-1]["code"].(string)
 	}
 	if code == "" {
 		t.Fatal("no code in the log")
@@ -254,31 +207,29 @@ func TestAHashChangedAndChangedBackRevivesNoSession(t *testing.T) {
 				cfg = strings.Replace(cfg, "session_ttl 1h", "session_ttl 1h\n\t\tstate storage", 1)
 			}
 			w.load(cfg, "caddyfile")
-			c := w.client("127.0.0.2")
-			c.signIn()
-			if r := c.get("/admin/"); r.status != http.StatusOK {
-				t.Fatalf("no session: %d", r.status)
+			c := w.kit("127.0.0.2")
+			w.signIn(c)
+			if r := c.Get("/admin/"); r.Status != http.StatusOK {
+				t.Fatalf("no session: %d", r.Status)
 			}
 			first := w.hash
 			t.Setenv("BG_TEST_HASH", testHash(t, 6))
 			w.load(cfg, "caddyfile")
-			if r := c.get("/admin/"); r.status != http.StatusUnauthorized {
-				t.Fatalf("the session of the old hash under the new one: %d", r.status)
+			if r := c.Get("/admin/"); r.Status != http.StatusUnauthorized {
+				t.Fatalf("the session of the old hash under the new one: %d", r.Status)
 			}
 			t.Setenv("BG_TEST_HASH", first)
 			w.load(cfg, "caddyfile")
-			if r := c.get("/admin/"); r.status != http.StatusUnauthorized {
-				t.Fatalf("the hash changed back revived the old session: %d", r.status)
+			if r := c.Get("/admin/"); r.Status != http.StatusUnauthorized {
+				t.Fatalf("the hash changed back revived the old session: %d", r.Status)
 			}
-			if w.findLog("break-glass credential retired: its sessions and codes are ended", nil) == nil {
-				t.Fatal("no log line for the retired credential")
-			}
+			bgtest.WaitLog(t, w.log, "break-glass credential retired: its sessions and codes are ended", nil)
 			// A reload that keeps the hash keeps the sessions.
-			c2 := w.client("127.0.0.3")
-			c2.signIn()
+			c2 := w.kit("127.0.0.3")
+			w.signIn(c2)
 			w.load(cfg, "caddyfile")
-			if r := c2.get("/admin/"); r.status != http.StatusOK {
-				t.Fatalf("a reload with the same hash ended a session: %d", r.status)
+			if r := c2.Get("/admin/"); r.Status != http.StatusOK {
+				t.Fatalf("a reload with the same hash ended a session: %d", r.Status)
 			}
 		})
 	}
@@ -297,19 +248,19 @@ func TestTrustedProxiesWithoutStrictModeAreWarnedAbout(t *testing.T) {
 				servers = "servers {\n\t\ttrusted_proxies static 127.0.0.1/32\n\t\ttrusted_proxies_strict\n\t}"
 			}
 			w.load(strings.Replace(w.caddyfile(5, ""), "admin off", "admin off\n\t"+servers, 1), "caddyfile")
-			warned := w.findLog("break-glass: this server trusts proxies without trusted_proxies_strict: a client behind a proxy that appends to X-Forwarded-For can choose the address the allow-list and the limiter see; set trusted_proxies_strict", nil) != nil
+			warned := w.log().Find("break-glass: this server trusts proxies without trusted_proxies_strict: a client behind a proxy that appends to X-Forwarded-For can choose the address the allow-list and the limiter see; set trusted_proxies_strict", nil) != nil
 			if warned == strict {
 				t.Fatalf("strict %v: warned %v", strict, warned)
 			}
 			// The proxy (127.0.0.1) appended the real client, 198.51.100.7,
 			// to what the client sent.
-			r := w.client("127.0.0.1").do("GET", "/admin/", nil, map[string]string{"X-Forwarded-For": "127.0.0.2, 198.51.100.7"})
+			r := w.kit("127.0.0.1").Do("GET", "/admin/", nil, map[string]string{"X-Forwarded-For": "127.0.0.2, 198.51.100.7"})
 			want := http.StatusUnauthorized // the spoofed 127.0.0.2 is allowed
 			if strict {
 				want = http.StatusForbidden // 198.51.100.7 is not
 			}
-			if r.status != want {
-				t.Fatalf("strict %v: a spoofed left-most entry got %d, want %d", strict, r.status, want)
+			if r.Status != want {
+				t.Fatalf("strict %v: a spoofed left-most entry got %d, want %d", strict, r.Status, want)
 			}
 		})
 	}

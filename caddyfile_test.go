@@ -3,7 +3,6 @@
 package breakglass
 
 import (
-	"bufio"
 	"bytes"
 	"encoding/base64"
 	"encoding/json"
@@ -17,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddy-break-glass/caddy-break-glass/bgtest"
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
@@ -56,8 +56,12 @@ admin.example.com {
 // ---------------------------------------------------------------------------
 // The handler directive
 
-func TestCaddyfileHandlerParsesEverySubdirective(t *testing.T) {
-	h := parseHandlerCaddyfile(t, `break_glass {
+func TestCaddyfileHandlerParses(t *testing.T) {
+	for _, tc := range []struct {
+		name, input string
+		want        Handler
+	}{
+		{"every subdirective", `break_glass {
 	email ops@example.com
 	hash $2a$04$abcdefghijklmnopqrstuv
 	allowed_ips 10.0.0.0/8 192.0.2.7
@@ -87,45 +91,44 @@ func TestCaddyfileHandlerParsesEverySubdirective(t *testing.T) {
 		timeout 30s
 	}
 	dev_log_code
-}`)
-	want := Handler{
-		Email:       "ops@example.com",
-		Hash:        "$2a$04$abcdefghijklmnopqrstuv",
-		AllowedIPs:  []string{"10.0.0.0/8", "192.0.2.7", "::1"},
-		AlertEmails: &[]string{"security@example.com", "soc@example.com"},
-		AlertWebhooks: []WebhookConfig{
-			{URL: "https://hooks.example.com/break-glass"},
-			{URL: "https://hooks.slack.com/services/T0/B0/X", Format: "slack", Secret: "{env.HOOK_SECRET}",
-				Headers: map[string]string{"Authorization": "Bearer {env.HOOK_TOKEN}", "X-Team": "ops"}},
-		},
-		AlertOn:       []string{"login", "code_issued", "lockout"},
-		RequireReason: true,
-		RequireAlert:  true,
-		TOTPSecret:    "{env.BREAK_GLASS_TOTP}",
-		AuditLog:      "/var/log/caddy/break-glass-audit.jsonl",
-		MaxUses:       1,
-		SMTP: &SMTPConfig{
-			Address:            "mail.example.com:465",
-			Username:           "ops-mailer",
-			Password:           "{env.SMTP_PASSWORD}",
-			TLS:                "implicit",
-			From:               "Break Glass <breakglass@example.com>",
-			CAFile:             "/etc/ssl/private-ca.pem",
-			InsecureSkipVerify: true,
-			Timeout:            caddy.Duration(30 * time.Second),
-		},
-		DevLogCode: true,
-	}
-	if !reflect.DeepEqual(*h, want) {
-		t.Errorf("parsed handler:\n got %s\nwant %s", jsonText(t, h), jsonText(t, want))
-	}
-}
-
-func TestCaddyfileHandlerWithOnlyRequiredSubdirectivesLeavesTheRestUnset(t *testing.T) {
-	h := parseHandlerCaddyfile(t, "break_glass {\n\temail ops@example.com\n\thash x\n}")
-	want := Handler{Email: "ops@example.com", Hash: "x"}
-	if !reflect.DeepEqual(*h, want) {
-		t.Errorf("parsed handler:\n got %s\nwant %s", jsonText(t, h), jsonText(t, want))
+}`, Handler{
+			Email:       "ops@example.com",
+			Hash:        "$2a$04$abcdefghijklmnopqrstuv",
+			AllowedIPs:  []string{"10.0.0.0/8", "192.0.2.7", "::1"},
+			AlertEmails: &[]string{"security@example.com", "soc@example.com"},
+			AlertWebhooks: []WebhookConfig{
+				{URL: "https://hooks.example.com/break-glass"},
+				{URL: "https://hooks.slack.com/services/T0/B0/X", Format: "slack", Secret: "{env.HOOK_SECRET}",
+					Headers: map[string]string{"Authorization": "Bearer {env.HOOK_TOKEN}", "X-Team": "ops"}},
+			},
+			AlertOn:       []string{"login", "code_issued", "lockout"},
+			RequireReason: true,
+			RequireAlert:  true,
+			TOTPSecret:    "{env.BREAK_GLASS_TOTP}",
+			AuditLog:      "/var/log/caddy/break-glass-audit.jsonl",
+			MaxUses:       1,
+			SMTP: &SMTPConfig{
+				Address:            "mail.example.com:465",
+				Username:           "ops-mailer",
+				Password:           "{env.SMTP_PASSWORD}",
+				TLS:                "implicit",
+				From:               "Break Glass <breakglass@example.com>",
+				CAFile:             "/etc/ssl/private-ca.pem",
+				InsecureSkipVerify: true,
+				Timeout:            caddy.Duration(30 * time.Second),
+			},
+			DevLogCode: true,
+		}},
+		{"only the required subdirectives, the rest unset", "break_glass {\n\temail ops@example.com\n\thash x\n}", Handler{Email: "ops@example.com", Hash: "x"}},
+		{"smtp tls starttls", "break_glass {\n\tsmtp localhost:25 {\n\t\ttls starttls\n\t}\n}", Handler{SMTP: &SMTPConfig{Address: "localhost:25", TLS: "starttls"}}},
+		{"smtp tls implicit", "break_glass {\n\tsmtp localhost:25 {\n\t\ttls implicit\n\t}\n}", Handler{SMTP: &SMTPConfig{Address: "localhost:25", TLS: "implicit"}}},
+		{"smtp tls none", "break_glass {\n\tsmtp localhost:25 {\n\t\ttls none\n\t}\n}", Handler{SMTP: &SMTPConfig{Address: "localhost:25", TLS: "none"}}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if h := parseHandlerCaddyfile(t, tc.input); !reflect.DeepEqual(*h, tc.want) {
+				t.Errorf("parsed handler:\n got %s\nwant %s", jsonText(t, h), jsonText(t, tc.want))
+			}
+		})
 	}
 }
 
@@ -157,22 +160,27 @@ func TestCaddyfileAlertEmailsDistinguishesAbsentEmptyAndListed(t *testing.T) {
 	}
 }
 
-func TestCaddyfileHandlerSMTPTLSAcceptsTheThreeModes(t *testing.T) {
-	for _, mode := range []string{"starttls", "implicit", "none"} {
-		h := parseHandlerCaddyfile(t, "break_glass {\n\tsmtp localhost:25 {\n\t\ttls "+mode+"\n\t}\n}")
-		if h.SMTP == nil || h.SMTP.TLS != mode || h.SMTP.Address != "localhost:25" {
-			t.Errorf("tls %s: parsed smtp = %+v", mode, h.SMTP)
-		}
+// badCaddyfile is an input that must not parse: the error names its line
+// and holds every one of want.
+type badCaddyfile struct {
+	name, input string
+	line        int
+	want        []string
+}
+
+func testRejects(t *testing.T, parse func(t *testing.T, input string) error, cases []badCaddyfile) {
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			wantErrorWith(t, parse(t, tc.input), append(tc.want, fmt.Sprintf("Testfile:%d", tc.line))...)
+		})
 	}
 }
 
 func TestCaddyfileRejectsBadHandlerConfigWithItsLine(t *testing.T) {
-	for _, tc := range []struct {
-		name  string
-		input string
-		line  int
-		want  []string // substrings of the error
-	}{
+	testRejects(t, func(_ *testing.T, input string) error {
+		var h Handler
+		return h.UnmarshalCaddyfile(caddyfile.NewTestDispenser(input))
+	}, []badCaddyfile{
 		{"unknown subdirective", "break_glass {\n\temail ops@example.com\n\tpasword secret\n}", 3, []string{`"pasword"`}},
 		{"argument after the directive name", "break_glass oops {\n\temail ops@example.com\n}", 1, []string{"oops"}},
 		{"email without a value", "break_glass {\n\temail\n}", 2, []string{"email", "needs a value"}},
@@ -206,20 +214,18 @@ func TestCaddyfileRejectsBadHandlerConfigWithItsLine(t *testing.T) {
 		{"smtp zero timeout", "break_glass {\n\tsmtp a.example:25 {\n\t\ttimeout 0s\n\t}\n}", 3, []string{"timeout", "positive"}},
 		{"smtp negative timeout", "break_glass {\n\tsmtp a.example:25 {\n\t\ttimeout -5s\n\t}\n}", 3, []string{"timeout", "positive"}},
 		{"smtp given twice", "break_glass {\n\tsmtp a.example:25\n\tsmtp b.example:25\n}", 3, []string{"smtp", "twice"}},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			var h Handler
-			err := h.UnmarshalCaddyfile(caddyfile.NewTestDispenser(tc.input))
-			wantErrorWith(t, err, append(tc.want, fmt.Sprintf("Testfile:%d", tc.line))...)
-		})
-	}
+	})
 }
 
 // ---------------------------------------------------------------------------
 // The global option
 
-func TestCaddyfileGlobalOptionParsesEverySetting(t *testing.T) {
-	app, err := parseGlobalCaddyfile(t, `break_glass {
+func TestCaddyfileGlobalOptionParses(t *testing.T) {
+	for _, tc := range []struct {
+		name, input string
+		want        App
+	}{
+		{"every setting", `break_glass {
 	max_attempts 3
 	max_concurrent_hashes 4
 	max_tracked_clients 5000
@@ -235,50 +241,43 @@ func TestCaddyfileGlobalOptionParsesEverySetting(t *testing.T) {
 		from breakglass@example.com
 		timeout 20s
 	}
-}`)
-	if err != nil {
-		t.Fatal(err)
-	}
-	want := App{
-		MaxAttempts:         3,
-		MaxConcurrentHashes: 4,
-		MaxTrackedClients:   5000,
-		State:               "storage",
-		RefreshInterval:     caddy.Duration(2 * time.Second),
-		Lockout:             caddy.Duration(90 * time.Minute),
-		CodeTTL:             caddy.Duration(5 * time.Minute),
-		SessionTTL:          caddy.Duration(48 * time.Hour),
-		SMTP: &SMTPConfig{
-			Address:  "mail.example.com:587",
-			Username: "ops-mailer",
-			Password: "{env.SMTP_PASSWORD}",
-			TLS:      "none",
-			From:     "breakglass@example.com",
-			Timeout:  caddy.Duration(20 * time.Second),
-		},
-	}
-	if !reflect.DeepEqual(*app, want) {
-		t.Errorf("parsed app:\n got %s\nwant %s", jsonText(t, app), jsonText(t, want))
-	}
-}
-
-func TestCaddyfileGlobalOptionEmptyBlockLeavesDefaultsToProvision(t *testing.T) {
-	app, err := parseGlobalCaddyfile(t, "break_glass {\n}")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !reflect.DeepEqual(*app, App{}) {
-		t.Errorf("parsed app = %s, want all zero", jsonText(t, app))
+}`, App{
+			MaxAttempts:         3,
+			MaxConcurrentHashes: 4,
+			MaxTrackedClients:   5000,
+			State:               "storage",
+			RefreshInterval:     caddy.Duration(2 * time.Second),
+			Lockout:             caddy.Duration(90 * time.Minute),
+			CodeTTL:             caddy.Duration(5 * time.Minute),
+			SessionTTL:          caddy.Duration(48 * time.Hour),
+			SMTP: &SMTPConfig{
+				Address:  "mail.example.com:587",
+				Username: "ops-mailer",
+				Password: "{env.SMTP_PASSWORD}",
+				TLS:      "none",
+				From:     "breakglass@example.com",
+				Timeout:  caddy.Duration(20 * time.Second),
+			},
+		}},
+		{"an empty block leaves the defaults to provision", "break_glass {\n}", App{}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			app, err := parseGlobalCaddyfile(t, tc.input)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !reflect.DeepEqual(*app, tc.want) {
+				t.Errorf("parsed app:\n got %s\nwant %s", jsonText(t, app), jsonText(t, tc.want))
+			}
+		})
 	}
 }
 
 func TestCaddyfileRejectsBadGlobalOptionWithItsLine(t *testing.T) {
-	for _, tc := range []struct {
-		name  string
-		input string
-		line  int
-		want  []string
-	}{
+	testRejects(t, func(t *testing.T, input string) error {
+		_, err := parseGlobalCaddyfile(t, input)
+		return err
+	}, []badCaddyfile{
 		{"max_attempts zero", "break_glass {\n\tmax_attempts 0\n}", 2, []string{"max_attempts", `"0"`}},
 		{"max_attempts negative", "break_glass {\n\tmax_attempts -1\n}", 2, []string{"max_attempts", `"-1"`}},
 		{"max_concurrent_hashes zero", "break_glass {\n\tmax_concurrent_hashes 0\n}", 2, []string{"max_concurrent_hashes", `"0"`}},
@@ -301,12 +300,7 @@ func TestCaddyfileRejectsBadGlobalOptionWithItsLine(t *testing.T) {
 		{"smtp bad tls value", "break_glass {\n\tsmtp mail.example.com:587 {\n\t\ttls starttl\n\t}\n}", 3, []string{"tls", `"starttl"`}},
 		{"smtp unknown subdirective", "break_glass {\n\tsmtp mail.example.com:587 {\n\t\tuser ops\n\t}\n}", 3, []string{"smtp", `"user"`}},
 		{"smtp given twice", "break_glass {\n\tsmtp a.example:25\n\tsmtp b.example:25\n}", 3, []string{"smtp", "twice"}},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			_, err := parseGlobalCaddyfile(t, tc.input)
-			wantErrorWith(t, err, append(tc.want, fmt.Sprintf("Testfile:%d", tc.line))...)
-		})
-	}
+	})
 }
 
 // ---------------------------------------------------------------------------
@@ -341,8 +335,6 @@ func TestCaddyfileIssueExampleAdaptsToTheAppAndHandler(t *testing.T) {
 	if !reflect.DeepEqual(routes[0]["match"], wantMatch) {
 		t.Errorf("break_glass route match = %s, want %s", jsonText(t, routes[0]["match"]), jsonText(t, wantMatch))
 	}
-	handlers := handlersInOrder(cfg)
-	bg := handlersNamed(handlers, "break_glass")
 	wantHandler := map[string]any{
 		"handler":        "break_glass",
 		"email":          "ops@example.com",
@@ -352,12 +344,10 @@ func TestCaddyfileIssueExampleAdaptsToTheAppAndHandler(t *testing.T) {
 		"alert_webhooks": []any{map[string]any{"url": "https://hooks.example.com/break-glass"}},
 		"dev_log_code":   true,
 	}
-	if len(bg) != 1 || !reflect.DeepEqual(bg[0], wantHandler) {
-		t.Errorf("break_glass handlers:\n got %s\nwant [%s]", jsonText(t, bg), jsonText(t, wantHandler))
+	if bg := theBreakGlassHandler(t, cfg); !reflect.DeepEqual(bg, wantHandler) {
+		t.Errorf("break_glass handler:\n got %s\nwant %s", jsonText(t, bg), jsonText(t, wantHandler))
 	}
-	if i, j := handlerIndex(handlers, "break_glass"), handlerIndex(handlers, "reverse_proxy"); i < 0 || j < 0 || i > j {
-		t.Errorf("break_glass at %d, reverse_proxy at %d: break_glass must come first", i, j)
-	}
+	wantRunsBefore(t, cfg, "break_glass", "reverse_proxy")
 }
 
 func TestCaddyfileIssueExampleProvisions(t *testing.T) {
@@ -392,14 +382,8 @@ func TestCaddyfileBreakGlassIsOrderedBeforeAuthAndRespondWithoutOrderOption(t *t
 		dev_log_code
 	}
 }`)
-	handlers := handlersInOrder(cfg)
-	bg, auth, respond := handlerIndex(handlers, "break_glass"), handlerIndex(handlers, "authentication"), handlerIndex(handlers, "static_response")
-	if bg < 0 || auth < 0 || respond < 0 {
-		t.Fatalf("missing handlers (break_glass %d, authentication %d, static_response %d) in %s", bg, auth, respond, jsonText(t, cfg))
-	}
-	if bg >= auth || bg >= respond {
-		t.Errorf("order: break_glass %d, authentication %d, static_response %d; break_glass must be first", bg, auth, respond)
-	}
+	wantRunsBefore(t, cfg, "break_glass", "authentication")
+	wantRunsBefore(t, cfg, "break_glass", "static_response")
 }
 
 func TestCaddyfileAdaptationKeepsEmptyAlertEmailsDistinctFromAbsent(t *testing.T) {
@@ -413,13 +397,10 @@ func TestCaddyfileAdaptationKeepsEmptyAlertEmailsDistinctFromAbsent(t *testing.T
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			cfg := adaptCaddyfile(t, ":8080 {\n\tbreak_glass {\n\t\temail ops@example.com\n\t\thash h\n\t\t"+tc.line+"\n\t}\n}")
-			bg := handlersNamed(handlersInOrder(cfg), "break_glass")
-			if len(bg) != 1 {
-				t.Fatalf("%d break_glass handlers", len(bg))
-			}
-			v, ok := bg[0]["alert_emails"]
+			bg := theBreakGlassHandler(t, cfg)
+			v, ok := bg["alert_emails"]
 			if ok != tc.present {
-				t.Fatalf("alert_emails present = %v, want %v (handler %s)", ok, tc.present, jsonText(t, bg[0]))
+				t.Fatalf("alert_emails present = %v, want %v (handler %s)", ok, tc.present, jsonText(t, bg))
 			}
 			if ok && !reflect.DeepEqual(v, []any{}) {
 				t.Errorf("alert_emails = %s, want []", jsonText(t, v))
@@ -433,9 +414,7 @@ func TestCaddyfileWithoutGlobalOptionHasNoApp(t *testing.T) {
 	if _, ok := jsonAt(t, cfg, "apps").(map[string]any)["break_glass"]; ok {
 		t.Errorf("apps.break_glass present without the global option: %s", jsonText(t, cfg))
 	}
-	if len(handlersNamed(handlersInOrder(cfg), "break_glass")) != 1 {
-		t.Errorf("no break_glass handler in %s", jsonText(t, cfg))
-	}
+	theBreakGlassHandler(t, cfg)
 }
 
 func TestCaddyfileAdapterReportsParseErrors(t *testing.T) {
@@ -464,48 +443,64 @@ func TestCaddyfileExampleFileAdapts(t *testing.T) {
 	if app["max_attempts"] != float64(5) || app["lockout"] != float64(15*time.Minute) {
 		t.Errorf("apps.break_glass = %s", jsonText(t, app))
 	}
-	bg := handlersNamed(handlersInOrder(cfg), "break_glass")
-	if len(bg) != 1 {
-		t.Fatalf("%d break_glass handlers, want 1", len(bg))
+	bg := theBreakGlassHandler(t, cfg)
+	accounts, _ := bg["accounts"].([]any)
+	if len(accounts) != 2 || bg["dev_log_code"] != true {
+		t.Fatalf("break_glass handler = %s", jsonText(t, bg))
 	}
-	if bg[0]["email"] != "ops@example.com" || bg[0]["dev_log_code"] != true {
-		t.Errorf("break_glass handler = %s", jsonText(t, bg[0]))
+	for i, want := range []string{"ops@example.com", "second@example.com"} {
+		acc := accounts[i].(map[string]any)
+		if acc["email"] != want {
+			t.Errorf("account %d = %s, want %s", i, jsonText(t, acc), want)
+		}
+		if _, _, err := parseHash(acc["hash"].(string)); err != nil {
+			t.Errorf("example hash of %s: %v", want, err)
+		}
 	}
-	if _, _, err := parseHash(bg[0]["hash"].(string)); err != nil {
-		t.Errorf("example hash: %v", err)
+	if h0, h1 := accounts[0].(map[string]any)["hash"].(string), accounts[1].(map[string]any)["hash"].(string); h0[:2] != "$2" || h1[:10] != "$argon2id$" {
+		t.Errorf("the example's hashes are not one bcrypt and one argon2id")
 	}
-	handlers := handlersInOrder(cfg)
-	if i, j := handlerIndex(handlers, "break_glass"), handlerIndex(handlers, "static_response"); i < 0 || j < 0 || i > j {
-		t.Errorf("break_glass at %d, respond at %d: break_glass must come first", i, j)
-	}
+	wantRunsBefore(t, cfg, "break_glass", "static_response")
 }
 
 // ---------------------------------------------------------------------------
 // Provisioning
 
-func TestProvisionRejectsBadConfigNamingTheField(t *testing.T) {
+func TestProvisionAcceptsGoodConfigAndRejectsBadNamingTheField(t *testing.T) {
 	hash := testBcryptHash(t, "pw")
 	for _, tc := range []struct {
 		name    string
 		handler func(h map[string]any)
 		app     map[string]any // the break_glass app; nil: not configured
-		want    []string
+		want    []string       // in the error; none: the config provisions
 		notWant []string
 	}{
+		{name: "handler smtp"},
+		{name: "app smtp only", handler: func(h map[string]any) { delete(h, "smtp") }, app: map[string]any{"smtp": map[string]any{"address": "mail.example.com:587", "from": "bg@example.com"}}},
+		{name: "dev_log_code without smtp", handler: func(h map[string]any) { delete(h, "smtp"); h["dev_log_code"] = true }},
+		{name: "base64-encoded hash", handler: func(h map[string]any) { h["hash"] = base64.StdEncoding.EncodeToString([]byte(hash)) }},
+		{name: "every field", handler: func(h map[string]any) {
+			h["allowed_ips"] = []string{"10.0.0.0/8", "192.0.2.7", "::1", "::ffff:10.0.0.0/104"}
+			h["alert_emails"] = []string{"soc@example.com", "Security <security@example.com>"}
+			h["alert_webhook"] = "https://hooks.example.com/break-glass"
+			h["smtp"].(map[string]any)["tls"] = "implicit"
+			h["smtp"].(map[string]any)["timeout"] = "5s"
+		}, app: map[string]any{"max_attempts": 3, "lockout": "1h", "code_ttl": "5m", "session_ttl": "30m"}},
+		{name: "app max_attempts 0 in JSON", app: map[string]any{"max_attempts": 0}},
 		{name: "missing email", handler: func(h map[string]any) { delete(h, "email") }, want: []string{"email: required"}},
 		{name: "email not a plain address", handler: func(h map[string]any) { h["email"] = "Ops <ops@example.com>" }, want: []string{`email "Ops <ops@example.com>"`, "not a plain email address"}},
 		{name: "email from an unset env var", handler: func(h map[string]any) { h["email"] = "{env.BREAK_GLASS_TEST_UNSET_EMAIL}" }, want: []string{"email: ", "BREAK_GLASS_TEST_UNSET_EMAIL"}},
 		{name: "missing hash", handler: func(h map[string]any) { delete(h, "hash") }, want: []string{"hash: required"}},
 		{
-			name:    "hash not bcrypt",
+			name:    "hash neither bcrypt nor argon2id",
 			handler: func(h map[string]any) { h["hash"] = "plaintext-s3cret-password" },
-			want:    []string{"hash: not a bcrypt hash"},
+			want:    []string{"hash: not a bcrypt or argon2id hash"},
 			notWant: []string{"s3cret"},
 		},
 		{
 			name:    "hash a truncated bcrypt",
 			handler: func(h map[string]any) { h["hash"] = hash[:40] },
-			want:    []string{"hash: not a bcrypt hash"},
+			want:    []string{"hash: not a valid bcrypt hash"},
 			notWant: []string{hash[7:40]},
 		},
 		{name: "hash from an unset env var", handler: func(h map[string]any) { h["hash"] = "{env.BREAK_GLASS_TEST_UNSET_HASH}" }, want: []string{"hash: ", "BREAK_GLASS_TEST_UNSET_HASH"}},
@@ -579,43 +574,17 @@ func TestProvisionRejectsBadConfigNamingTheField(t *testing.T) {
 				tc.handler(h)
 			}
 			err := validateJSONConfig(t, testCaddyConfig(h, tc.app, ""))
+			if tc.want == nil {
+				if err != nil {
+					t.Fatalf("provisioning failed: %v", err)
+				}
+				return
+			}
 			wantErrorWith(t, err, tc.want...)
 			for _, s := range tc.notWant {
 				if err != nil && strings.Contains(err.Error(), s) {
 					t.Errorf("error %q shows %q", err, s)
 				}
-			}
-		})
-	}
-}
-
-func TestProvisionAcceptsGoodConfig(t *testing.T) {
-	hash := testBcryptHash(t, "pw")
-	for _, tc := range []struct {
-		name    string
-		handler func(h map[string]any)
-		app     map[string]any
-	}{
-		{name: "handler smtp"},
-		{name: "app smtp only", handler: func(h map[string]any) { delete(h, "smtp") }, app: map[string]any{"smtp": map[string]any{"address": "mail.example.com:587", "from": "bg@example.com"}}},
-		{name: "dev_log_code without smtp", handler: func(h map[string]any) { delete(h, "smtp"); h["dev_log_code"] = true }},
-		{name: "base64-encoded hash", handler: func(h map[string]any) { h["hash"] = base64.StdEncoding.EncodeToString([]byte(hash)) }},
-		{name: "every field", handler: func(h map[string]any) {
-			h["allowed_ips"] = []string{"10.0.0.0/8", "192.0.2.7", "::1", "::ffff:10.0.0.0/104"}
-			h["alert_emails"] = []string{"soc@example.com", "Security <security@example.com>"}
-			h["alert_webhook"] = "https://hooks.example.com/break-glass"
-			h["smtp"].(map[string]any)["tls"] = "implicit"
-			h["smtp"].(map[string]any)["timeout"] = "5s"
-		}, app: map[string]any{"max_attempts": 3, "lockout": "1h", "code_ttl": "5m", "session_ttl": "30m"}},
-		{name: "app max_attempts 0 in JSON", app: map[string]any{"max_attempts": 0}},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			h := validHandlerJSON(hash)
-			if tc.handler != nil {
-				tc.handler(h)
-			}
-			if err := validateJSONConfig(t, testCaddyConfig(h, tc.app, "")); err != nil {
-				t.Fatalf("provisioning failed: %v", err)
 			}
 		})
 	}
@@ -627,14 +596,10 @@ func TestProvisionResolvesEnvPlaceholdersInEmailAndHash(t *testing.T) {
 	h := validHandlerJSON("{env.BREAK_GLASS_TEST_HASH}")
 	h["email"] = "{env.BREAK_GLASS_TEST_EMAIL}"
 	h["dev_log_code"] = true // its warning shows the resolved email
-	logPath := filepath.Join(t.TempDir(), "caddy.log")
-	if err := validateJSONConfig(t, testCaddyConfig(h, nil, logPath)); err != nil {
-		t.Fatalf("provisioning failed: %v", err)
-	}
 	var emails []any
-	for _, e := range readLogEntries(t, logPath) {
-		if v, ok := e["email"]; ok {
-			emails = append(emails, v)
+	for _, e := range provisionLogs(t, h) {
+		if v, ok := e["accounts"].([]any); ok {
+			emails = append(emails, v...)
 		}
 	}
 	if !reflect.DeepEqual(emails, []any{"oncall@example.com"}) {
@@ -696,12 +661,8 @@ func TestProvisionLogsWarningsForEmptyAlertEmailsAndDevLogCode(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			h := validHandlerJSON(hash)
 			tc.handler(h)
-			logPath := filepath.Join(t.TempDir(), "caddy.log")
-			if err := validateJSONConfig(t, testCaddyConfig(h, nil, logPath)); err != nil {
-				t.Fatalf("provisioning failed: %v", err)
-			}
 			var alertWarnings, devWarnings int
-			for _, e := range readLogEntries(t, logPath) {
+			for _, e := range provisionLogs(t, h) {
 				msg, _ := e["msg"].(string)
 				if e["logger"] != "http.handlers.break_glass" {
 					continue
@@ -834,23 +795,23 @@ func validateJSONConfig(t *testing.T, cfg map[string]any) error {
 	return caddy.Validate(&c)
 }
 
-// readLogEntries decodes a file of JSON log lines; the file must exist.
-func readLogEntries(t *testing.T, path string) []map[string]any {
+// provisionLogs provisions a config whose only route is the handler and
+// returns what the handler logged; each line must be a JSON object.
+func provisionLogs(t *testing.T, handler map[string]any) bgtest.Logs {
 	t.Helper()
-	data, err := os.ReadFile(path)
+	logPath := filepath.Join(t.TempDir(), "caddy.log")
+	if err := validateJSONConfig(t, testCaddyConfig(handler, nil, logPath)); err != nil {
+		t.Fatalf("provisioning failed: %v", err)
+	}
+	data, err := os.ReadFile(logPath)
 	if err != nil {
 		t.Fatalf("reading the log: %v", err)
 	}
-	var entries []map[string]any
-	sc := bufio.NewScanner(bytes.NewReader(data))
-	for sc.Scan() {
-		var e map[string]any
-		if err := json.Unmarshal(sc.Bytes(), &e); err != nil {
-			t.Fatalf("log line %q: %v", sc.Text(), err)
-		}
-		entries = append(entries, e)
+	logs := bgtest.ReadLogs(bytes.NewReader(data))
+	if n := bytes.Count(data, []byte("\n")); len(logs) != n {
+		t.Fatalf("%d of the %d log lines are JSON objects:\n%s", len(logs), n, data)
 	}
-	return entries
+	return logs
 }
 
 // handlersInOrder returns every handler object of an adapted config, depth
@@ -900,24 +861,33 @@ func routesWithHandler(v any, name string) []map[string]any {
 	return out
 }
 
-func handlersNamed(hs []map[string]any, name string) []map[string]any {
-	var out []map[string]any
-	for _, h := range hs {
-		if h["handler"] == name {
-			out = append(out, h)
+// theBreakGlassHandler is the one break_glass handler of an adapted config;
+// the test fails unless there is exactly one.
+func theBreakGlassHandler(t *testing.T, cfg map[string]any) map[string]any {
+	t.Helper()
+	var bg []map[string]any
+	for _, h := range handlersInOrder(cfg) {
+		if h["handler"] == "break_glass" {
+			bg = append(bg, h)
 		}
 	}
-	return out
+	if len(bg) != 1 {
+		t.Fatalf("%d break_glass handlers, want 1: %s", len(bg), jsonText(t, cfg))
+	}
+	return bg[0]
 }
 
-// handlerIndex is the position of the first handler of that name, or -1.
-func handlerIndex(hs []map[string]any, name string) int {
-	for i, h := range hs {
-		if h["handler"] == name {
-			return i
-		}
+// wantRunsBefore fails unless an adapted config has handlers named first and
+// then, the first of first running before the first of then.
+func wantRunsBefore(t *testing.T, cfg map[string]any, first, then string) {
+	t.Helper()
+	hs := handlersInOrder(cfg)
+	index := func(name string) int {
+		return slices.IndexFunc(hs, func(h map[string]any) bool { return h["handler"] == name })
 	}
-	return -1
+	if i, j := index(first), index(then); i < 0 || j < 0 || i > j {
+		t.Errorf("%s at %d, %s at %d: %s must come first in %s", first, i, then, j, first, jsonText(t, cfg))
+	}
 }
 
 // jsonAt walks nested objects of a decoded JSON document.

@@ -33,9 +33,9 @@ func TestCommandsStatusUnlockRevoke(t *testing.T) {
 	admin := fmt.Sprintf("127.0.0.1:%d", freePort(t))
 	w.load(strings.Replace(w.caddyfile(2, ""), "admin off", "admin "+admin+"\n\tstorage file_system "+t.TempDir(), 1), "caddyfile")
 
-	bad := w.client("127.0.0.3")
-	bad.login("ops@example.com", "wrong")
-	bad.login("ops@example.com", "wrong")
+	bad := w.kit("127.0.0.3")
+	bad.Login("/admin/", "ops@example.com", "wrong", "", nil)
+	bad.Login("/admin/", "ops@example.com", "wrong", "", nil)
 	txt, err := runCommand(t, statusCommand(), "--address", admin)
 	if err != nil {
 		t.Fatalf("status: %v\n%s", err, txt)
@@ -54,8 +54,8 @@ func TestCommandsStatusUnlockRevoke(t *testing.T) {
 	if txt, err := runCommand(t, unlockCommand(), "--address", admin, "127.0.0.3"); err != nil || !strings.Contains(txt, "Unlocked 127.0.0.3") {
 		t.Fatalf("unlock: %v\n%s", err, txt)
 	}
-	if r := bad.get("/admin/"); r.status != http.StatusUnauthorized {
-		t.Fatalf("after unlock: %d, want the login page", r.status)
+	if r := bad.Get("/admin/"); r.Status != http.StatusUnauthorized {
+		t.Fatalf("after unlock: %d, want the login page", r.Status)
 	}
 	if _, err := runCommand(t, unlockCommand(), "--address", admin, "127.0.0.3"); err == nil || !strings.Contains(err.Error(), "404") {
 		t.Fatalf("unlocking an untracked client: %v, want an error with 404", err)
@@ -64,17 +64,17 @@ func TestCommandsStatusUnlockRevoke(t *testing.T) {
 		t.Fatal("unlock without an address did not fail")
 	}
 
-	c := w.client("127.0.0.2")
-	c.signIn()
-	if r := c.get("/admin/"); r.status != http.StatusOK {
-		t.Fatalf("signed in: %d", r.status)
+	c := w.kit("127.0.0.2")
+	w.signIn(c)
+	if r := c.Get("/admin/"); r.Status != http.StatusOK {
+		t.Fatalf("signed in: %d", r.Status)
 	}
 	txt, err = runCommand(t, revokeCommand(), "--address", admin, "--email", "OPS@example.com")
 	if err != nil || !strings.Contains(txt, "Revoked the break-glass sessions of OPS@example.com") || !strings.Contains(txt, "(1 live here)") {
 		t.Fatalf("revoke: %v\n%s", err, txt)
 	}
-	if r := c.get("/admin/"); r.status != http.StatusUnauthorized {
-		t.Fatalf("after revoke: %d", r.status)
+	if r := c.Get("/admin/"); r.Status != http.StatusUnauthorized {
+		t.Fatalf("after revoke: %d", r.Status)
 	}
 	if _, err := runCommand(t, revokeCommand(), "--address", admin, "--email", "nobody@example.com"); err == nil {
 		t.Fatal("revoking an unknown email did not fail")

@@ -74,17 +74,17 @@ func TestEventsReachCaddysEventBus(t *testing.T) {
 	takeEvents()
 
 	// A sign-in with a reason, then a logout, from one client.
-	c := w.client("127.0.0.2")
-	if p, _ := c.signInWith(testPassword, "INC-42"); p.status != http.StatusSeeOther {
-		t.Fatalf("sign-in: %d", p.status)
+	c := w.kit("127.0.0.2")
+	if p, _ := w.signInWith(c, testPassword, "INC-42"); p.Status != http.StatusSeeOther {
+		t.Fatalf("sign-in: %d", p.Status)
 	}
-	if r := c.get("/admin/?break_glass=logout"); r.status != http.StatusOK {
-		t.Fatalf("logout: %d", r.status)
+	if r := c.Get("/admin/?break_glass=logout"); r.Status != http.StatusOK {
+		t.Fatalf("logout: %d", r.Status)
 	}
 	// Two wrong passwords from another lock it out (max_attempts 2).
-	bad := w.client("127.0.0.3")
+	bad := w.kit("127.0.0.3")
 	for range 2 {
-		bad.login("ops@example.com", "wrong")
+		bad.Login("/admin/", "ops@example.com", "wrong", "", nil)
 	}
 
 	got := takeEvents()
@@ -107,8 +107,8 @@ func TestEventsReachCaddysEventBus(t *testing.T) {
 		if i >= 3 {
 			wantClient = "127.0.0.3"
 		}
-		if e.name == eventLoginFailed {
-			wantAccount = "" // a wrong password names no account
+		if e.name == eventLoginFailed || e.name == eventLockout {
+			wantAccount = "" // a wrong password names no account, nor a lockout (it is of a client)
 		}
 		if e.data["client"] != wantClient || e.data["account"] != wantAccount {
 			t.Errorf("%s: client %v, account %v; want %s, %q", e.name, e.data["client"], e.data["account"], wantClient, wantAccount)

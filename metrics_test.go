@@ -49,13 +49,13 @@ func TestMetricsMoveAsTheFlowRuns(t *testing.T) {
 		}
 	}
 
-	w.client("127.0.0.9").get("/admin/") // forbidden
-	bad := w.client("127.0.0.3")
-	bad.login("ops@example.com", "wrong")
-	bad.login("ops@example.com", "wrong") // locks it out
-	bad.get("/admin/")                    // refused: locked
-	op := w.client("127.0.0.2")
-	op.signIn()
+	w.kit("127.0.0.9").Get("/admin/") // forbidden
+	bad := w.kit("127.0.0.3")
+	bad.Login("/admin/", "ops@example.com", "wrong", "", nil)
+	bad.Login("/admin/", "ops@example.com", "wrong", "", nil) // locks it out
+	bad.Get("/admin/")                                        // refused: locked
+	op := w.kit("127.0.0.2")
+	w.signIn(op)
 	w.smtp.waitMails(t, 5) // the lockout's two alerts, the code, the login's two alerts
 
 	deadline := time.Now().Add(10 * time.Second)
@@ -94,7 +94,7 @@ func TestMetricsMoveAsTheFlowRuns(t *testing.T) {
 		t.Errorf("last_success_timestamp_seconds = %v", ts)
 	}
 
-	op.get("/admin/?break_glass=logout")
+	op.Get("/admin/?break_glass=logout")
 	if got := scrape(t, admin)["caddy_break_glass_sessions_active"] - before["caddy_break_glass_sessions_active"]; got != 0 {
 		t.Errorf("sessions_active after the logout moved by %v, want 0", got)
 	}

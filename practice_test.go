@@ -9,18 +9,14 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
-	"io"
 	"net/http"
-	"net/http/httptest"
-	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/caddy-break-glass/caddy-break-glass/bgtest"
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/certmagic"
 	"golang.org/x/crypto/bcrypt"
@@ -44,40 +40,38 @@ func (w *world) practiceConfig(maxAttempts int, handler string, alertEmails bool
 func TestReasonGoesIntoTheLogAndEveryAlert(t *testing.T) {
 	w := newWorld(t)
 	w.load(w.practiceConfig(3, "require_reason\nalert_on login code_issued lockout", true), "caddyfile")
-	c := w.client("127.0.0.2")
-	if p := c.get("/admin/"); !strings.Contains(p.body, `name="reason"`) || !strings.Contains(p.body, `maxlength="200" value="" autocomplete="off" required`) {
-		t.Fatalf("the login page has no required reason field:\n%s", p.body)
+	c := w.kit("127.0.0.2")
+	if p := c.Get("/admin/"); !strings.Contains(p.Body, `name="reason"`) || !strings.Contains(p.Body, `maxlength="200" value="" autocomplete="off" required`) {
+		t.Fatalf("the login page has no required reason field:\n%s", p.Body)
 	}
 	// Form mistakes cost nothing: no attempt is counted.
-	if p := c.loginWith("ops@example.com", testPassword, "   "); p.status != http.StatusBadRequest || !strings.Contains(p.body, "Give the reason") {
-		t.Fatalf("no reason: %d\n%s", p.status, p.body)
+	if p := c.Login("/admin/", "ops@example.com", testPassword, "   ", nil); p.Status != http.StatusBadRequest || !strings.Contains(p.Body, "Give the reason") {
+		t.Fatalf("no reason: %d\n%s", p.Status, p.Body)
 	}
-	if p := c.loginWith("ops@example.com", testPassword, strings.Repeat("é", 201)); p.status != http.StatusBadRequest || !strings.Contains(p.body, "at most 200 characters") {
-		t.Fatalf("a 201-character reason: %d", p.status)
+	if p := c.Login("/admin/", "ops@example.com", testPassword, strings.Repeat("é", 201), nil); p.Status != http.StatusBadRequest || !strings.Contains(p.Body, "at most 200 characters") {
+		t.Fatalf("a 201-character reason: %d", p.Status)
 	}
 	// Shown back, escaped.
-	p := c.loginWith("ops@example.com", "wrong", `INC-42 <b>SSO down</b>`)
-	if p.status != http.StatusUnauthorized || !strings.Contains(p.body, `value="INC-42 &lt;b&gt;SSO down&lt;/b&gt;"`) || strings.Contains(p.body, "<b>SSO") {
-		t.Fatalf("the reason is not shown back escaped: %d\n%s", p.status, p.body)
+	p := c.Login("/admin/", "ops@example.com", "wrong", `INC-42 <b>SSO down</b>`, nil)
+	if p.Status != http.StatusUnauthorized || !strings.Contains(p.Body, `value="INC-42 &lt;b&gt;SSO down&lt;/b&gt;"`) || strings.Contains(p.Body, "<b>SSO") {
+		t.Fatalf("the reason is not shown back escaped: %d\n%s", p.Status, p.Body)
 	}
-	if !strings.Contains(p.body, "2 attempts left") {
-		t.Fatalf("the form mistakes were counted as failures:\n%s", p.body)
+	if !strings.Contains(p.Body, "2 attempts left") {
+		t.Fatalf("the form mistakes were counted as failures:\n%s", p.Body)
 	}
 
 	reason := "INC-42: SSO down\r\nsince 09:00"
-	if p, _ := c.signInWith(testPassword, reason); p.status != http.StatusSeeOther {
-		t.Fatalf("sign-in: %d\n%s", p.status, p.body)
+	if p, _ := w.signInWith(c, testPassword, reason); p.Status != http.StatusSeeOther {
+		t.Fatalf("sign-in: %d\n%s", p.Status, p.Body)
 	}
 	clean := "INC-42: SSO down  since 09:00" // line breaks become spaces
-	if l := w.findLog("break-glass login succeeded", map[string]string{"reason": clean, "level": "warn"}); l == nil {
-		t.Fatal("the success log line does not carry the reason")
-	}
+	bgtest.WaitLog(t, w.log, "break-glass login succeeded", map[string]string{"reason": clean, "level": "warn"})
 	for _, event := range []string{"break_glass_code_issued", "break_glass_login"} {
-		if ev := w.hook.waitEvent(t, event); ev["reason"] != clean || !strings.Contains(fmt.Sprint(ev["message"]), clean) {
+		if ev := w.hook.WaitEvent(t, event).JSON; ev["reason"] != clean || !strings.Contains(fmt.Sprint(ev["message"]), clean) {
 			t.Fatalf("%s webhook: %v", event, ev)
 		}
 	}
-	if ev := w.hook.waitEvent(t, "break_glass_code_issued"); ev["severity"] != "warning" || ev["ip"] != "127.0.0.2" {
+	if ev := w.hook.WaitEvent(t, "break_glass_code_issued").JSON; ev["severity"] != "warning" || ev["ip"] != "127.0.0.2" {
 		t.Fatalf("code_issued event: %v", ev)
 	}
 	for _, to := range []string{"sec@example.com", "soc@example.com"} {
@@ -92,12 +86,12 @@ func TestReasonGoesIntoTheLogAndEveryAlert(t *testing.T) {
 func TestLockoutAlertsOncePerLockout(t *testing.T) {
 	w := newWorld(t)
 	w.load(w.caddyfile(3, ""), "caddyfile") // alert_on's default: login and lockout
-	c := w.client("127.0.0.3")
-	tok := c.get("/admin/").csrf(t)
+	c := w.kit("127.0.0.3")
+	tok := c.Get("/admin/").CSRF(t)
 	for range 20 { // after the third, refused before anything is checked
-		c.do("POST", "/admin/", url.Values{"break_glass_step": {"login"}, "csrf_token": {tok}, "email": {"ops@example.com"}, "password": {"wrong"}}, nil)
+		c.Do("POST", "/admin/", bgtest.LoginForm(tok, "ops@example.com", "wrong", ""), nil)
 	}
-	ev := w.hook.waitEvent(t, "break_glass_lockout")
+	ev := w.hook.WaitEvent(t, "break_glass_lockout").JSON
 	if ev["ip"] != "127.0.0.3" || ev["severity"] != "warning" {
 		t.Fatalf("lockout event: %v", ev)
 	}
@@ -109,67 +103,26 @@ func TestLockoutAlertsOncePerLockout(t *testing.T) {
 			lockoutMails++
 		}
 	}
-	if n := w.hook.count("break_glass_lockout"); n != 1 || lockoutMails != 2 {
+	if n := w.hook.Count("break_glass_lockout"); n != 1 || lockoutMails != 2 {
 		t.Fatalf("20 failures: %d lockout webhooks and %d lockout mails, want 1 and 2 (one per recipient)", n, lockoutMails)
 	}
 	// alert_on without lockout: no lockout alert.
 	w2 := newWorld(t)
 	w2.load(w2.practiceConfig(3, "alert_on login", true), "caddyfile")
-	c2 := w2.client("127.0.0.4") // the state outlives the reload: 127.0.0.3 is still locked
+	c2 := w2.kit("127.0.0.4") // the state outlives the reload: 127.0.0.3 is still locked
 	for range 3 {
-		c2.login("ops@example.com", "wrong")
+		c2.Login("/admin/", "ops@example.com", "wrong", "", nil)
 	}
 	time.Sleep(300 * time.Millisecond)
-	if n := w2.hook.count("break_glass_lockout"); n != 0 || len(w2.smtp.Mails()) != 0 {
+	if n := w2.hook.Count("break_glass_lockout"); n != 0 || len(w2.smtp.Mails()) != 0 {
 		t.Fatalf("alert_on login: %d lockout webhooks, %d mails", n, len(w2.smtp.Mails()))
 	}
 }
 
-// rawHook is a webhook receiver that keeps whole requests and answers with a
-// status that can change.
-type rawHook struct {
-	*httptest.Server
-	status atomic.Int32
-	mu     sync.Mutex
-	reqs   []hookRequest
-}
-
-func startRawHook(t *testing.T, status int) *rawHook {
-	h := &rawHook{}
-	h.status.Store(int32(status))
-	h.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		b, _ := io.ReadAll(r.Body)
-		h.mu.Lock()
-		h.reqs = append(h.reqs, hookRequest{r.Header.Clone(), b})
-		h.mu.Unlock()
-		w.WriteHeader(int(h.status.Load()))
-	}))
-	t.Cleanup(h.Close)
-	return h
-}
-
-func (h *rawHook) requests() []hookRequest {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	return append([]hookRequest(nil), h.reqs...)
-}
-
-func (h *rawHook) wait(t *testing.T, n int) []hookRequest {
-	t.Helper()
-	deadline := time.Now().Add(15 * time.Second)
-	for time.Now().Before(deadline) {
-		if r := h.requests(); len(r) >= n {
-			return r
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	t.Fatalf("the webhook got %d requests, want %d", len(h.requests()), n)
-	return nil
-}
-
 func TestSeveralWebhooksWithFormatsHeadersAndSignatures(t *testing.T) {
 	w := newWorld(t)
-	slack, discord := startRawHook(t, 200), startRawHook(t, 204)
+	slack, discord := bgtest.StartWebhook(t), bgtest.StartWebhook(t)
+	slack.SetStatus(http.StatusOK)
 	t.Setenv("BG_TEST_SLACK_SECRET", "slack-signing-secret")
 	t.Setenv("BG_TEST_SLACK_TOKEN", "slack-token")
 	w.load(w.practiceConfig(3, fmt.Sprintf(`alert_webhook %s/slack {
@@ -181,27 +134,24 @@ alert_webhook %s/discord {
 	format discord
 	header X-Team ops
 }`, slack.URL, discord.URL), false), "caddyfile")
-	w.client("127.0.0.2").signIn()
+	w.signIn(w.kit("127.0.0.2"))
 
-	w.hook.waitEvent(t, "break_glass_login") // the generic one still gets its JSON
-	s := slack.wait(t, 1)[0]
-	ts := s.header.Get("X-Break-Glass-Timestamp")
-	want := "sha256=" + fmt.Sprintf("%x", rfc2104HMACSHA256([]byte("slack-signing-secret"), append([]byte(ts+"."), s.body...)))
-	if s.header.Get("X-Break-Glass-Signature") != want || s.header.Get("Authorization") != "Bearer slack-token" {
-		t.Fatalf("slack request headers: %v (want signature %s)", s.header, want)
+	w.hook.WaitEvent(t, "break_glass_login") // the generic one still gets its JSON
+	s := slack.Wait(t, 1)[0]
+	ts := s.Header.Get("X-Break-Glass-Timestamp")
+	want := "sha256=" + fmt.Sprintf("%x", rfc2104HMACSHA256([]byte("slack-signing-secret"), append([]byte(ts+"."), s.Body...)))
+	if s.Header.Get("X-Break-Glass-Signature") != want || s.Header.Get("Authorization") != "Bearer slack-token" {
+		t.Fatalf("slack request headers: %v (want signature %s)", s.Header, want)
 	}
 	var sb map[string]string
-	if err := json.Unmarshal(s.body, &sb); err != nil || !strings.Contains(sb["text"], "Break-glass login succeeded for ops@example.com from 127.0.0.2") {
-		t.Fatalf("slack body: %s", s.body)
+	if err := json.Unmarshal(s.Body, &sb); err != nil || !strings.Contains(sb["text"], "Break-glass login succeeded for ops@example.com from 127.0.0.2") {
+		t.Fatalf("slack body: %s", s.Body)
 	}
-	d := discord.wait(t, 1)[0]
-	var db map[string]any
-	if err := json.Unmarshal(d.body, &db); err != nil || !strings.Contains(fmt.Sprint(db["content"]), "127.0.0.2") || d.header.Get("X-Team") != "ops" || d.header.Get("X-Break-Glass-Signature") != "" {
-		t.Fatalf("discord request: %v %s", d.header, d.body)
+	d := discord.Wait(t, 1)[0]
+	if !strings.Contains(fmt.Sprint(d.JSON["content"]), "127.0.0.2") || d.Header.Get("X-Team") != "ops" || d.Header.Get("X-Break-Glass-Signature") != "" {
+		t.Fatalf("discord request: %v %s", d.Header, d.Body)
 	}
-	if raw, _ := os.ReadFile(w.logFile); bytes.Contains(raw, []byte("slack-token")) || bytes.Contains(raw, []byte("slack-signing-secret")) {
-		t.Fatal("a webhook header value or secret is in the log")
-	}
+	w.wantNotLogged(map[string]string{"a webhook header value": "slack-token", "a webhook secret": "slack-signing-secret"})
 }
 
 func TestTOTPSignsInWhenMailIsDownAndIsNeverReplayed(t *testing.T) {
@@ -214,74 +164,70 @@ func TestTOTPSignsInWhenMailIsDownAndIsNeverReplayed(t *testing.T) {
 
 	step := totpStep(time.Now())
 	code := hotp(key, uint64(step), 6)
-	codeStep := func(c *client, code string) reply {
-		if p := c.login("ops@example.com", testPassword); p.status != http.StatusSeeOther {
-			t.Fatalf("password: %d", p.status)
+	codeStep := func(c *bgtest.Client, code string) bgtest.Reply {
+		if p := c.Login("/admin/", "ops@example.com", testPassword, "", nil); p.Status != http.StatusSeeOther {
+			t.Fatalf("password: %d", p.Status)
 		}
-		page := c.get("/admin/")
-		if !strings.Contains(page.body, "authenticator app") {
-			t.Fatalf("the code page does not offer the authenticator:\n%s", page.body)
+		page := c.Get("/admin/")
+		if !strings.Contains(page.Body, "authenticator app") {
+			t.Fatalf("the code page does not offer the authenticator:\n%s", page.Body)
 		}
-		return c.do("POST", "/admin/", url.Values{"break_glass_step": {"code"}, "csrf_token": {page.csrf(t)}, "code": {code}}, nil)
+		return c.Do("POST", "/admin/", bgtest.CodeForm(page.CSRF(t), code), nil)
 	}
-	a := w.client("127.0.0.2")
-	if p := codeStep(a, code); p.status != http.StatusSeeOther {
-		t.Fatalf("the current TOTP code: %d\n%s", p.status, p.body)
+	a := w.kit("127.0.0.2")
+	if p := codeStep(a, code); p.Status != http.StatusSeeOther {
+		t.Fatalf("the current TOTP code: %d\n%s", p.Status, p.Body)
 	}
-	if p := a.get("/admin/x"); p.status != http.StatusOK {
-		t.Fatalf("no session after the TOTP code: %d", p.status)
+	if p := a.Get("/admin/x"); p.Status != http.StatusOK {
+		t.Fatalf("no session after the TOTP code: %d", p.Status)
 	}
-	w.findLog("break-glass delivery failed", map[string]string{"channel": "code_email"})
+	bgtest.WaitLog(t, w.log, "break-glass delivery failed", map[string]string{"channel": "code_email"})
 
 	// The same code again, from another browser: refused, and counted.
-	b := w.client("127.0.0.4")
-	if p := codeStep(b, code); p.status != http.StatusUnauthorized || !strings.Contains(p.body, "Wrong code. 4 attempts left") {
-		t.Fatalf("a replayed TOTP code: %d\n%s", p.status, p.body)
+	b := w.kit("127.0.0.4")
+	if p := codeStep(b, code); p.Status != http.StatusUnauthorized || !strings.Contains(p.Body, "Wrong code. 4 attempts left") {
+		t.Fatalf("a replayed TOTP code: %d\n%s", p.Status, p.Body)
 	}
 	// The next step's code (inside the window) works once.
-	next := hotp(key, uint64(step+1), 6)
-	page := b.get("/admin/")
-	if p := b.do("POST", "/admin/", url.Values{"break_glass_step": {"code"}, "csrf_token": {page.csrf(t)}, "code": {next}}, nil); p.status != http.StatusSeeOther {
-		t.Fatalf("the next step's code: %d\n%s", p.status, p.body)
+	if p := b.SubmitCode("/admin/", hotp(key, uint64(step+1), 6)); p.Status != http.StatusSeeOther {
+		t.Fatalf("the next step's code: %d\n%s", p.Status, p.Body)
 	}
 	// Without a password first, a TOTP code alone is nothing.
-	c := w.client("127.0.0.3")
-	page = c.get("/admin/")
-	if p := c.do("POST", "/admin/", url.Values{"break_glass_step": {"code"}, "csrf_token": {page.csrf(t)}, "code": {hotp(key, uint64(step-1), 6)}}, nil); p.status == http.StatusSeeOther {
+	if p := w.kit("127.0.0.3").SubmitCode("/admin/", hotp(key, uint64(step-1), 6)); p.Status == http.StatusSeeOther {
 		t.Fatal("a TOTP code signed in without the password")
 	}
 }
 
 func TestRequireAlert(t *testing.T) {
 	w := newWorld(t)
-	a, b := startRawHook(t, 500), startRawHook(t, 500)
+	a, b := bgtest.StartWebhook(t), bgtest.StartWebhook(t)
+	a.SetStatus(http.StatusInternalServerError)
+	b.SetStatus(http.StatusInternalServerError)
 	cfg := w.practiceConfig(5, fmt.Sprintf("require_alert\nalert_webhook %s\nalert_webhook %s", a.URL, b.URL), false)
 	cfg = strings.Replace(cfg, "\t\talert_webhook "+w.hook.URL+"/hook\n", "", 1)
 	w.load(cfg, "caddyfile")
 
 	// Every channel down: no session, a clear page, an ERROR.
-	c := w.client("127.0.0.2")
-	p, _ := c.signInWith(testPassword, "")
-	if p.status != http.StatusServiceUnavailable || !strings.Contains(p.body, "nobody could be told") || p.header.Get("Set-Cookie") != "" && strings.Contains(p.header.Get("Set-Cookie"), sessionCookie+"=v") {
-		t.Fatalf("every channel down: %d %v\n%s", p.status, p.header, p.body)
+	c := w.kit("127.0.0.2")
+	p, _ := w.signInWith(c, testPassword, "")
+	if p.Status != http.StatusServiceUnavailable || !strings.Contains(p.Body, "nobody could be told") || p.Header.Get("Set-Cookie") != "" && strings.Contains(p.Header.Get("Set-Cookie"), sessionCookie+"=v") {
+		t.Fatalf("every channel down: %d %v\n%s", p.Status, p.Header, p.Body)
 	}
-	if r := c.get("/admin/x"); r.status == http.StatusOK {
+	if r := c.Get("/admin/x"); r.Status == http.StatusOK {
 		t.Fatal("a session was issued with every alert channel down")
 	}
-	if w.findLog("break-glass login refused: require_alert is set and no alert channel confirmed delivery", map[string]string{"level": "error"}) == nil {
-		t.Fatal("no ERROR for the refused login")
-	}
-	if w.findLog("break-glass login succeeded", nil) != nil {
+	bgtest.WaitLog(t, w.log, "break-glass login refused: require_alert is set and no alert channel confirmed delivery", map[string]string{"level": "error"})
+	if w.log().Find("break-glass login succeeded", nil) != nil {
 		t.Fatal("a refused login was logged as succeeded")
 	}
 
 	// One channel up: the session is issued.
-	b.status.Store(200)
-	if p, _ := c.signInWith(testPassword, ""); p.status != http.StatusSeeOther {
-		t.Fatalf("one channel up: %d\n%s", p.status, p.body)
+	b.SetStatus(http.StatusOK)
+	if p, _ := w.signInWith(c, testPassword, ""); p.Status != http.StatusSeeOther {
+		t.Fatalf("one channel up: %d\n%s", p.Status, p.Body)
 	}
-	if r := c.get("/admin/x"); r.status != http.StatusOK {
-		t.Fatalf("no session with one channel up: %d", r.status)
+	if r := c.Get("/admin/x"); r.Status != http.StatusOK {
+		t.Fatalf("no session with one channel up: %d", r.Status)
 	}
 }
 
@@ -292,28 +238,23 @@ func TestAuditLogRecordsTheFlowAndChains(t *testing.T) {
 	cfg := strings.Replace(w.practiceConfig(2, "audit_log "+path, false), "admin off", "admin "+admin, 1)
 	w.load(cfg, "caddyfile")
 
-	bad := w.client("127.0.0.3")
-	bad.login("ops@example.com", "wrong")
-	bad.login("ops@example.com", "wrong") // lockout
+	bad := w.kit("127.0.0.3")
+	bad.Login("/admin/", "ops@example.com", "wrong", "", nil)
+	bad.Login("/admin/", "ops@example.com", "wrong", "", nil) // lockout
 	adminCall(t, admin, "POST", "/break_glass/unlock", `{"client": "127.0.0.3"}`)
-	op := w.client("127.0.0.2")
-	op.signInWith(testPassword, "INC-9")
-	op.get("/admin/reports?token=secret")
-	op.get("/admin/?break_glass=logout")
+	op := w.kit("127.0.0.2")
+	w.signInWith(op, testPassword, "INC-9")
+	op.Get("/admin/reports?token=secret")
+	op.Get("/admin/?break_glass=logout")
 	adminCall(t, admin, "POST", "/break_glass/revoke", `{}`)
 
 	b, err := os.ReadFile(path)
 	if err != nil {
 		t.Fatal(err)
 	}
+	lines := bgtest.ReadLogs(bytes.NewReader(b)) // verify-audit below counts every line
 	var events []string
-	var lines []map[string]any
-	for _, l := range strings.Split(strings.TrimSpace(string(b)), "\n") {
-		var m map[string]any
-		if err := json.Unmarshal([]byte(l), &m); err != nil {
-			t.Fatalf("audit line %q: %v", l, err)
-		}
-		lines = append(lines, m)
+	for _, m := range lines {
 		events = append(events, fmt.Sprint(m["event"]))
 	}
 	if got := strings.Join(events, " "); got != "lockout admin_unlock code_issued login request logout admin_revoke" {
@@ -330,7 +271,7 @@ func TestAuditLogRecordsTheFlowAndChains(t *testing.T) {
 	}
 	// The login alert carries the chain head: the hash of the login line.
 	loginLine := strings.Split(string(b), "\n")[3]
-	if ev := w.hook.waitEvent(t, "break_glass_login"); ev["audit_head"] != lineHash([]byte(loginLine)) {
+	if ev := w.hook.WaitEvent(t, "break_glass_login").JSON; ev["audit_head"] != lineHash([]byte(loginLine)) {
 		t.Fatalf("login alert audit_head %v, want the hash of the login line", ev["audit_head"])
 	}
 
@@ -358,21 +299,21 @@ func TestMaxUsesSpendsTheCredentialUntilTheHashChanges(t *testing.T) {
 				return strings.Replace(c, "session_ttl 1h", "session_ttl 1h\n\t\tstate "+mode, 1)
 			}
 			w.load(cfg(), "caddyfile")
-			c := w.client("127.0.0.2")
-			if p, _ := c.signInWith(testPassword, ""); p.status != http.StatusSeeOther {
-				t.Fatalf("first use: %d", p.status)
+			c := w.kit("127.0.0.2")
+			if p, _ := w.signInWith(c, testPassword, ""); p.Status != http.StatusSeeOther {
+				t.Fatalf("first use: %d", p.Status)
 			}
-			if r := c.get("/admin/x"); r.status != http.StatusOK {
-				t.Fatalf("no session on the first use: %d", r.status)
+			if r := c.Get("/admin/x"); r.Status != http.StatusOK {
+				t.Fatalf("no session on the first use: %d", r.Status)
 			}
-			if ev := w.hook.waitEvent(t, "break_glass_credential_spent"); ev["severity"] != "critical" {
+			if ev := w.hook.WaitEvent(t, "break_glass_credential_spent").JSON; ev["severity"] != "critical" {
 				t.Fatalf("spent alert: %v", ev)
 			}
-			other := w.client("127.0.0.4")
-			if p := other.get("/admin/"); p.status != http.StatusForbidden || !strings.Contains(p.body, "Credential spent") {
-				t.Fatalf("login page after the last use: %d\n%s", p.status, p.body)
+			other := w.kit("127.0.0.4")
+			if p := other.Get("/admin/"); p.Status != http.StatusForbidden || !strings.Contains(p.Body, "Credential spent") {
+				t.Fatalf("login page after the last use: %d\n%s", p.Status, p.Body)
 			}
-			if p := other.do("POST", "/admin/", url.Values{"break_glass_step": {"login"}, "csrf_token": {"x"}, "email": {"ops@example.com"}, "password": {testPassword}}, nil); p.status == http.StatusSeeOther {
+			if p := other.Do("POST", "/admin/", bgtest.LoginForm("x", "ops@example.com", testPassword, ""), nil); p.Status == http.StatusSeeOther {
 				t.Fatal("a spent credential took a password")
 			}
 			// Counted in the config's storage in both modes: a restart
@@ -384,19 +325,19 @@ func TestMaxUsesSpendsTheCredentialUntilTheHashChanges(t *testing.T) {
 				t.Fatal(err)
 			}
 			w.load(cfg(), "caddyfile")
-			if p := other.get("/admin/"); p.status != http.StatusForbidden {
-				t.Fatalf("after a restart, the spent credential: %d", p.status)
+			if p := other.Get("/admin/"); p.Status != http.StatusForbidden {
+				t.Fatalf("after a restart, the spent credential: %d", p.Status)
 			}
 
 			// A new hash: a new credential, usable again.
 			h, _ := bcrypt.GenerateFromPassword([]byte("a new password"), 4)
 			t.Setenv("BG_TEST_HASH", string(h))
 			w.load(cfg(), "caddyfile")
-			if p := other.get("/admin/"); p.status != http.StatusUnauthorized || !strings.Contains(p.body, `name="password"`) {
-				t.Fatalf("login page after the hash changed: %d", p.status)
+			if p := other.Get("/admin/"); p.Status != http.StatusUnauthorized || !strings.Contains(p.Body, `name="password"`) {
+				t.Fatalf("login page after the hash changed: %d", p.Status)
 			}
-			if p, _ := other.signInWith("a new password", ""); p.status != http.StatusSeeOther {
-				t.Fatalf("the new credential: %d\n%s", p.status, p.body)
+			if p, _ := w.signInWith(other, "a new password", ""); p.Status != http.StatusSeeOther {
+				t.Fatalf("the new credential: %d\n%s", p.Status, p.Body)
 			}
 		})
 	}
@@ -404,69 +345,39 @@ func TestMaxUsesSpendsTheCredentialUntilTheHashChanges(t *testing.T) {
 
 func TestALockoutFloodNeverCrowdsOutTheLoginAlert(t *testing.T) {
 	clk := useTestClock(t)
-	var mu sync.Mutex
-	var events []map[string]any
-	slow := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		var ev map[string]any
-		_ = json.NewDecoder(r.Body).Decode(&ev)
-		mu.Lock()
-		events = append(events, ev)
-		mu.Unlock()
-		time.Sleep(time.Second) // a slow receiver keeps deliveries in flight
-	}))
-	t.Cleanup(slow.Close)
-	h := newTestHandler(t, &App{MaxAttempts: 1}, func(h *Handler) { h.AlertWebhook = slow.URL })
-	count := func(event string) (n int, last map[string]any) {
-		mu.Lock()
-		defer mu.Unlock()
-		for _, ev := range events {
-			if ev["event"] == event {
-				n++
-				last = ev
-			}
-		}
-		return n, last
-	}
+	oldGrace := deliveryGrace
+	deliveryGrace = 200 * time.Millisecond // the hanging deliveries are cancelled when the test ends
+	t.Cleanup(func() { deliveryGrace = oldGrace })
+	hook := bgtest.StartWebhook(t)
+	hook.Hang() // a receiver that never answers keeps every delivery in flight
+	h := newTestHandler(t, &App{MaxAttempts: 1}, func(h *Handler) { h.AlertWebhook = hook.URL })
 
 	// 300 clients (each its own IPv6 /64) lock themselves out at once.
 	for i := range 300 {
-		b := newBrowser(fmt.Sprintf("[2001:db8:0:%x::1]", i))
-		if resp := b.login(t, h, "ops@example.com", "wrong"); resp.StatusCode != http.StatusTooManyRequests {
-			t.Fatalf("client %d: %d, want locked out", i, resp.StatusCode)
+		if r := h.client(t, fmt.Sprintf("2001:db8:0:%x::1", i)).Login("/admin/", "ops@example.com", "wrong", "", nil); r.Status != http.StatusTooManyRequests {
+			t.Fatalf("client %d: %d, want locked out", i, r.Status)
 		}
 	}
 	// The operator's login still gets its alert.
-	if resp := newBrowser("192.0.2.10").signIn(t, h); resp.StatusCode != http.StatusSeeOther {
-		t.Fatalf("sign-in during the flood: %d", resp.StatusCode)
+	if r := h.signInAt(t, h.client(t, "192.0.2.10")); r.Status != http.StatusSeeOther {
+		t.Fatalf("sign-in during the flood: %d", r.Status)
 	}
-	deadline := time.Now().Add(10 * time.Second)
-	for n, _ := count(eventLogin); n == 0; n, _ = count(eventLogin) {
-		if time.Now().After(deadline) {
-			t.Fatal("the login alert was crowded out by the lockout alerts")
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	if n := len(h.logs.FilterMessage("break-glass delivery dropped: too many deliveries in flight, or the app is stopping").All()); n != 0 {
+	hook.WaitEvent(t, eventLogin)
+	if n := len(h.logs.Logs().All("break-glass delivery dropped: too many deliveries in flight, or the app is stopping")); n != 0 {
 		t.Fatalf("%d deliveries dropped", n)
 	}
 	time.Sleep(300 * time.Millisecond)
-	if n, _ := count(eventLockout); n != lockoutAlertsPerWindow {
+	if n := hook.Count(eventLockout); n != lockoutAlertsPerWindow {
 		t.Fatalf("%d lockout alerts for 300 lockouts in a minute, want %d", n, lockoutAlertsPerWindow)
 	}
-	if n := len(h.logs.FilterMessage("break-glass lockout alert held back: too many lockouts at once; the next lockout alert will count it").All()); n != 300-lockoutAlertsPerWindow {
+	if n := len(h.logs.Logs().All("break-glass lockout alert held back: too many lockouts at once; the next lockout alert will count it")); n != 300-lockoutAlertsPerWindow {
 		t.Fatalf("%d lockout alerts held back, want %d", n, 300-lockoutAlertsPerWindow)
 	}
 	// A minute later, the next lockout alert counts those held back.
 	clk.Advance(lockoutAlertWindow)
-	newBrowser("192.0.2.11").login(t, h, "ops@example.com", "wrong")
-	deadline = time.Now().Add(10 * time.Second)
-	for n, _ := count(eventLockout); n == lockoutAlertsPerWindow; n, _ = count(eventLockout) {
-		if time.Now().After(deadline) {
-			t.Fatal("no lockout alert in the next window")
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	if _, ev := count(eventLockout); !strings.Contains(fmt.Sprint(ev["message"]), "295 other lockouts were not alerted one by one") {
-		t.Fatalf("the next lockout alert: %v", ev["message"])
+	h.client(t, "192.0.2.11").Login("/admin/", "ops@example.com", "wrong", "", nil)
+	reqs := hook.Wait(t, lockoutAlertsPerWindow+2) // and the login's
+	if ev := reqs[len(reqs)-1].JSON; ev["event"] != eventLockout || !strings.Contains(fmt.Sprint(ev["message"]), "295 other lockouts were not alerted one by one") {
+		t.Fatalf("the next lockout alert: %v", ev)
 	}
 }

@@ -11,39 +11,39 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
-	"net/url"
 	"os"
 	"regexp"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 )
 
-// recorder is an upstream that keeps what each request carried.
+// recorder is an upstream that keeps what each request carried, before it
+// answers.
 type recorder struct {
 	*httptest.Server
-	mu   sync.Mutex
-	seen []string // "path | X-Break-Glass-User | Cookie"
+	seen chan string // "path | X-Break-Glass-User | Cookie"
 }
 
 func startRecorder(t *testing.T) *recorder {
-	rc := &recorder{}
+	rc := &recorder{seen: make(chan string, 1000)}
 	rc.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		rc.mu.Lock()
-		rc.seen = append(rc.seen, r.URL.RawPath+r.URL.Path+" | "+r.Header.Get("X-Break-Glass-User")+" | "+r.Header.Get("Cookie"))
-		rc.mu.Unlock()
+		rc.seen <- r.URL.RawPath + r.URL.Path + " | " + r.Header.Get("X-Break-Glass-User") + " | " + r.Header.Get("Cookie")
 	}))
 	t.Cleanup(rc.Close)
 	return rc
 }
 
-func (rc *recorder) take() []string {
-	rc.mu.Lock()
-	defer rc.mu.Unlock()
-	out := rc.seen
-	rc.seen = nil
-	return out
+// take is what was kept since the last take.
+func (rc *recorder) take() (out []string) {
+	for {
+		select {
+		case s := <-rc.seen:
+			out = append(out, s)
+		default:
+			return out
+		}
+	}
 }
 
 var bypassPaths = []string{"/admin", "/admin/", "/admin;x=1/users", "/admin%20/users", "/admin./users", "/ADMIN/users",
@@ -94,7 +94,10 @@ func TestREADMEConfigsLeaveNoPathUnguarded(t *testing.T) {
 		t.Run(fmt.Sprint(i), func(t *testing.T) {
 			w := newWorld(t)
 			admin, public := startRecorder(t), startRecorder(t)
-			t.Setenv("BREAK_GLASS_HASH", w.hash)
+			for _, env := range []string{"BREAK_GLASS_HASH", "BG_ALICE_HASH", "BG_BOB_HASH"} {
+				t.Setenv(env, w.hash)
+			}
+			t.Setenv("BG_BOB_TOTP", "JBSWY3DPEHPK3PXP")
 			site := cfg[strings.Index(cfg, "\n}\n\n")+4:] // the site block, after the global options
 			if !strings.HasPrefix(cfg, "{") {
 				site = cfg
@@ -102,7 +105,7 @@ func TestREADMEConfigsLeaveNoPathUnguarded(t *testing.T) {
 			site = strings.NewReplacer("admin.example.com {", fmt.Sprintf("http://127.0.0.1:%d {\n\tbind 127.0.0.1", w.port),
 				"www.example.com {", fmt.Sprintf("http://127.0.0.1:%d {\n\tbind 127.0.0.1", w.port),
 				"localhost:9000", strings.TrimPrefix(admin.URL, "http://"), "localhost:8000", strings.TrimPrefix(public.URL, "http://"),
-				"10.0.0.0/8", "127.0.0.0/8", "alert_webhook https://hooks.example.com/break-glass", "alert_webhook "+w.hook.URL+"/hook").Replace(site)
+				"10.0.0.0/8", "127.0.0.0/8", "account alice@example.com {", "account ops@example.com {", "alert_webhook https://hooks.example.com/break-glass", "alert_webhook "+w.hook.URL+"/hook").Replace(site)
 			global := w.caddyfile(100, "")
 			global = global[:strings.Index(global, "\nhttp://")]
 			w.load(global+"\n"+site, "caddyfile")
@@ -128,20 +131,20 @@ func TestREADMEConfigsLeaveNoPathUnguarded(t *testing.T) {
 				rawGet(t, "127.0.0.2", addr, p, "")
 			}
 			check(false)
-			c := w.client("127.0.0.2")
-			c.signIn()
-			if r := c.get("/admin/"); r.status != http.StatusOK {
-				t.Fatalf("signed in: %d", r.status)
+			c := w.kit("127.0.0.2")
+			w.signIn(c)
+			if r := c.Get("/admin/"); r.Status != http.StatusOK {
+				t.Fatalf("signed in: %d", r.Status)
 			}
 			admin.take()
 			var cookies []string
-			for _, ck := range c.hc.Jar.Cookies(mustURL(w.base + "/admin/")) {
+			for _, ck := range c.Jar().Cookies(mustURL(w.base + "/admin/")) {
 				cookies = append(cookies, ck.Name+"="+ck.Value)
 			}
 			for _, p := range append(bypassPaths, "/", "/public", "/adminx") {
 				// A browser sends the cookies only where their path matches.
 				ck := ""
-				if u := mustURL(w.base + p); len(c.hc.Jar.Cookies(u)) > 0 {
+				if u := mustURL(w.base + p); len(c.Jar().Cookies(u)) > 0 {
 					ck = strings.Join(cookies, "; ")
 				}
 				rawGet(t, "127.0.0.2", addr, p, ck)
@@ -149,12 +152,4 @@ func TestREADMEConfigsLeaveNoPathUnguarded(t *testing.T) {
 			check(true)
 		})
 	}
-}
-
-func mustURL(s string) *url.URL {
-	u, err := url.Parse(s)
-	if err != nil {
-		panic(err)
-	}
-	return u
 }

@@ -40,12 +40,6 @@ func rfc2104HMACSHA256(key, msg []byte) []byte {
 	return outer[:]
 }
 
-// hookRequest is what practice_test.go's rawHook keeps of a request.
-type hookRequest struct {
-	header http.Header
-	body   []byte
-}
-
 // posted is the one request the webhook of cfg makes for ev, to a receiver
 // of this test at /hook.
 func posted(t *testing.T, cfg WebhookConfig, ev alertEvent) bgtest.HookRequest {
