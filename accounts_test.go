@@ -1,11 +1,16 @@
 package breakglass
 
 import (
+	"bytes"
 	"context"
+	"fmt"
 	"net/http"
 	"net/url"
+	"os"
+	"path/filepath"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -385,4 +390,119 @@ func TestAccountBlocksInTheCaddyfile(t *testing.T) {
 			t.Errorf("%s: error %v, want %q", input, err, msg)
 		}
 	}
+}
+
+// TestTwoAccountsOnARunningCaddyThroughJSON loads two accounts through JSON
+// (as POST /load would) on a running Caddy with an audit log: each signs
+// in with its own code mail, every alert and audit line names its account,
+// the status lists both, revoke --email ends one account's session only,
+// and the drill sends a code-delivery test to each account's address.
+func TestTwoAccountsOnARunningCaddyThroughJSON(t *testing.T) {
+	w := newWorld(t)
+	t.Setenv("BG_BOB_HASH", argonHash(t))
+	admin := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	audit := filepath.Join(t.TempDir(), "audit.jsonl")
+	cfg := strings.Replace(w.json(5), `"email": "ops@example.com", "hash": "{env.BG_TEST_HASH}",`,
+		`"accounts": [{"email": "ops@example.com", "hash": "{env.BG_TEST_HASH}"},
+		             {"email": "bob@example.com", "hash": "{env.BG_BOB_HASH}", "sentinel_id": "-1"}],
+		 "audit_log": `+strconv.Quote(audit)+`,`, 1)
+	cfg = strings.Replace(cfg, `"admin": {"disabled": true}`, `"admin": {"listen": "`+admin+`"}`, 1)
+	if !strings.Contains(cfg, `"accounts"`) {
+		t.Fatal("the world's JSON changed: no place for the accounts")
+	}
+	w.load(cfg, "json")
+
+	ops, bob := w.kit("127.0.0.2"), w.kit("127.0.0.3")
+	w.signIn(ops)
+	before := len(w.smtp.Mails())
+	if r := bob.Login("/admin/", "bob@example.com", bobPassword, "INC-9", nil); r.Status != http.StatusSeeOther {
+		t.Fatalf("bob's password: %d", r.Status)
+	}
+	mail := w.smtp.waitMail(t, before, "bob@example.com", "one-time code")
+	code := codeRE.FindStringSubmatch(mail.Text)
+	if r := bob.SubmitCode("/admin/", code[1]); r.Status != http.StatusSeeOther {
+		t.Fatalf("bob's code: %d", r.Status)
+	}
+	for _, who := range []struct {
+		c     *bgtest.Client
+		email string
+	}{{ops, "ops@example.com"}, {bob, "bob@example.com"}} {
+		if r := who.c.Get("/admin/"); r.Status != http.StatusOK {
+			t.Fatalf("%s signed in: %d", who.email, r.Status)
+		}
+		w.up.mu.Lock()
+		got := w.up.last.Get("X-Break-Glass-User")
+		w.up.mu.Unlock()
+		if got != who.email {
+			t.Errorf("the upstream got X-Break-Glass-User %q, want %s", got, who.email)
+		}
+	}
+	// The login alerts name the accounts.
+	var named []string
+	for _, ev := range w.hook.Events() {
+		if ev["event"] == eventLogin {
+			named = append(named, fmt.Sprint(ev["account"]))
+		}
+	}
+	if slices.Sort(named); !slices.Equal(named, []string{"bob@example.com", "ops@example.com"}) {
+		t.Errorf("login webhooks name %q", named)
+	}
+	// The audit lines name the account of each login.
+	b, err := os.ReadFile(audit)
+	if err != nil {
+		t.Fatal(err)
+	}
+	logins := map[string]bool{}
+	for _, l := range bgtest.ReadLogs(bytes.NewReader(b)) {
+		if l["event"] == auditLogin {
+			logins[fmt.Sprint(l["email"])] = true
+		}
+	}
+	if !logins["ops@example.com"] || !logins["bob@example.com"] {
+		t.Errorf("audit login lines name %v", logins)
+	}
+	// The status lists both accounts, each with its session.
+	_, st := adminCall(t, admin, "GET", "/break_glass/status", "")
+	ids, _ := st["identities"].([]any)
+	if len(ids) != 2 {
+		t.Fatalf("identities: %v", st["identities"])
+	}
+	for _, id := range ids {
+		if m := id.(map[string]any); m["live_sessions"] != float64(1) {
+			t.Errorf("status of %v", m)
+		}
+	}
+	// Revoking bob's sessions leaves ops signed in.
+	if code, v := adminCall(t, admin, "POST", "/break_glass/revoke", `{"email": "bob@example.com"}`); code != 200 || v["revoked"] != float64(1) {
+		t.Fatalf("revoke bob: %d %v", code, v)
+	}
+	if r := bob.Get("/admin/"); r.Status != http.StatusUnauthorized {
+		t.Errorf("bob after the revoke: %d", r.Status)
+	}
+	if r := ops.Get("/admin/"); r.Status != http.StatusOK {
+		t.Errorf("ops after bob's revoke: %d", r.Status)
+	}
+	// The drill sends a code-delivery test to each account.
+	rec, err := runningAppDrill(t)
+	if err != nil {
+		t.Fatal(err)
+	}
+	codeMails := map[string]bool{}
+	for _, r := range rec.Results {
+		if r.Channel == "code_email" {
+			codeMails[r.Target] = r.OK
+		}
+	}
+	if !codeMails["ops@example.com"] || !codeMails["bob@example.com"] {
+		t.Errorf("drill code mails: %v", codeMails)
+	}
+}
+
+// runningAppDrill runs a drill on the running app, as the command does.
+func runningAppDrill(t *testing.T) (drillRecord, error) {
+	a, err := runningApp()
+	if err != nil {
+		return drillRecord{}, err
+	}
+	return a.drill(context.Background(), "test-host")
 }

@@ -74,3 +74,46 @@ func BenchmarkFailedLogin(b *testing.B) {
 		})
 	}
 }
+
+// TestReportTimingOfAccounts is the same report with two accounts of two
+// kinds of hash (alice: bcrypt cost 8, bob: argon2id with Caddy's
+// defaults): every failure compares one hash of each kind, so each costs
+// the same, whichever account its email names, if any. It also reports one
+// argon2id comparison alone.
+func TestReportTimingOfAccounts(t *testing.T) {
+	if testing.Short() {
+		t.Skip("measures timings")
+	}
+	h, _ := twoAccounts(t, &App{MaxAttempts: 1 << 30}, func(h *Handler) { h.Accounts[0].Hash = testHash(t, 8) })
+	h.compare = compareHash // the real comparisons, nothing counting around them
+	c := h.client(t, "192.0.2.1")
+	tok := c.Get("/admin/").CSRF(t)
+	kinds := []struct{ name, email, password string }{
+		{"unknown email", "nobody@example.com", testPassword},
+		{"alice, wrong password", "alice@example.com", "not the password"},
+		{"bob, wrong password", "bob@example.com", "not the password"},
+		{"alice's email, bob's password", "alice@example.com", bobPassword},
+		{"bob's email, alice's password", "bob@example.com", testPassword},
+	}
+	const rounds = 15
+	times := make([][]time.Duration, len(kinds))
+	var argon []time.Duration
+	hash := []byte(argonHash(t))
+	for range rounds { // interleaved, so that drift hits every kind alike
+		for i, k := range kinds {
+			form := bgtest.LoginForm(tok, k.email, k.password, "")
+			start := time.Now()
+			c.Do("POST", "/admin/", form, nil)
+			times[i] = append(times[i], time.Since(start))
+		}
+		start := time.Now()
+		_ = compareHash(hash, []byte("not the password"))
+		argon = append(argon, time.Since(start))
+	}
+	base := median(times[0])
+	for i, k := range kinds {
+		m := median(times[i])
+		t.Logf("%-30s median %8v  ratio to an unknown email %.2f", k.name, m.Round(time.Microsecond), float64(m)/float64(base))
+	}
+	t.Logf("%-30s median %8v", "one argon2id comparison", median(argon).Round(time.Microsecond))
+}
