@@ -127,7 +127,9 @@ func alertMail(to string, ev alertEvent) mailMessage {
 	}
 	c := mailContent{Heading: wd.heading, Advice: wd.advice, Info: ev.Severity == "info",
 		Subject: fmt.Sprintf(wd.subject, ev.Host, ev.IP)}
-	c.row("Account", ev.Email)
+	if ev.Email != "" {
+		c.row("Account", ev.Email)
+	}
 	if ev.IP != "" {
 		c.row("Client IP", ev.IP)
 	}
