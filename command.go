@@ -207,11 +207,11 @@ func cmdStatus(fl caddycmd.Flags, _ []string) (int, error) {
 
 func printStatus(w io.Writer, st statusReply) {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "IDENTITY\tCODE PENDING\tLIVE SESSIONS")
+	fmt.Fprintln(tw, "ACCOUNT\tCODES PENDING\tLIVE SESSIONS")
 	for _, id := range st.Identities {
-		pending := "no"
+		pending := "none"
 		if id.CodePending && id.CodeExpires != nil {
-			pending = "until " + id.CodeExpires.UTC().Format(time.RFC3339)
+			pending = fmt.Sprintf("%d, until %s", id.CodesPending, id.CodeExpires.UTC().Format(time.RFC3339))
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%d\n", id.Email, pending, id.Sessions)
 	}
