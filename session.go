@@ -62,7 +62,18 @@ type sessions struct {
 	// notBefore ends, per credential, every session issued at or before a
 	// moment (RFC 3339, compared as text): the admin API's revoke.
 	notBefore map[string]string
+
+	// signed caches the cookie values whose signature checked, so that
+	// each request of a signed-in operator costs a map lookup, not an
+	// HMAC. Only the signature is cached: expiry, client, revocation and
+	// notBefore are checked every time. Only a value this key signed can
+	// get in, and the map is emptied when it reaches maxSigned.
+	signedMu sync.RWMutex
+	signed   map[string]struct{}
 }
+
+// maxSigned bounds the cache of checked signatures.
+const maxSigned = 4096
 
 // issuedSession is a session issued here and not logged out.
 type issuedSession struct {
@@ -71,7 +82,8 @@ type issuedSession struct {
 }
 
 func newSessions(key []byte) *sessions {
-	st := &sessions{key: key, revoked: make(map[string]time.Time), issued: make(map[string]issuedSession), notBefore: make(map[string]string)}
+	st := &sessions{key: key, revoked: make(map[string]time.Time), issued: make(map[string]issuedSession), notBefore: make(map[string]string),
+		signed: make(map[string]struct{})}
 	st.pool.New = func() any { return &scratch{mac: hmac.New(sha256.New, key)} }
 	return st
 }
@@ -128,7 +140,6 @@ type scratch struct {
 	buf  [maxCookieLen]byte
 	sum  [sha256.Size]byte
 	enc  [44]byte // base64url of a SHA-256 sum, without padding: 43
-	addr [64]byte
 }
 
 // encode returns the cookie value for s.
@@ -159,15 +170,19 @@ func (st *sessions) open(value string, client netip.Addr) (id, issued, scope str
 	}
 	payload, sig := value[:dot], value[dot+1:]
 
-	sc := st.pool.Get().(*scratch)
-	defer st.pool.Put(sc)
-	sc.mac.Reset()
-	n := copy(sc.buf[:], payload)
-	sc.mac.Write(sc.buf[:n])
-	sum := sc.mac.Sum(sc.sum[:0])
-	b64.Encode(sc.enc[:], sum)
-	if !equalConstantTime(sc.enc[:b64.EncodedLen(len(sum))], sig) {
-		return "", "", "", 0, errSessionSignature
+	st.signedMu.RLock()
+	_, known := st.signed[value]
+	st.signedMu.RUnlock()
+	if !known {
+		if !st.signatureOK(payload, sig) {
+			return "", "", "", 0, errSessionSignature
+		}
+		st.signedMu.Lock()
+		if len(st.signed) >= maxSigned {
+			clear(st.signed)
+		}
+		st.signed[value] = struct{}{}
+		st.signedMu.Unlock()
 	}
 
 	var f [6]string
@@ -190,7 +205,8 @@ func (st *sessions) open(value string, client netip.Addr) (id, issued, scope str
 	if now().Unix() >= exp {
 		return "", "", "", 0, errSessionExpired
 	}
-	if string(client.AppendTo(sc.addr[:0])) != f[4] {
+	var addr [64]byte
+	if string(client.AppendTo(addr[:0])) != f[4] {
 		return "", "", "", 0, errSessionClient
 	}
 	st.mu.RLock()
@@ -201,6 +217,19 @@ func (st *sessions) open(value string, client netip.Addr) (id, issued, scope str
 		return "", "", "", 0, errSessionRevoked
 	}
 	return f[1], f[2], f[5], exp, nil
+}
+
+// signatureOK checks a payload's signature in constant time, without
+// allocating.
+func (st *sessions) signatureOK(payload, sig string) bool {
+	sc := st.pool.Get().(*scratch)
+	defer st.pool.Put(sc)
+	sc.mac.Reset()
+	n := copy(sc.buf[:], payload)
+	sc.mac.Write(sc.buf[:n])
+	sum := sc.mac.Sum(sc.sum[:0])
+	b64.Encode(sc.enc[:], sum)
+	return equalConstantTime(sc.enc[:b64.EncodedLen(len(sum))], sig)
 }
 
 // verify is check returning the whole session (for logout and tests).
