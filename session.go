@@ -136,10 +136,10 @@ const maxCookieLen = 512
 // scratch is what one check needs, pooled so that checking a request's
 // session allocates nothing.
 type scratch struct {
-	mac  hash.Hash
-	buf  [maxCookieLen]byte
-	sum  [sha256.Size]byte
-	enc  [44]byte // base64url of a SHA-256 sum, without padding: 43
+	mac hash.Hash
+	buf [maxCookieLen]byte
+	sum [sha256.Size]byte
+	enc [44]byte // base64url of a SHA-256 sum, without padding: 43
 }
 
 // encode returns the cookie value for s.
