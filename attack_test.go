@@ -97,9 +97,8 @@ func TestNoSecretInAnyResponseOrLogLine(t *testing.T) {
 }
 
 func TestGoroutinesEndAfterManyLoginsWithSlowAndFailingDeliveries(t *testing.T) {
-	oldTimeout, oldGrace := webhookTimeout, deliveryGrace
-	webhookTimeout, deliveryGrace = time.Minute, 200*time.Millisecond
-	t.Cleanup(func() { webhookTimeout, deliveryGrace = oldTimeout, oldGrace })
+	override(t, &webhookTimeout, time.Minute)
+	override(t, &deliveryGrace, 200*time.Millisecond)
 	ignore := goleak.IgnoreCurrent()
 
 	// The world is a subtest's, so that its servers are stopped by the time

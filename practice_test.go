@@ -345,9 +345,7 @@ func TestMaxUsesSpendsTheCredentialUntilTheHashChanges(t *testing.T) {
 
 func TestALockoutFloodNeverCrowdsOutTheLoginAlert(t *testing.T) {
 	clk := useTestClock(t)
-	oldGrace := deliveryGrace
-	deliveryGrace = 200 * time.Millisecond // the hanging deliveries are cancelled when the test ends
-	t.Cleanup(func() { deliveryGrace = oldGrace })
+	override(t, &deliveryGrace, 200*time.Millisecond) // the hanging deliveries are cancelled when the test ends
 	hook := bgtest.StartWebhook(t)
 	hook.Hang() // a receiver that never answers keeps every delivery in flight
 	h := newTestHandler(t, &App{MaxAttempts: 1}, func(h *Handler) { h.AlertWebhook = hook.URL })
