@@ -110,9 +110,7 @@ func TestStorageRaceLosesNoFailureAndUsesNoCodeTwice(t *testing.T) {
 	var wg sync.WaitGroup
 	for _, s := range insts {
 		for range workers {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
+			wg.Go(func() {
 				for range perWorker {
 					if res, err := reserveRes(s.limiter, k, 1000, time.Hour); err != nil || res != reserved {
 						t.Errorf("reserve: %v %v", res, err)
@@ -122,7 +120,7 @@ func TestStorageRaceLosesNoFailureAndUsesNoCodeTwice(t *testing.T) {
 						t.Error(err)
 					}
 				}
-			}()
+			})
 		}
 	}
 	wg.Wait()
@@ -138,13 +136,11 @@ func TestStorageRaceLosesNoFailureAndUsesNoCodeTwice(t *testing.T) {
 	var ok atomic.Int32
 	for _, s := range insts {
 		for range 2 {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
+			wg.Go(func() {
 				if res, _, err := s.codes.verify("scope", flowA, clientA, "424242", nil); err == nil && res == codeOK {
 					ok.Add(1)
 				}
-			}()
+			})
 		}
 	}
 	wg.Wait()
