@@ -86,11 +86,7 @@ func TestWebhookGetsTheLoginEventAsJSON(t *testing.T) {
 	if v == nil {
 		t.Fatalf("webhook body %q is not a JSON object", req.Body)
 	}
-	want := map[string]string{
-		"event": "break_glass_login", "ip": "192.0.2.10", "severity": "critical",
-		"timestamp": "2026-11-25T11:00:00Z",
-	}
-	for k, w := range want {
+	for k, w := range map[string]string{"event": "break_glass_login", "ip": "192.0.2.10", "severity": "critical", "timestamp": "2026-11-25T11:00:00Z"} {
 		if v[k] != w {
 			t.Errorf("%s = %v, want %q", k, v[k], w)
 		}
