@@ -426,7 +426,7 @@ func TestSelfURLNeverLeavesTheSite(t *testing.T) {
 		"/admin/<script>":                  "/admin/%3Cscript%3E",
 		"/admin/?return=https://evil.exam": "/admin/?return=https://evil.exam",
 	} {
-		got := selfURL(httptest.NewRequest("GET", target, nil)) // the target as a request line carries it
+		got := selfURL(httptest.NewRequest("GET", target, nil)) // target parsed as a request line's, as a server does
 		if got != want {
 			t.Errorf("selfURL(%q) = %q, want %q", target, got, want)
 		}
