@@ -6,19 +6,15 @@ package breakglass
 import (
 	"context"
 	"fmt"
-	"io"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 	"unicode/utf8"
 
 	"github.com/caddy-break-glass/caddy-break-glass/bgtest"
-	"github.com/emersion/go-smtp"
 	"go.uber.org/goleak"
 	"go.uber.org/zap"
 )
@@ -90,11 +86,7 @@ func TestWebhookGetsTheLoginEventAsJSON(t *testing.T) {
 	if v == nil {
 		t.Fatalf("webhook body %q is not a JSON object", req.Body)
 	}
-	want := map[string]string{
-		"event": "break_glass_login", "ip": "192.0.2.10", "severity": "critical",
-		"timestamp": "2026-11-25T11:00:00Z",
-	}
-	for k, w := range want {
+	for k, w := range map[string]string{"event": "break_glass_login", "ip": "192.0.2.10", "severity": "critical", "timestamp": "2026-11-25T11:00:00Z"} {
 		if v[k] != w {
 			t.Errorf("%s = %v, want %q", k, v[k], w)
 		}
@@ -111,9 +103,7 @@ func TestWebhookGetsTheLoginEventAsJSON(t *testing.T) {
 }
 
 func TestWebhookFailuresAreLoggedAtError(t *testing.T) {
-	old := webhookTimeout
-	webhookTimeout = 300 * time.Millisecond
-	t.Cleanup(func() { webhookTimeout = old })
+	override(t, &webhookTimeout, 300*time.Millisecond)
 
 	status500 := bgtest.StartWebhook(t)
 	status500.SetStatus(http.StatusInternalServerError)
@@ -181,9 +171,8 @@ func TestDispatcherBoundsDeliveriesInFlight(t *testing.T) {
 
 func TestStoppingCancelsSlowDeliveriesAndLeavesNoGoroutine(t *testing.T) {
 	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
-	oldTimeout, oldGrace := webhookTimeout, deliveryGrace
-	webhookTimeout, deliveryGrace = time.Minute, 100*time.Millisecond
-	t.Cleanup(func() { webhookTimeout, deliveryGrace = oldTimeout, oldGrace })
+	override(t, &webhookTimeout, time.Minute)
+	override(t, &deliveryGrace, 100*time.Millisecond)
 
 	// The servers stop as the subtest ends, before goleak looks.
 	t.Run("stop", func(t *testing.T) {
@@ -212,80 +201,26 @@ func TestStoppingCancelsSlowDeliveriesAndLeavesNoGoroutine(t *testing.T) {
 	})
 }
 
-// rawSMTP is an SMTP server that keeps each message as it came, bytes and
-// lines as the client wrote them, with no line limit of its own.
-type rawSMTP struct {
-	Addr string
-	mu   sync.Mutex
-	raws [][]byte
-}
-
-func startRawSMTP(t *testing.T) *rawSMTP {
-	t.Helper()
-	s := &rawSMTP{}
-	srv := smtp.NewServer(s)
-	srv.Domain = "localhost"
-	srv.AllowInsecureAuth = true
-	srv.MaxLineLength = 0 // no limit: the test judges the lines
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	s.Addr = ln.Addr().String()
-	go func() { _ = srv.Serve(ln) }()
-	t.Cleanup(func() { _ = srv.Close() })
-	return s
-}
-
-func (s *rawSMTP) NewSession(*smtp.Conn) (smtp.Session, error) { return rawSession{s}, nil }
-
-func (s *rawSMTP) Raws() [][]byte {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return append([][]byte(nil), s.raws...)
-}
-
-type rawSession struct{ s *rawSMTP }
-
-func (rawSession) Mail(string, *smtp.MailOptions) error { return nil }
-func (rawSession) Rcpt(string, *smtp.RcptOptions) error { return nil }
-func (rawSession) Reset()                               {}
-func (rawSession) Logout() error                        { return nil }
-func (r rawSession) Data(in io.Reader) error {
-	b, err := io.ReadAll(in)
-	if err != nil {
-		return err
-	}
-	r.s.mu.Lock()
-	r.s.raws = append(r.s.raws, b)
-	r.s.mu.Unlock()
-	return nil
-}
-
 func TestAlertMailsAreBoundedWhateverTheInputs(t *testing.T) {
-	srv := startRawSMTP(t)
+	srv := startSMTP(t, smtpOptions{longLines: true})
 	m := testMailer(t, srv.Addr, SMTPConfig{TLS: "none"})
 	for name, ev := range hostileInputs() {
 		t.Run(name, func(t *testing.T) {
-			before := len(srv.Raws())
+			before := len(srv.Mails())
 			// The real path: alertMail, then go-mail, then SMTP.
 			if err := m.send(context.Background(), alertMail("sec@example.com", ev)); err != nil {
 				t.Fatal(err)
 			}
-			raws := srv.Raws()
-			if len(raws) != before+1 {
-				t.Fatalf("%d mails arrived, want 1", len(raws)-before)
+			mails := srv.Mails()
+			if len(mails) != before+1 {
+				t.Fatalf("%d mails arrived, want 1", len(mails)-before)
 			}
-			raw := raws[before]
+			got := mails[before]
 			// RFC 5322 §2.1.1: a line is at most 998 octets.
-			for i, line := range strings.Split(string(raw), "\r\n") {
+			for i, line := range strings.Split(string(got.Raw), "\r\n") {
 				if len(line) > 998 {
 					t.Fatalf("line %d of the mail is %d bytes: %.120q…", i+1, len(line), line)
 				}
-			}
-			var got receivedMail
-			if err := parseMail(raw, &got); err != nil {
-				t.Fatal(err)
 			}
 			if len(got.Subject) > 998 || !utf8.ValidString(got.Subject) || !strings.HasPrefix(got.Subject, "[break-glass]") {
 				t.Errorf("subject (%d bytes): %q", len(got.Subject), got.Subject)

@@ -68,21 +68,15 @@ func TestNoSecretInAnyResponseOrLogLine(t *testing.T) {
 	record(c.Login("/admin/", "ops@example.com", testPassword, "", nil))
 	codePage := record(c.Get("/admin/"))
 	_, code := w.codeMail(0)
-	record(c.Do("POST", "/admin/", bgtest.CodeForm(codePage.CSRF(t), code), nil))
-	record(c.Get("/admin/inside"))
-	var cookie string
-	for _, ck := range c.Jar().Cookies(mustURL(w.base)) {
-		if ck.Name == sessionCookie {
-			cookie = ck.Value
-		}
-	}
-	if cookie == "" {
+	session := setCookie(record(c.Do("POST", "/admin/", bgtest.CodeForm(codePage.CSRF(t), code), nil)), sessionCookie)
+	if session == nil {
 		t.Fatal("no session cookie")
 	}
+	record(c.Get("/admin/inside"))
 	record(c.Get("/admin/?break_glass=logout"))
 	time.Sleep(200 * time.Millisecond) // alerts logged
 
-	secrets := map[string]string{"the password": testPassword, "the hash": w.hash, "the code": code, "the session cookie": cookie}
+	secrets := map[string]string{"the password": testPassword, "the hash": w.hash, "the code": code, "the session cookie": session.Value}
 	log := w.wantNotLogged(secrets)
 	for name, secret := range secrets {
 		for i, r := range responses {
@@ -97,9 +91,8 @@ func TestNoSecretInAnyResponseOrLogLine(t *testing.T) {
 }
 
 func TestGoroutinesEndAfterManyLoginsWithSlowAndFailingDeliveries(t *testing.T) {
-	oldTimeout, oldGrace := webhookTimeout, deliveryGrace
-	webhookTimeout, deliveryGrace = time.Minute, 200*time.Millisecond
-	t.Cleanup(func() { webhookTimeout, deliveryGrace = oldTimeout, oldGrace })
+	override(t, &webhookTimeout, time.Minute)
+	override(t, &deliveryGrace, 200*time.Millisecond)
 	ignore := goleak.IgnoreCurrent()
 
 	// The world is a subtest's, so that its servers are stopped by the time
@@ -240,14 +233,17 @@ func TestAHashChangedAndChangedBackRevivesNoSession(t *testing.T) {
 // the left-most entry, which the client wrote. Strict mode takes the
 // right-most untrusted one; without it, the load warns.
 func TestTrustedProxiesWithoutStrictModeAreWarnedAbout(t *testing.T) {
-	for _, strict := range []bool{false, true} {
+	for strict, want := range map[bool]int{
+		false: http.StatusUnauthorized, // the spoofed 127.0.0.2 is allowed
+		true:  http.StatusForbidden,    // 198.51.100.7 is not
+	} {
 		t.Run(fmt.Sprintf("strict=%v", strict), func(t *testing.T) {
 			w := newWorld(t)
-			servers := "servers {\n\t\ttrusted_proxies static 127.0.0.1/32\n\t}"
+			servers := "servers {\n\t\ttrusted_proxies static 127.0.0.1/32\n"
 			if strict {
-				servers = "servers {\n\t\ttrusted_proxies static 127.0.0.1/32\n\t\ttrusted_proxies_strict\n\t}"
+				servers += "\t\ttrusted_proxies_strict\n"
 			}
-			w.load(strings.Replace(w.caddyfile(5, ""), "admin off", "admin off\n\t"+servers, 1), "caddyfile")
+			w.load(strings.Replace(w.caddyfile(5, ""), "admin off", "admin off\n\t"+servers+"\t}", 1), "caddyfile")
 			warned := w.log().Find("break-glass: this server trusts proxies without trusted_proxies_strict: a client behind a proxy that appends to X-Forwarded-For can choose the address the allow-list and the limiter see; set trusted_proxies_strict", nil) != nil
 			if warned == strict {
 				t.Fatalf("strict %v: warned %v", strict, warned)
@@ -255,10 +251,6 @@ func TestTrustedProxiesWithoutStrictModeAreWarnedAbout(t *testing.T) {
 			// The proxy (127.0.0.1) appended the real client, 198.51.100.7,
 			// to what the client sent.
 			r := w.kit("127.0.0.1").Do("GET", "/admin/", nil, map[string]string{"X-Forwarded-For": "127.0.0.2, 198.51.100.7"})
-			want := http.StatusUnauthorized // the spoofed 127.0.0.2 is allowed
-			if strict {
-				want = http.StatusForbidden // 198.51.100.7 is not
-			}
 			if r.Status != want {
 				t.Fatalf("strict %v: a spoofed left-most entry got %d, want %d", strict, r.Status, want)
 			}

@@ -8,43 +8,39 @@ import (
 	"testing"
 )
 
-func TestAllowListMatchesExactIPsAndCIDRs(t *testing.T) {
-	list, err := parseAllowList([]string{"10.0.0.0/8", "192.0.2.7", "::1", "2001:db8::/32", "::ffff:198.51.100.0/120"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	for ip, want := range map[string]bool{
-		"10.1.2.3":          true,
-		"11.0.0.1":          false,
-		"192.0.2.7":         true,
-		"192.0.2.8":         false,
-		"::1":               true,
-		"2001:db8:5::1":     true,
-		"2001:db9::1":       false,
-		"::ffff:10.9.9.9":   true, // mapped client, IPv4 entry
-		"198.51.100.42":     true, // IPv4 client, mapped entry
-		"fe80::1%eth0":      false,
-		"::ffff:192.0.2.7":  true,
-		"::ffff:192.0.2.70": false,
+func TestAllowListMatches(t *testing.T) {
+	for name, c := range map[string]struct {
+		list []string
+		want map[string]bool
+	}{
+		"exact IPs and CIDRs": {[]string{"10.0.0.0/8", "192.0.2.7", "::1", "2001:db8::/32", "::ffff:198.51.100.0/120"}, map[string]bool{
+			"10.1.2.3":          true,
+			"11.0.0.1":          false,
+			"192.0.2.7":         true,
+			"192.0.2.8":         false,
+			"::1":               true,
+			"2001:db8:5::1":     true,
+			"2001:db9::1":       false,
+			"::ffff:10.9.9.9":   true, // mapped client, IPv4 entry
+			"198.51.100.42":     true, // IPv4 client, mapped entry
+			"fe80::1%eth0":      false,
+			"::ffff:192.0.2.7":  true,
+			"::ffff:192.0.2.70": false,
+		}},
+		"the default is loopback only": {defaultAllowedIPs, map[string]bool{"127.0.0.1": true, "::1": true, "127.0.0.2": false, "10.0.0.1": false}},
 	} {
-		a, ok := parseClientIP(ip)
-		if !ok {
-			t.Fatalf("%s did not parse", ip)
+		list, err := parseAllowList(c.list)
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
 		}
-		if got := allowed(list, a); got != want {
-			t.Errorf("allowed(%s) = %v, want %v", ip, got, want)
-		}
-	}
-}
-
-func TestDefaultAllowListIsLoopbackOnly(t *testing.T) {
-	list, err := parseAllowList(defaultAllowedIPs)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for ip, want := range map[string]bool{"127.0.0.1": true, "::1": true, "127.0.0.2": false, "10.0.0.1": false} {
-		if got := allowed(list, netip.MustParseAddr(ip)); got != want {
-			t.Errorf("allowed(%s) = %v, want %v", ip, got, want)
+		for ip, want := range c.want {
+			a, ok := parseClientIP(ip)
+			if !ok {
+				t.Fatalf("%s did not parse", ip)
+			}
+			if got := allowed(list, a); got != want {
+				t.Errorf("%s: allowed(%s) = %v, want %v", name, ip, got, want)
+			}
 		}
 	}
 }

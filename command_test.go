@@ -7,8 +7,8 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
-	"os"
 	"strings"
 	"testing"
 
@@ -19,8 +19,7 @@ import (
 func runCommand(t *testing.T, c *cobra.Command, args ...string) (string, error) {
 	t.Helper()
 	var buf bytes.Buffer
-	out = &buf
-	t.Cleanup(func() { out = os.Stdout })
+	override[io.Writer](t, &out, &buf)
 	c.SetArgs(args)
 	c.SetOut(&buf)
 	c.SetErr(&buf)

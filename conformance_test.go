@@ -11,28 +11,23 @@ import (
 	"time"
 
 	"github.com/caddyserver/certmagic"
-	"go.uber.org/zap"
 )
 
 type backends struct {
 	limiter limiterBackend
 	codes   codeBackend
+	clk     *testClock // the movable package clock, set once the backend is made
 }
 
 // eachBackend runs fn against a fresh memory state and a fresh storage
 // state.
 func eachBackend(t *testing.T, fn func(t *testing.T, b backends)) {
 	t.Run("memory", func(t *testing.T) {
-		fn(t, backends{newLimiter(), newCodeStore([]byte("k"))})
+		fn(t, backends{newLimiter(), newCodeStore([]byte("k")), useTestClock(t)})
 	})
 	t.Run("storage", func(t *testing.T) {
-		d, err := newStorageState(&certmagic.FileStorage{Path: t.TempDir()}, zap.NewNop(), time.Hour)
-		if err != nil {
-			t.Fatal(err)
-		}
-		s := d.(*state)
-		t.Cleanup(func() { _ = s.Destruct() })
-		fn(t, backends{s.limiter, s.codes})
+		s := newStorageTestState(t, &certmagic.FileStorage{Path: t.TempDir()})
+		fn(t, backends{s.limiter, s.codes, useTestClock(t)})
 	})
 }
 
@@ -64,7 +59,6 @@ func tryAttemptFrom(t *testing.T, l limiterBackend, key netip.Addr, kind attempt
 
 func TestConformanceLockoutAtMaxAttemptsAndNotExtended(t *testing.T) {
 	eachBackend(t, func(t *testing.T, b backends) {
-		clk := useTestClock(t)
 		lm := limits{maxAttempts: 3, window: 10 * time.Minute}
 		var until time.Time
 		for i := 1; i <= 3; i++ {
@@ -77,7 +71,7 @@ func TestConformanceLockoutAtMaxAttemptsAndNotExtended(t *testing.T) {
 			}
 			until = u
 		}
-		if got, locked, _ := b.limiter.lockedUntil(confClient); !locked || !got.Equal(until) || !until.Equal(clk.Now().Add(10*time.Minute)) {
+		if got, locked, _ := b.limiter.lockedUntil(confClient); !locked || !got.Equal(until) || !until.Equal(b.clk.Now().Add(10*time.Minute)) {
 			t.Fatalf("locked until %v, lockedUntil = %v, %v; want a 10m lockout", until, got, locked)
 		}
 		// Another client is counted apart.
@@ -87,7 +81,7 @@ func TestConformanceLockoutAtMaxAttemptsAndNotExtended(t *testing.T) {
 		}
 		// No attempt during the lockout starts a new one or moves it.
 		for range 9 {
-			clk.Advance(time.Minute)
+			b.clk.Advance(time.Minute)
 			for _, kind := range []attemptKind{attemptPassword, attemptCode} {
 				res, _, u := tryAttempt(t, b.limiter, kind, chargeFailed, lm)
 				if got, _, _ := b.limiter.lockedUntil(confClient); res != refusedLocked || !u.Equal(until) || !got.Equal(until) {
@@ -95,7 +89,7 @@ func TestConformanceLockoutAtMaxAttemptsAndNotExtended(t *testing.T) {
 				}
 			}
 		}
-		clk.Advance(time.Minute) // 10m after the lockout began: it is over
+		b.clk.Advance(time.Minute) // 10m after the lockout began: it is over
 		if _, locked, _ := b.limiter.lockedUntil(confClient); locked || b.limiter.remaining(confClient, lm) != 3 {
 			t.Fatal("after the lockout the client is still locked or has not a fresh 3 attempts")
 		}
@@ -107,7 +101,6 @@ func TestConformanceLockoutAtMaxAttemptsAndNotExtended(t *testing.T) {
 
 func TestConformanceAddressesOfOneClientShareACounter(t *testing.T) {
 	eachBackend(t, func(t *testing.T, b backends) {
-		useTestClock(t)
 		lm := limits{maxAttempts: 2, window: time.Minute}
 		for _, c := range []struct {
 			first, then string
@@ -130,11 +123,10 @@ func TestConformanceAddressesOfOneClientShareACounter(t *testing.T) {
 
 func TestConformanceFailuresAreForgottenAfterTheirWindowAndOnUnlock(t *testing.T) {
 	eachBackend(t, func(t *testing.T, b backends) {
-		clk := useTestClock(t)
 		lm := limits{maxAttempts: 3, window: time.Minute}
 		tryAttempt(t, b.limiter, attemptCode, chargeFailed, lm)
 		tryAttempt(t, b.limiter, attemptCode, chargeFailed, lm)
-		clk.Advance(time.Minute)
+		b.clk.Advance(time.Minute)
 		if res, rem, until := tryAttempt(t, b.limiter, attemptCode, chargeFailed, lm); res != reserved || rem != 2 || !until.IsZero() {
 			t.Fatalf("first failure of a new window: %v, %d left, until %v; want 2 left, not locked", res, rem, until)
 		}
@@ -150,7 +142,6 @@ func TestConformanceFailuresAreForgottenAfterTheirWindowAndOnUnlock(t *testing.T
 
 func TestConformanceASettledSuccessFreesItsAttempt(t *testing.T) {
 	eachBackend(t, func(t *testing.T, b backends) {
-		useTestClock(t)
 		for range 5 {
 			if res, _, _ := tryAttempt(t, b.limiter, attemptCode, chargeNone, limits{maxAttempts: 1, window: time.Minute}); res != reserved {
 				t.Fatalf("a settled success still held the only attempt: %v", res)
@@ -161,9 +152,8 @@ func TestConformanceASettledSuccessFreesItsAttempt(t *testing.T) {
 
 func TestConformanceCodesPerClientRefusePasswordsUntilTheWindowEnds(t *testing.T) {
 	eachBackend(t, func(t *testing.T, b backends) {
-		clk := useTestClock(t)
 		lm := limits{maxAttempts: 5, window: 15 * time.Minute, codesPerClient: 2}
-		start := clk.Now()
+		start := b.clk.Now()
 		for i := range 2 {
 			if res, _, _ := tryAttempt(t, b.limiter, attemptPassword, chargeCode, lm); res != reserved {
 				t.Fatalf("code %d: %v", i+1, res)
@@ -180,7 +170,7 @@ func TestConformanceCodesPerClientRefusePasswordsUntilTheWindowEnds(t *testing.T
 		if rem := b.limiter.remaining(confClient, lm); rem != 5 {
 			t.Fatalf("codes counted as failures: %d left", rem)
 		}
-		clk.Advance(15 * time.Minute)
+		b.clk.Advance(15 * time.Minute)
 		if res, _, _ := tryAttempt(t, b.limiter, attemptPassword, chargeCode, lm); res != reserved {
 			t.Fatalf("after the window: %v", res)
 		}
@@ -189,7 +179,6 @@ func TestConformanceCodesPerClientRefusePasswordsUntilTheWindowEnds(t *testing.T
 
 func TestConformanceFailuresAreReportedForTheHashingQueue(t *testing.T) {
 	eachBackend(t, func(t *testing.T, b backends) {
-		useTestClock(t)
 		lm := limits{maxAttempts: 5, window: time.Minute}
 		tryAttempt(t, b.limiter, attemptPassword, chargeFailed, lm)
 		tryAttempt(t, b.limiter, attemptPassword, chargeFailed, lm)
@@ -205,7 +194,6 @@ func TestConformanceFailuresAreReportedForTheHashingQueue(t *testing.T) {
 
 func TestConformanceAPendingCodePerClientAndCredential(t *testing.T) {
 	eachBackend(t, func(t *testing.T, b backends) {
-		useTestClock(t)
 		cl := codeLimits{perCredential: 10, window: time.Hour}
 		other := netip.MustParseAddr("192.0.2.2")
 		if _, err := b.codes.put("s", "111111", flowA, confClient, time.Minute, "first", cl); err != nil {
@@ -238,7 +226,6 @@ func TestConformanceAPendingCodePerClientAndCredential(t *testing.T) {
 
 func TestConformanceACodeIsBoundToItsCredentialFlowAndClient(t *testing.T) {
 	eachBackend(t, func(t *testing.T, b backends) {
-		useTestClock(t)
 		b.codes.put("s", "123456", flowA, confClient, time.Minute, "", codeLimits{})
 		for name, c := range map[string]struct {
 			scope, flow string
@@ -260,13 +247,12 @@ func TestConformanceACodeIsBoundToItsCredentialFlowAndClient(t *testing.T) {
 
 func TestConformanceACodeEndsAtItsExpiry(t *testing.T) {
 	eachBackend(t, func(t *testing.T, b backends) {
-		clk := useTestClock(t)
 		b.codes.put("s", "123456", flowA, confClient, 10*time.Minute, "", codeLimits{})
-		clk.Advance(10*time.Minute - time.Second)
+		b.clk.Advance(10*time.Minute - time.Second)
 		if _, ok := b.codes.pending("s", flowA, confClient); !ok {
 			t.Fatal("code not pending before its expiry")
 		}
-		clk.Advance(time.Second)
+		b.clk.Advance(time.Second)
 		if _, ok := b.codes.pending("s", flowA, confClient); ok {
 			t.Fatal("code still pending at its expiry")
 		}
@@ -278,7 +264,6 @@ func TestConformanceACodeEndsAtItsExpiry(t *testing.T) {
 
 func TestConformanceCodesPerCredentialAndWindow(t *testing.T) {
 	eachBackend(t, func(t *testing.T, b backends) {
-		clk := useTestClock(t)
 		cl := codeLimits{perCredential: 3, window: 15 * time.Minute}
 		for i := range 3 {
 			c := netip.AddrFrom4([4]byte{192, 0, 2, byte(10 + i)})
@@ -292,7 +277,7 @@ func TestConformanceCodesPerCredentialAndWindow(t *testing.T) {
 		if _, err := b.codes.put("t", "123456", flowA, confClient, time.Minute, "", cl); err != nil {
 			t.Fatalf("another credential was refused: %v", err)
 		}
-		clk.Advance(15 * time.Minute)
+		b.clk.Advance(15 * time.Minute)
 		if _, err := b.codes.put("s", "123456", flowA, confClient, time.Minute, "", cl); err != nil {
 			t.Fatalf("after the window: %v", err)
 		}
@@ -301,7 +286,6 @@ func TestConformanceCodesPerCredentialAndWindow(t *testing.T) {
 
 func TestConformanceThreeWrongCodesVoidTheCode(t *testing.T) {
 	eachBackend(t, func(t *testing.T, b backends) {
-		useTestClock(t)
 		b.codes.put("s", "123456", flowA, confClient, time.Minute, "", codeLimits{})
 		for i, want := range []codeResult{codeWrong, codeWrong, codeVoided} {
 			if res, _, _ := b.codes.verify("s", flowA, confClient, "000000", nil); res != want {
@@ -316,7 +300,6 @@ func TestConformanceThreeWrongCodesVoidTheCode(t *testing.T) {
 
 func TestConformanceCancelEndsItsFlowsCodeAndCancelAllEveryCode(t *testing.T) {
 	eachBackend(t, func(t *testing.T, b backends) {
-		useTestClock(t)
 		cl := codeLimits{perCredential: 10, window: time.Hour}
 		other := netip.MustParseAddr("192.0.2.2")
 		b.codes.put("s", "123456", flowA, confClient, time.Minute, "", cl)

@@ -43,18 +43,36 @@ func testHash(t testing.TB, cost int) string {
 	return string(b)
 }
 
-// comparisons records every bcrypt comparison the handler makes.
+// comparisons records every bcrypt comparison the handler makes, and the
+// most that ran at once. With hold set, each waits until hold is closed, so
+// that attempts overlap as a parallel flood's would.
 type comparisons struct {
-	mu    sync.Mutex
-	costs []int
+	mu        sync.Mutex
+	costs     []int
+	now, peak int
+	hold      chan struct{}
 }
 
 func (c *comparisons) compare(hash, pw []byte) error {
 	cost, _ := bcrypt.Cost(hash)
 	c.mu.Lock()
 	c.costs = append(c.costs, cost)
+	c.now++
+	c.peak = max(c.peak, c.now)
+	hold := c.hold
 	c.mu.Unlock()
+	defer func() { c.mu.Lock(); c.now--; c.mu.Unlock() }()
+	if hold != nil {
+		<-hold
+	}
 	return bcrypt.CompareHashAndPassword(hash, pw)
+}
+
+// calls is how many comparisons were made since the last take.
+func (c *comparisons) calls() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.costs)
 }
 
 func (c *comparisons) take() []int {
@@ -251,15 +269,6 @@ func TestLockedOutClientIsRefusedWithoutHashingAndTheLockoutDoesNotGrow(t *testi
 	}
 }
 
-func TestFailedLoginPageSaysHowManyAttemptsRemain(t *testing.T) {
-	h := newTestHandler(t, &App{MaxAttempts: 5}, nil)
-	c := h.client(t, "192.0.2.1")
-	c.Login("/admin/", "ops@example.com", "wrong", "", nil)
-	if r := c.Login("/admin/", "ops@example.com", "wrong", "", nil); !strings.Contains(r.Body, "3 attempts left") {
-		t.Fatalf("page after 2 failures of 5 does not say 3 attempts left:\n%s", r.Body)
-	}
-}
-
 func TestPostWithoutOrWithAForeignCSRFTokenIsRefusedWithoutTouchingTheLimiter(t *testing.T) {
 	h := newTestHandler(t, &App{MaxAttempts: 1}, nil)
 	victim, attacker := h.client(t, "192.0.2.1"), h.client(t, "192.0.2.1")
@@ -338,24 +347,38 @@ func TestSessionCookieAttributesAndPassThrough(t *testing.T) {
 		if sc := setCookie(r, name); sc == nil || !sc.HttpOnly || sc.SameSite != http.SameSiteStrictMode || sc.MaxAge != 1800 || sc.Secure != overTLS || sc.Path != "/" {
 			t.Fatalf("session cookie over TLS=%v: %+v", overTLS, sc)
 		}
-		if r := c.Get("/admin/x"); r.Header.Get("X-Upstream") != "reached" || !strings.Contains(r.Body, "id=ops@example.com break_glass=true at=20") {
+		// The upstream gets the site's own cookies, never ours.
+		r = c.Do("GET", "/admin/x", nil, map[string]string{"Cookie": "app_session=keep-me"})
+		if r.Header.Get("X-Upstream") != "reached" || !strings.Contains(r.Body, "id=ops@example.com break_glass=true at=20") {
 			t.Fatalf("with a session: %s", r.Body)
+		}
+		if got := r.Header.Get("X-Upstream-Cookie"); strings.Contains(got, "break_glass_") || !strings.Contains(got, "app_session=keep-me") {
+			t.Fatalf("the upstream got Cookie %q", got)
 		}
 	}
 }
 
-func TestLogoutEndsTheSessionEvenForAReplayedCookie(t *testing.T) {
+// Only the exact break_glass=logout parameter, alone or among others, ends
+// the session; a replayed cookie does not bring it back.
+func TestLogoutNeedsTheExactParameterAndEndsTheSessionEvenForAReplayedCookie(t *testing.T) {
 	h := newTestHandler(t, nil, nil)
-	c := h.client(t, "192.0.2.1")
-	saved := setCookie(h.signInAt(t, c), sessionCookie)
-	if saved == nil {
-		t.Fatal("no session cookie")
-	}
-	if r := c.Get("/admin/?break_glass=logout"); r.Status != http.StatusOK || !strings.Contains(r.Body, "signed out") || !strings.Contains(r.Body, `name="password"`) {
-		t.Fatalf("logout: status %d\n%s", r.Status, r.Body)
-	}
-	if r := c.Do("GET", "/admin/", nil, map[string]string{"Cookie": saved.Name + "=" + saved.Value}); r.Status != http.StatusUnauthorized || r.Header.Get("X-Upstream") != "" {
-		t.Fatalf("replayed cookie after logout: status %d", r.Status)
+	for _, logout := range []string{"?break_glass=logout", "?x=1&break_glass=logout"} {
+		c := h.client(t, "192.0.2.1")
+		saved := setCookie(h.signInAt(t, c), sessionCookie)
+		if saved == nil {
+			t.Fatal("no session cookie")
+		}
+		for _, q := range []string{"?next=xbreak_glass=logoutz", "?break_glass=logoutx", "?other=break_glass%3Dlogout"} {
+			if r := c.Get("/admin/" + q); r.Header.Get("X-Upstream") != "reached" {
+				t.Fatalf("%s ended the session", q)
+			}
+		}
+		if r := c.Get("/admin/" + logout); r.Status != http.StatusOK || !strings.Contains(r.Body, "signed out") || !strings.Contains(r.Body, `name="password"`) {
+			t.Fatalf("logout with %s: status %d\n%s", logout, r.Status, r.Body)
+		}
+		if r := c.Do("GET", "/admin/", nil, map[string]string{"Cookie": saved.Name + "=" + saved.Value}); r.Status != http.StatusUnauthorized || r.Header.Get("X-Upstream") != "" {
+			t.Fatalf("replayed cookie after logout with %s: status %d", logout, r.Status)
+		}
 	}
 }
 
@@ -403,13 +426,7 @@ func TestSelfURLNeverLeavesTheSite(t *testing.T) {
 		"/admin/<script>":                  "/admin/%3Cscript%3E",
 		"/admin/?return=https://evil.exam": "/admin/?return=https://evil.exam",
 	} {
-		r := httptest.NewRequest("GET", "http://site.example/", nil)
-		u, err := url.ParseRequestURI(target)
-		if err != nil {
-			t.Fatalf("%s: %v", target, err)
-		}
-		r.URL = u
-		got := selfURL(r)
+		got := selfURL(httptest.NewRequest("GET", target, nil)) // target parsed as a request line's, as a server does
 		if got != want {
 			t.Errorf("selfURL(%q) = %q, want %q", target, got, want)
 		}
@@ -425,7 +442,9 @@ func TestSelfURLNeverLeavesTheSite(t *testing.T) {
 	}
 }
 
-func TestLoginPageWarnsOfEarlierFailures(t *testing.T) {
+// The failed page, and the login page after a failure, say how many
+// attempts remain; a fresh client's login page says nothing of failures.
+func TestLoginPagesSayHowManyAttemptsRemain(t *testing.T) {
 	h := newTestHandler(t, &App{MaxAttempts: 5}, nil)
 	c := h.client(t, "192.0.2.1")
 	if body := c.Get("/admin/").Body; strings.Contains(body, "attempts left") {
@@ -434,6 +453,9 @@ func TestLoginPageWarnsOfEarlierFailures(t *testing.T) {
 	c.Login("/admin/", "ops@example.com", "wrong", "", nil)
 	if body := c.Get("/admin/").Body; !strings.Contains(body, "4 attempts left") {
 		t.Fatalf("the login page after a failure does not say 4 attempts left:\n%s", body)
+	}
+	if r := c.Login("/admin/", "ops@example.com", "wrong", "", nil); !strings.Contains(r.Body, "3 attempts left") {
+		t.Fatalf("page after 2 failures of 5 does not say 3 attempts left:\n%s", r.Body)
 	}
 }
 
@@ -491,26 +513,9 @@ func TestDeliveryFailuresNeverBlockTheLogin(t *testing.T) {
 	}
 }
 
-// blockingCompare holds every comparison until released, so that attempts
-// overlap as a parallel flood's would.
-type blockingCompare struct {
-	mu      sync.Mutex
-	calls   int
-	release chan struct{}
-}
-
-func (b *blockingCompare) compare(hash, pw []byte) error {
-	b.mu.Lock()
-	b.calls++
-	b.mu.Unlock()
-	<-b.release
-	return bcrypt.CompareHashAndPassword(hash, pw)
-}
-
 func TestParallelWrongPasswordsCannotExceedMaxAttempts(t *testing.T) {
 	h := newTestHandler(t, &App{MaxAttempts: 3}, nil)
-	bc := &blockingCompare{release: make(chan struct{})}
-	h.compare = bc.compare
+	h.cmp.hold = make(chan struct{})
 	c := h.client(t, "192.0.2.1")
 	form := bgtest.LoginForm(c.Get("/admin/").CSRF(t), "ops@example.com", "wrong", "")
 
@@ -528,11 +533,11 @@ func TestParallelWrongPasswordsCannotExceedMaxAttempts(t *testing.T) {
 		}
 		refused++
 	}
-	close(bc.release)
+	close(h.cmp.hold)
 	wg.Wait()
 	close(statuses)
-	if bc.calls != 3 {
-		t.Fatalf("%d comparisons for %d parallel attempts with max_attempts 3", bc.calls, n)
+	if calls := h.cmp.calls(); calls != 3 {
+		t.Fatalf("%d comparisons for %d parallel attempts with max_attempts 3", calls, n)
 	}
 	if _, locked, _ := h.state.limiter.lockedUntil(netip.MustParseAddr("192.0.2.1")); !locked {
 		t.Fatal("the client is not locked after 3 failures")
@@ -564,49 +569,16 @@ func TestSessionsAndCodesAreBoundToTheIssuingCredential(t *testing.T) {
 	}
 }
 
-func TestUpstreamNeverSeesTheSessionCookie(t *testing.T) {
-	h := newTestHandler(t, nil, nil)
-	c := h.client(t, "192.0.2.1")
-	h.signInAt(t, c)
-	r := c.Do("GET", "/admin/", nil, map[string]string{"Cookie": "app_session=keep-me"})
-	if r.Header.Get("X-Upstream") != "reached" {
-		t.Fatal("no session")
-	}
-	got := r.Header.Get("X-Upstream-Cookie")
-	if strings.Contains(got, "break_glass_") || !strings.Contains(got, "app_session=keep-me") {
-		t.Fatalf("the upstream got Cookie %q", got)
-	}
-}
-
-func TestLogoutNeedsTheExactParameter(t *testing.T) {
-	h := newTestHandler(t, nil, nil)
-	c := h.client(t, "192.0.2.1")
-	h.signInAt(t, c)
-	for _, q := range []string{"?next=xbreak_glass=logoutz", "?break_glass=logoutx", "?other=break_glass%3Dlogout"} {
-		if r := c.Get("/admin/" + q); r.Header.Get("X-Upstream") != "reached" {
-			t.Fatalf("%s ended the session", q)
-		}
-	}
-	if r := c.Get("/admin/?x=1&break_glass=logout"); r.Header.Get("X-Upstream") != "" {
-		t.Fatal("break_glass=logout did not end the session")
-	}
-}
-
 func TestHashingBeyondTheCapGets503AndDoesNotCount(t *testing.T) {
 	override(t, &hashWait, 50*time.Millisecond)
 	h := newTestHandler(t, &App{MaxAttempts: 3, MaxConcurrentHashes: 1}, nil)
-	bc := &blockingCompare{release: make(chan struct{})}
-	h.compare = bc.compare
+	h.cmp.hold = make(chan struct{})
 
 	first := h.client(t, "192.0.2.1")
 	done := make(chan int)
 	form := bgtest.LoginForm(first.Get("/admin/").CSRF(t), "ops@example.com", "wrong", "")
 	go func() { done <- first.Do("POST", "/admin/", form, nil).Status }()
-	waitUntil(t, func() bool { // until the first attempt holds the only slot
-		bc.mu.Lock()
-		defer bc.mu.Unlock()
-		return bc.calls == 1
-	})
+	waitUntil(t, func() bool { return h.cmp.calls() == 1 }) // until the first attempt holds the only slot
 	r := h.client(t, "192.0.2.2").Login("/admin/", "ops@example.com", "wrong", "", nil)
 	if r.Status != http.StatusServiceUnavailable || r.Header.Get("Retry-After") == "" {
 		t.Fatalf("with the only hashing slot taken: %d, Retry-After %q; want 503 with Retry-After", r.Status, r.Header.Get("Retry-After"))
@@ -614,12 +586,12 @@ func TestHashingBeyondTheCapGets503AndDoesNotCount(t *testing.T) {
 	if rem := h.state.limiter.remaining(netip.MustParseAddr("192.0.2.2"), lim(3, 0)); rem != 3 {
 		t.Fatalf("the refused attempt counted: %d attempts left of 3", rem)
 	}
-	close(bc.release)
+	close(h.cmp.hold)
 	if s := <-done; s != http.StatusUnauthorized {
 		t.Fatalf("the first attempt: %d", s)
 	}
-	if bc.calls != 1 {
-		t.Fatalf("%d comparisons, want 1: the refused attempt was hashed", bc.calls)
+	if calls := h.cmp.calls(); calls != 1 {
+		t.Fatalf("%d comparisons, want 1: the refused attempt was hashed", calls)
 	}
 }
 
@@ -653,25 +625,8 @@ func TestNoSessionIsIssuedWhenRevocationsAreFull(t *testing.T) {
 	}
 }
 
-// concurrency records how many comparisons run at once.
-type concurrency struct {
-	mu        sync.Mutex
-	now, peak int
-}
-
-func (c *concurrency) compare(hash, pw []byte) error {
-	c.mu.Lock()
-	c.now++
-	c.peak = max(c.peak, c.now)
-	c.mu.Unlock()
-	defer func() { c.mu.Lock(); c.now--; c.mu.Unlock() }()
-	return bcrypt.CompareHashAndPassword(hash, pw)
-}
-
 func TestAFloodFromManyClientsNeverRunsMoreHashesThanTheCap(t *testing.T) {
 	h := newTestHandler(t, &App{MaxAttempts: 1000, MaxConcurrentHashes: 2}, nil)
-	cc := &concurrency{}
-	h.compare = cc.compare
 	var wg sync.WaitGroup
 	for i := range 24 {
 		wg.Go(func() {
@@ -682,11 +637,10 @@ func TestAFloodFromManyClientsNeverRunsMoreHashesThanTheCap(t *testing.T) {
 		})
 	}
 	wg.Wait()
-	if cc.peak > 2 {
-		t.Fatalf("%d comparisons ran at once with max_concurrent_hashes 2", cc.peak)
-	}
-	if cc.peak < 2 {
-		t.Fatalf("the flood never filled the 2 slots (peak %d): it proves nothing", cc.peak)
+	if peak := h.cmp.peak; peak > 2 {
+		t.Fatalf("%d comparisons ran at once with max_concurrent_hashes 2", peak)
+	} else if peak < 2 {
+		t.Fatalf("the flood never filled the 2 slots (peak %d): it proves nothing", peak)
 	}
 }
 

@@ -185,11 +185,6 @@ func (w *world) load(config string, adapter string) {
 		w.t.Fatalf("loading: %v", err)
 	}
 	w.t.Cleanup(func() { _ = caddy.Stop() })
-	w.waitUp()
-}
-
-func (w *world) waitUp() {
-	w.t.Helper()
 	for range 100 {
 		if c, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", w.port)); err == nil {
 			c.Close()

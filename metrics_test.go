@@ -58,8 +58,6 @@ func TestMetricsMoveAsTheFlowRuns(t *testing.T) {
 	w.signIn(op)
 	w.smtp.waitMails(t, 5) // the lockout's two alerts, the code, the login's two alerts
 
-	deadline := time.Now().Add(10 * time.Second)
-	var after map[string]float64
 	want := map[string]float64{
 		`caddy_break_glass_attempts_total{result="forbidden"}`:                   1,
 		`caddy_break_glass_attempts_total{result="bad_credentials"}`:             2,
@@ -72,17 +70,17 @@ func TestMetricsMoveAsTheFlowRuns(t *testing.T) {
 		`caddy_break_glass_deliveries_total{channel="webhook",outcome="ok"}`:     2,
 		`caddy_break_glass_sessions_active`:                                      1,
 	}
-	for {
+	var after map[string]float64
+	moved := func() bool {
 		after = scrape(t, admin)
-		ok := true
 		for k, d := range want {
 			if after[k]-before[k] != d {
-				ok = false
+				return false
 			}
 		}
-		if ok || time.Now().After(deadline) {
-			break
-		}
+		return true
+	}
+	for deadline := time.Now().Add(10 * time.Second); !moved() && time.Now().Before(deadline); {
 		time.Sleep(100 * time.Millisecond)
 	}
 	for k, d := range want {

@@ -19,7 +19,9 @@ func newTestSession(t *testing.T, st *sessions, client netip.Addr) (session, str
 	return s, st.encode(s)
 }
 
-func TestSessionRoundTrip(t *testing.T) {
+// A cookie verifies as the session it was issued for; any changed byte, or
+// a malformed value, is rejected.
+func TestSessionCookieVerifiesOnlyAsIssued(t *testing.T) {
 	useTestClock(t)
 	st := newSessions([]byte("0123456789abcdef0123456789abcdef"))
 	s, v := newTestSession(t, st, clientA)
@@ -30,12 +32,6 @@ func TestSessionRoundTrip(t *testing.T) {
 	if got.ID != s.ID || !got.Issued.Equal(s.Issued) || !got.Expires.Equal(s.Expires) || got.Client != clientA {
 		t.Fatalf("decoded %+v, want %+v", got, s)
 	}
-}
-
-func TestSessionRejectsAnyChangedByte(t *testing.T) {
-	useTestClock(t)
-	st := newSessions([]byte("0123456789abcdef0123456789abcdef"))
-	_, v := newTestSession(t, st, clientA)
 	// Every other character at every position, so that characters differing
 	// only in base64's unused padding bits are tried too.
 	const alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.=+/ "
@@ -49,6 +45,11 @@ func TestSessionRejectsAnyChangedByte(t *testing.T) {
 			if _, err := st.verify(string(b), clientA, "ops@example.com"); err == nil {
 				t.Fatalf("cookie with byte %d changed to %q was accepted", i, c)
 			}
+		}
+	}
+	for _, v := range []string{"", ".", "abc", "abc.def", "!!!.???", string(make([]byte, 2000))} {
+		if _, err := st.verify(v, clientA, "ops@example.com"); err == nil {
+			t.Errorf("%q accepted", v)
 		}
 	}
 }
@@ -95,16 +96,6 @@ func TestSessionReplayedAfterLogoutIsRejected(t *testing.T) {
 	clk.Advance(time.Hour)
 	if n := st.sweep(); n != 0 {
 		t.Fatalf("the revocation of an expired session was kept (%d left)", n)
-	}
-}
-
-func TestSessionMalformedValues(t *testing.T) {
-	useTestClock(t)
-	st := newSessions([]byte("k"))
-	for _, v := range []string{"", ".", "abc", "abc.def", "!!!.???", string(make([]byte, 2000))} {
-		if _, err := st.verify(v, clientA, "ops@example.com"); err == nil {
-			t.Errorf("%q accepted", v)
-		}
 	}
 }
 

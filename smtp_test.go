@@ -23,12 +23,16 @@ func testMailer(t *testing.T, addr string, cfg SMTPConfig) *mailer {
 	return m
 }
 
-func TestSMTPDeliversInEachTLSMode(t *testing.T) {
+// Each TLS mode delivers, with AUTH and the trust settings; what should be
+// refused (no STARTTLS, an untrusted certificate, a wrong password) sends
+// nothing and says why.
+func TestSMTPDeliversInEachTLSModeAndRefusesWhatItShould(t *testing.T) {
 	tlsCfg, caFile := selfSigned(t)
 	for name, tc := range map[string]struct {
 		srv     smtpOptions
 		cfg     SMTPConfig
 		wantTLS bool
+		refused string // what the error is about, when nothing must be sent
 	}{
 		"starttls with auth and ca_file": {
 			srv: smtpOptions{tls: tlsCfg, user: "mailer", pass: "s3cret"},
@@ -46,14 +50,32 @@ func TestSMTPDeliversInEachTLSMode(t *testing.T) {
 			srv: smtpOptions{},
 			cfg: SMTPConfig{TLS: "none"},
 		},
+		"starttls required but not offered": {srv: smtpOptions{}, cfg: SMTPConfig{}, refused: "STARTTLS"},
+		"untrusted certificate":             {srv: smtpOptions{tls: tlsCfg}, cfg: SMTPConfig{}, refused: "certificate"},
+		"wrong password": {
+			srv: smtpOptions{tls: tlsCfg, user: "mailer", pass: "right"},
+			cfg: SMTPConfig{InsecureSkipVerify: true, Username: "mailer", Password: "wrong"}, refused: "auth",
+		},
 	} {
 		t.Run(name, func(t *testing.T) {
 			srv := startSMTP(t, tc.srv)
-			m := testMailer(t, srv.Addr, tc.cfg)
-			if err := m.send(context.Background(), mailMessage{to: "ops@example.com", subject: "hello", text: "body", html: "<p>body</p>"}); err != nil {
+			err := testMailer(t, srv.Addr, tc.cfg).send(context.Background(), mailMessage{to: "ops@example.com", subject: "hello", text: "body", html: "<p>body</p>"})
+			got := srv.Mails()
+			if tc.refused != "" {
+				if err == nil || !strings.Contains(strings.ToLower(err.Error()), strings.ToLower(tc.refused)) {
+					t.Fatalf("err = %v, want one about %q", err, tc.refused)
+				}
+				if len(got) != 0 {
+					t.Fatalf("%d mails got through", len(got))
+				}
+				if strings.Contains(err.Error(), "wrong") && tc.cfg.Password == "wrong" {
+					t.Fatal("the error shows the password")
+				}
+				return
+			}
+			if err != nil {
 				t.Fatal(err)
 			}
-			got := srv.Mails()
 			if len(got) != 1 {
 				t.Fatalf("%d mails arrived", len(got))
 			}
@@ -61,36 +83,6 @@ func TestSMTPDeliversInEachTLSMode(t *testing.T) {
 			if g.TLS != tc.wantTLS || g.User != tc.cfg.Username || g.From != "bg@example.com" ||
 				g.Subject != "hello" || strings.TrimSpace(g.Text) != "body" || !strings.Contains(g.HTML, "<p>body</p>") {
 				t.Fatalf("got %+v", g)
-			}
-		})
-	}
-}
-
-func TestSMTPRefusesWhatItShould(t *testing.T) {
-	tlsCfg, _ := selfSigned(t)
-	for name, tc := range map[string]struct {
-		srv  smtpOptions
-		cfg  SMTPConfig
-		want string
-	}{
-		"starttls required but not offered": {srv: smtpOptions{}, cfg: SMTPConfig{}, want: "STARTTLS"},
-		"untrusted certificate":             {srv: smtpOptions{tls: tlsCfg}, cfg: SMTPConfig{}, want: "certificate"},
-		"wrong password": {
-			srv: smtpOptions{tls: tlsCfg, user: "mailer", pass: "right"},
-			cfg: SMTPConfig{InsecureSkipVerify: true, Username: "mailer", Password: "wrong"}, want: "auth",
-		},
-	} {
-		t.Run(name, func(t *testing.T) {
-			srv := startSMTP(t, tc.srv)
-			err := testMailer(t, srv.Addr, tc.cfg).send(context.Background(), mailMessage{to: "ops@example.com", subject: "s", text: "t"})
-			if err == nil || !strings.Contains(strings.ToLower(err.Error()), strings.ToLower(tc.want)) {
-				t.Fatalf("err = %v, want one about %q", err, tc.want)
-			}
-			if n := len(srv.Mails()); n != 0 {
-				t.Fatalf("%d mails got through", n)
-			}
-			if strings.Contains(err.Error(), "wrong") && tc.cfg.Password == "wrong" {
-				t.Fatal("the error shows the password")
 			}
 		})
 	}

@@ -20,7 +20,7 @@ import (
 	"go.uber.org/zap"
 )
 
-// newStorageTestState makes a storage state on dir, destroyed at the end.
+// newStorageTestState makes a storage state on st, destroyed at the end.
 func newStorageTestState(t *testing.T, st certmagic.Storage) *state {
 	t.Helper()
 	d, err := newStorageState(st, zap.NewNop(), time.Hour)
@@ -39,11 +39,8 @@ func TestStorageStatesOnOneFolderShareLockoutsCodesKeysAndLogouts(t *testing.T) 
 
 	// A lockout earned on a holds on b.
 	for range 3 {
-		if res, err := reserveRes(a.limiter, k, 3, time.Hour); err != nil || res != reserved {
-			t.Fatalf("reserve on a: %v %v", res, err)
-		}
-		if _, _, err := a.limiter.settle(k, attemptCode, chargeFailed, lim(3, time.Hour)); err != nil {
-			t.Fatal(err)
+		if res, _, _ := tryAttemptFrom(t, a.limiter, k, attemptCode, chargeFailed, lim(3, time.Hour)); res != reserved {
+			t.Fatalf("reserve on a: %v", res)
 		}
 	}
 	if _, locked, err := b.limiter.lockedUntil(k); err != nil || !locked {
@@ -87,15 +84,9 @@ func TestStorageStatesOnOneFolderShareLockoutsCodesKeysAndLogouts(t *testing.T) 
 
 func TestStorageStateSurvivesARestartOfEveryInstance(t *testing.T) {
 	dir := t.TempDir()
-	st := &certmagic.FileStorage{Path: dir}
-	d, err := newStorageState(st, zap.NewNop(), time.Hour)
-	if err != nil {
-		t.Fatal(err)
-	}
-	first := d.(*state)
+	first := newStorageTestState(t, &certmagic.FileStorage{Path: dir})
 	k := netip.MustParseAddr("192.0.2.7")
-	first.limiter.reserve(k, attemptCode, lim(1, time.Hour))
-	first.limiter.settle(k, attemptCode, chargeFailed, lim(1, time.Hour))
+	tryAttemptFrom(t, first.limiter, k, attemptCode, chargeFailed, lim(1, time.Hour))
 	sess := session{ID: "fedcba9876543210fedcba9876543210", Issued: now(), Expires: now().Add(time.Hour), Client: clientA, Scope: "s"}
 	cookie := first.sessions.encode(sess)
 	_ = first.Destruct()
@@ -119,9 +110,7 @@ func TestStorageRaceLosesNoFailureAndUsesNoCodeTwice(t *testing.T) {
 	var wg sync.WaitGroup
 	for _, s := range insts {
 		for range workers {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
+			wg.Go(func() {
 				for range perWorker {
 					if res, err := reserveRes(s.limiter, k, 1000, time.Hour); err != nil || res != reserved {
 						t.Errorf("reserve: %v %v", res, err)
@@ -131,7 +120,7 @@ func TestStorageRaceLosesNoFailureAndUsesNoCodeTwice(t *testing.T) {
 						t.Error(err)
 					}
 				}
-			}()
+			})
 		}
 	}
 	wg.Wait()
@@ -147,13 +136,11 @@ func TestStorageRaceLosesNoFailureAndUsesNoCodeTwice(t *testing.T) {
 	var ok atomic.Int32
 	for _, s := range insts {
 		for range 2 {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
+			wg.Go(func() {
 				if res, _, err := s.codes.verify("scope", flowA, clientA, "424242", nil); err == nil && res == codeOK {
 					ok.Add(1)
 				}
-			}()
+			})
 		}
 	}
 	wg.Wait()
@@ -163,8 +150,7 @@ func TestStorageRaceLosesNoFailureAndUsesNoCodeTwice(t *testing.T) {
 }
 
 func TestStorageKeepsNoCode(t *testing.T) {
-	dir := t.TempDir()
-	st := &certmagic.FileStorage{Path: dir}
+	st := &certmagic.FileStorage{Path: t.TempDir()}
 	s := newStorageTestState(t, st)
 	if _, err := s.codes.put("scope", "987654", flowA, clientA, time.Minute, "", codeLimits{}); err != nil {
 		t.Fatal(err)
@@ -253,12 +239,10 @@ func TestStorageSweepDropsOnlyExpiredRecordsAndSkipsOnesInUse(t *testing.T) {
 	s := newStorageTestState(t, st)
 	old, busy, live := netip.MustParseAddr("192.0.2.1"), netip.MustParseAddr("192.0.2.2"), netip.MustParseAddr("192.0.2.3")
 	for _, k := range []netip.Addr{old, busy} {
-		s.limiter.reserve(k, attemptCode, lim(5, time.Minute))
-		s.limiter.settle(k, attemptCode, chargeFailed, lim(5, time.Minute))
+		tryAttemptFrom(t, s.limiter, k, attemptCode, chargeFailed, lim(5, time.Minute))
 	}
 	clk.Advance(2 * time.Minute) // both records have expired
-	s.limiter.reserve(live, attemptCode, lim(5, time.Minute))
-	s.limiter.settle(live, attemptCode, chargeFailed, lim(5, time.Minute))
+	tryAttemptFrom(t, s.limiter, live, attemptCode, chargeFailed, lim(5, time.Minute))
 
 	ctx := context.Background()
 	if err := st.Lock(ctx, clientPath(busy)); err != nil { // another instance is at it

@@ -39,6 +39,7 @@ type receivedMail struct {
 	HTML    string // the text/html part, decoded
 	TLS     bool   // whether the session was encrypted
 	User    string // the AUTH user, if any
+	Raw     []byte // the message as the client wrote it
 }
 
 type testSMTP struct {
@@ -68,6 +69,7 @@ type smtpOptions struct {
 	user, pass string      // requires AUTH PLAIN with these
 	rejectRcpt []string    // recipients refused at RCPT
 	delay      time.Duration
+	longLines  bool // no line limit of the server's own: the test judges the lines
 }
 
 func startSMTP(t *testing.T, o smtpOptions) *testSMTP {
@@ -81,6 +83,9 @@ func startSMTP(t *testing.T, o smtpOptions) *testSMTP {
 	srv.ReadTimeout = 30 * time.Second
 	srv.WriteTimeout = 30 * time.Second
 	srv.MaxMessageBytes = 1 << 20
+	if o.longLines {
+		srv.MaxLineLength = 0
+	}
 	srv.AllowInsecureAuth = o.tls == nil
 	srv.TLSConfig = o.tls
 	var ln net.Listener
@@ -203,7 +208,7 @@ func (ss *smtpSession) Data(r io.Reader) error {
 			return errors.New("server stopping")
 		}
 	}
-	m := receivedMail{From: ss.from, To: ss.to, TLS: ss.tls, User: ss.user}
+	m := receivedMail{From: ss.from, To: ss.to, TLS: ss.tls, User: ss.user, Raw: raw}
 	if err := parseMail(raw, &m); err != nil {
 		return err
 	}

@@ -119,6 +119,17 @@ func waitPort(t *testing.T, addr string, p *proc) {
 	t.Fatalf("nothing listens on %s", addr)
 }
 
+// within polls cond every 200 ms until it holds; the test fails with msg
+// after d.
+func within(t *testing.T, d time.Duration, msg string, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(d); !cond(); time.Sleep(200 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal(msg)
+		}
+	}
+}
+
 // proc is a process the test started. Its output goes to a file, copied to
 // artifacts/logs/<test>/ if the test fails; it is stopped when the test ends.
 type proc struct {
@@ -313,12 +324,8 @@ func startMailpit(t *testing.T, o mailpitOptions) *mailpit {
 	return m
 }
 
-type mailSummary struct {
-	ID      string
-	Subject string
-	To      []struct{ Address string }
-}
-
+// mailMessage is a message from mailpit's API; in its list of messages, the
+// Text and HTML are left empty.
 type mailMessage struct {
 	ID      string
 	Subject string
@@ -328,32 +335,29 @@ type mailMessage struct {
 	From    struct{ Address string }
 }
 
-func (m *mailpit) messages(t *testing.T) []mailSummary {
-	t.Helper()
-	resp, err := http.Get(m.api + "/api/v1/messages?limit=500")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	var v struct{ Messages []mailSummary }
-	if err := json.NewDecoder(resp.Body).Decode(&v); err != nil {
-		t.Fatal(err)
-	}
+func (m *mailpit) messages(t *testing.T) []mailMessage {
+	var v struct{ Messages []mailMessage }
+	m.get(t, "/api/v1/messages?limit=500", &v)
 	return v.Messages
 }
 
 func (m *mailpit) message(t *testing.T, id string) mailMessage {
+	var v mailMessage
+	m.get(t, "/api/v1/message/"+id, &v)
+	return v
+}
+
+// get decodes the JSON answer of mailpit's API at path into v.
+func (m *mailpit) get(t *testing.T, path string, v any) {
 	t.Helper()
-	resp, err := http.Get(m.api + "/api/v1/message/" + id)
+	resp, err := http.Get(m.api + path)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer resp.Body.Close()
-	var v mailMessage
-	if err := json.NewDecoder(resp.Body).Decode(&v); err != nil {
+	if err := json.NewDecoder(resp.Body).Decode(v); err != nil {
 		t.Fatal(err)
 	}
-	return v
 }
 
 // waitMail waits for a message to `to` whose subject contains subject and

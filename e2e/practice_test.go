@@ -134,9 +134,7 @@ func TestEmergencyPracticeOptions(t *testing.T) {
 	raw, _ := os.ReadFile(audit)
 	lines := strings.Split(strings.TrimSpace(string(raw)), "\n")
 	var events []string
-	for _, l := range lines {
-		var m map[string]any
-		_ = json.Unmarshal([]byte(l), &m)
+	for _, m := range bgtest.ReadLogFile(audit) {
 		events = append(events, fmt.Sprint(m["event"]))
 	}
 	if got := strings.Join(events, " "); got != "code_issued login request code_issued login credential_spent" {
