@@ -46,7 +46,7 @@ func TestCaddyfileAdaptAndValidate(t *testing.T) {
 	}{
 		{"missing email", "", "hash " + hash + "\ndev_log_code", "email: required"},
 		{"missing hash", "", "email ops@example.com\ndev_log_code", "hash: required"},
-		{"hash not bcrypt", "", "email ops@example.com\nhash plaintext-password\ndev_log_code", "hash: not a bcrypt hash"},
+		{"hash neither bcrypt nor argon2id", "", "email ops@example.com\nhash plaintext-password\ndev_log_code", "hash: not a bcrypt or argon2id hash"},
 		{"bad IP", "", "email ops@example.com\nhash " + hash + "\ndev_log_code\nallowed_ips 10.0.0.0/33", `allowed_ips: "10.0.0.0/33"`},
 		{"bad webhook", "", "email ops@example.com\nhash " + hash + "\ndev_log_code\nalert_webhook ftp://hooks.example.com", "alert_webhook"},
 		{"bad alert address", "", "email ops@example.com\nhash " + hash + "\nsmtp 127.0.0.1:25 {\nfrom bg@example.com\n}\nalert_emails not-an-address", "alert_emails"},
