@@ -12,6 +12,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -122,22 +123,16 @@ func (h *Handler) setupAccounts(repl *caddy.Replacer) error {
 		h.accounts = append(h.accounts, acc)
 		h.byScope[acc.scope] = acc
 	}
-	h.classes = h.classes[:0]
+	h.classes, h.hashMem = h.classes[:0], 0
 	for _, acc := range h.accounts {
-		if !containsClass(h.classes, acc.class) {
+		if !slices.Contains(h.classes, acc.class) {
 			h.classes = append(h.classes, acc.class)
+			// The comparisons of a sign-in run one after the other: it
+			// takes at most the largest one's memory at once.
+			h.hashMem = max(h.hashMem, acc.class.memory)
 		}
 	}
 	return nil
-}
-
-func containsClass(cs []*hashClass, c *hashClass) bool {
-	for _, x := range cs {
-		if x == c {
-			return true
-		}
-	}
-	return false
 }
 
 // newAccount provisions one account; name ("account 2") prefixes its errors
@@ -329,14 +324,4 @@ func (h *Handler) checkPassword(acc *account, pw []byte) bool {
 		}
 	}
 	return ok
-}
-
-// hashMemory is the most memory one sign-in's comparisons take at once
-// (they run one after the other).
-func (h *Handler) hashMemory() int64 {
-	var m int64
-	for _, c := range h.classes {
-		m = max(m, c.memory)
-	}
-	return m
 }

@@ -12,12 +12,19 @@ import (
 	"go.uber.org/zap"
 )
 
-// alertOnEvents maps the alert_on names to their events; defaultAlertOn is
-// what alerts when alert_on is not set.
-var (
-	alertOnEvents  = map[string]string{"login": eventLogin, "code_issued": eventCodeIssued, "lockout": eventLockout}
-	defaultAlertOn = []string{"login", "lockout"}
-)
+// defaultAlertOn is what alerts when alert_on is not set.
+var defaultAlertOn = []string{"login", "lockout"}
+
+// isAlertOn reports whether name is an alert_on name: one the events table
+// gives an event.
+func isAlertOn(name string) bool {
+	for _, s := range events {
+		if s.alertOn != "" && s.alertOn == name {
+			return true
+		}
+	}
+	return false
+}
 
 // alertEvent is the webhook payload, and what the alert email says.
 type alertEvent struct {

@@ -158,7 +158,7 @@ func (a *attempt) password() outcome {
 	}
 	settled := false
 	defer a.settleOnPanic(attemptPassword, &settled)
-	mem := h.hashMemory()
+	mem := h.hashMem
 	if !h.app.acquireHash(a.r.Context(), c.failures, mem) {
 		settled = true
 		if _, _, err := a.settle(attemptPassword, chargeNone); err != nil {

@@ -107,7 +107,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.Errf("alert_on: needs at least one of login, code_issued, lockout")
 			}
 			for _, e := range events {
-				if _, ok := alertOnEvents[e]; !ok {
+				if !isAlertOn(e) {
 					return d.Errf("alert_on: %q: must be login, code_issued or lockout", e)
 				}
 			}

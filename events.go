@@ -126,20 +126,6 @@ var events = [...]eventSpec{
 	evLogout: {name: eventLogout, level: zapcore.InfoLevel, msg: "break-glass logout", audit: auditLogout},
 }
 
-// eventNames are the alerts' event names, each once, for the docs and
-// their test.
-func eventNames() []string {
-	var out []string
-	seen := map[string]bool{}
-	for _, s := range events {
-		if s.name != "" && !seen[s.name] {
-			seen[s.name] = true
-			out = append(out, s.name)
-		}
-	}
-	return out
-}
-
 // event is one thing that happened to an attempt.
 type event struct {
 	kind eventKind

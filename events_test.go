@@ -134,3 +134,16 @@ func TestEveryEventNameIsDocumented(t *testing.T) {
 		}
 	}
 }
+
+// eventNames are the events' names in the table, each once.
+func eventNames() []string {
+	var out []string
+	seen := map[string]bool{}
+	for _, s := range events {
+		if s.name != "" && !seen[s.name] {
+			seen[s.name] = true
+			out = append(out, s.name)
+		}
+	}
+	return out
+}

@@ -124,6 +124,7 @@ type Handler struct {
 	// classes are the kinds of hash the accounts use, each once: every
 	// sign-in compares one hash of each (see checkPassword).
 	classes      []*hashClass
+	hashMem      int64 // the most memory one sign-in's comparisons take at once
 	allow        []netip.Prefix
 	alerts       alerts
 	auditLog     *auditLog

@@ -50,7 +50,7 @@ func (h *Handler) setup(app *App, logger *zap.Logger) error {
 			return err
 		}
 	}
-	if m := h.hashMemory(); m > app.MaxHashMemory {
+	if m := h.hashMem; m > app.MaxHashMemory {
 		return fmt.Errorf("accounts: an argon2id hash takes %d MiB per comparison, more than max_hash_memory (%d MiB)", m>>20, app.MaxHashMemory>>20)
 	}
 	app.handlers.add(h)
@@ -109,7 +109,7 @@ func (h *Handler) setupAlerts(repl *caddy.Replacer) error {
 		on = defaultAlertOn
 	}
 	for _, e := range on {
-		if _, ok := alertOnEvents[e]; !ok {
+		if !isAlertOn(e) {
 			return fmt.Errorf("alert_on: %q: must be login, code_issued or lockout", e)
 		}
 		h.alerts.on[e] = true
