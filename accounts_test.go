@@ -439,10 +439,8 @@ func TestTwoAccountsOnARunningCaddyThroughJSON(t *testing.T) {
 	}
 	// The login alerts name the accounts.
 	var named []string
-	for _, ev := range w.hook.Events() {
-		if ev["event"] == eventLogin {
-			named = append(named, fmt.Sprint(ev["account"]))
-		}
+	for _, ev := range w.hook.WaitEvents(t, eventLogin, 2) {
+		named = append(named, fmt.Sprint(ev["account"]))
 	}
 	if slices.Sort(named); !slices.Equal(named, []string{"bob@example.com", "ops@example.com"}) {
 		t.Errorf("login webhooks name %q", named)

@@ -124,6 +124,22 @@ func (w *Webhook) WaitEvent(t testing.TB, event string) HookRequest {
 	return reqs[slices.IndexFunc(reqs, is)]
 }
 
+// WaitEvents waits until n requests had this "event" and returns their JSON.
+func (w *Webhook) WaitEvents(t testing.TB, event string, n int) []map[string]any {
+	t.Helper()
+	var out []map[string]any
+	w.waitFor(t, fmt.Sprint(n, " ", event, " events"), func(reqs []HookRequest) bool {
+		out = out[:0]
+		for _, r := range reqs {
+			if r.JSON["event"] == event {
+				out = append(out, r.JSON)
+			}
+		}
+		return len(out) >= n
+	})
+	return out
+}
+
 func (w *Webhook) waitFor(t testing.TB, what string, done func([]HookRequest) bool) []HookRequest {
 	t.Helper()
 	deadline := time.NewTimer(WaitTimeout)
