@@ -48,6 +48,28 @@ type AccountConfig struct {
 	// value no real user's primary key can take, so that an application
 	// behind the guard never acts as a real user. Default: "0".
 	SentinelID string `json:"sentinel_id,omitempty"`
+
+	// The second factors this account accepts after its password, any one
+	// of them: "webauthn" (a security key or passkey of webauthn_keys),
+	// "client_cert" (a verified TLS client certificate of client_certs or
+	// client_cert_subjects), "totp" (needs totp_secret) and "email" (a code
+	// mailed to the account's email). Without email, no code is ever
+	// mailed. Default: every factor the account has the means for (email,
+	// and totp, webauthn and client_cert when configured).
+	SecondFactor []string `json:"second_factor,omitempty"`
+
+	// SHA-256 fingerprints of the client certificates that are this
+	// account's client_cert factor, 64 hex digits (colons allowed). The
+	// site's TLS connection policy must verify client certificates
+	// (client_auth with a trust pool): a certificate that Caddy did not
+	// verify never counts.
+	ClientCerts []string `json:"client_certs,omitempty"`
+
+	// Subjects of the client certificates that are this account's
+	// client_cert factor, as RFC 2253 prints them ("CN=alice,O=Example";
+	// `openssl x509 -noout -subject -nameopt RFC2253`). Safe only when the
+	// trust pool is a CA of your own, which issues each subject once.
+	ClientCertSubjects []string `json:"client_cert_subjects,omitempty"`
 }
 
 // maxAccounts bounds the accounts of one handler: every sign-in compares
@@ -73,6 +95,10 @@ type account struct {
 	totpKey       []byte
 	maxUses       int
 	sentinelValue any // the sentinel ID, boxed once
+	// factors are the second factors the account accepts.
+	factors          factor
+	certFingerprints [][sha256.Size]byte
+	certSubjects     []string
 }
 
 // hashClass is an algorithm with its parameters: hashes of one class cost
@@ -194,6 +220,29 @@ func (h *Handler) newAccount(repl *caddy.Replacer, c AccountConfig, name string)
 		}
 	}
 	acc.sentinelValue = sentinel
+	configured := factorEmail
+	if acc.totpKey != nil {
+		configured |= factorTOTP
+	}
+	for _, f := range c.ClientCerts {
+		fp, err := parseFingerprint(f)
+		if err != nil {
+			return nil, errors.New(field(err.Error()))
+		}
+		acc.certFingerprints = append(acc.certFingerprints, fp)
+	}
+	for _, subj := range c.ClientCertSubjects {
+		if subj == "" || strings.ContainsFunc(subj, func(r rune) bool { return r < 0x20 || r == 0x7f }) {
+			return nil, errors.New(field("client_cert_subject: empty, or a control character"))
+		}
+		acc.certSubjects = append(acc.certSubjects, subj)
+	}
+	if len(acc.certFingerprints)+len(acc.certSubjects) > 0 {
+		configured |= factorClientCert
+	}
+	if acc.factors, err = factorsOf(c.SecondFactor, configured); err != nil {
+		return nil, errors.New(field(err.Error()))
+	}
 	return acc, nil
 }
 

@@ -8,6 +8,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"reflect"
 	"regexp"
 	"slices"
 	"strconv"
@@ -375,7 +376,7 @@ func TestAccountBlocksInTheCaddyfile(t *testing.T) {
 		{Email: "alice@example.com", Hash: "{env.BG_ALICE_HASH}", TOTPSecret: "{env.BG_ALICE_TOTP}", MaxUses: 1},
 		{Email: "bob@example.com", Hash: "{env.BG_BOB_HASH}", SentinelID: "-1"},
 	}
-	if !slices.Equal(h.Accounts, want) {
+	if !reflect.DeepEqual(h.Accounts, want) {
 		t.Fatalf("accounts %+v, want %+v", h.Accounts, want)
 	}
 	for input, msg := range map[string]string{

@@ -69,6 +69,13 @@ var alertWordings = map[string]alertWording{
 		advice: "If this is not a known incident, someone knows the break-glass password: rotate it " +
 			"now (the pending code stops working with the old hash).",
 	},
+	eventFactorWait: {
+		message: "Break-glass password accepted for %[1]s from %[2]s on %[3]s at %[4]s: the sign-in waits for its second factor",
+		subject: "[break-glass] Password accepted on %[1]s from %[2]s: a sign-in waits for its second factor",
+		heading: "Someone gave the right break-glass password: the sign-in waits for its second factor.",
+		advice: "If this is not a known incident, someone knows the break-glass password: rotate it " +
+			"now (the pending sign-in stops working with the old hash).",
+	},
 	eventLockout: {
 		message: "Break-glass client %[2]s locked out after too many failed attempts on %[3]s at %[4]s",
 		subject: "[break-glass] Client %[2]s locked out on %[1]s",

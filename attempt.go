@@ -175,7 +175,7 @@ func (a *attempt) password() outcome {
 		if err != nil {
 			return a.unavailable(err)
 		}
-		if o, locked := a.failed(evBadCredentials, remaining, lockedUntil); locked {
+		if o, locked := a.failed(event{kind: evBadCredentials}, remaining, lockedUntil); locked {
 			return o
 		}
 		o := a.loginPage(http.StatusUnauthorized)
@@ -192,7 +192,38 @@ func (a *attempt) password() outcome {
 		}
 		return a.spentPage(acc)
 	}
+	// A verified client certificate the account accepts is the second
+	// factor at once.
+	if acc.factors.has(factorClientCert) && acc.certMatches(a.r) {
+		settled = true
+		if _, _, err := a.settle(attemptPassword, chargeNone); err != nil {
+			return a.unavailable(err)
+		}
+		return a.signIn(acc, reason, factorClientCert)
+	}
+	if a.offered(acc) == 0 {
+		// The password alone is never enough: with no factor this request
+		// can use, the attempt fails as a wrong password does.
+		settled = true
+		remaining, lockedUntil, err := a.settle(attemptPassword, chargeFailed)
+		if err != nil {
+			return a.unavailable(err)
+		}
+		if o, locked := a.failed(event{kind: evNoFactor, acc: acc, reason: reason, detail: "accepted: " + acc.factors.String(),
+			fields: []zap.Field{zap.Strings("second_factor", acc.factors.names())}}, remaining, lockedUntil); locked {
+			return o
+		}
+		return a.message(http.StatusUnauthorized, "", "No second factor here",
+			"This account signs in with a second factor that this connection cannot give (for a client certificate: the browser did not present one the account accepts). No session was started, and this counted as a failed attempt.")
+	}
+	// The pending sign-in holds a code: mailed when the account takes
+	// email, else a secret never shown, so that it only marks the password
+	// as given for this flow (a security key or TOTP code then signs in).
+	mailed := acc.factors.has(factorEmail)
 	code, err := newCode()
+	if !mailed {
+		code = newFlowID() + newFlowID()
+	}
 	if err != nil {
 		return outcome{err: err}
 	}
@@ -214,6 +245,11 @@ func (a *attempt) password() outcome {
 			fields: []zap.Field{zap.Int("codes_per_window", lim.perCredential), zap.Duration("window", lim.window)}},
 			http.StatusTooManyRequests, int(math.Ceil(lim.window.Seconds())), "Too many codes",
 			"The password is right, but this break-glass account has been sent as many codes as it may in a short time. If that was not you, someone else has the password: tell your security team. Try again later.")
+	}
+	if !mailed {
+		a.record(event{kind: evFactorPending, acc: acc, reason: reason,
+			fields: []zap.Field{zap.Strings("second_factor", acc.factors.names()), zap.Time("expires", exp)}})
+		return a.back(h.flowCookieFor(a.r, flow))
 	}
 	a.record(event{kind: evCodeIssued, acc: acc, reason: reason, fields: []zap.Field{zap.Time("code_expires", exp)}})
 	if h.DevLogCode {
@@ -241,12 +277,26 @@ func (a *attempt) code() outcome {
 	if _, ok := h.state.codes.pending(acc.scope, a.flow, a.client); !ok {
 		return a.noCode()
 	}
+	if !acc.factors.typed() {
+		return a.message(http.StatusBadRequest, "", "Bad request", "This account does not sign in with a typed code.")
+	}
 	if _, refused, ok := a.claim(attemptCode); !ok {
 		return refused
 	}
 	settled := false
 	defer a.settleOnPanic(attemptCode, &settled)
-	res, reason, verr := h.state.codes.verify(acc.scope, a.flow, a.client, code, h.totpCheck(acc))
+	used := factorEmail
+	var alt altCheck
+	if totp := h.totpCheck(acc); totp != nil && acc.factors.has(factorTOTP) {
+		alt = func(ctx context.Context, code string) (bool, error) {
+			ok, err := totp(ctx, code)
+			if ok {
+				used = factorTOTP
+			}
+			return ok, err
+		}
+	}
+	res, reason, verr := h.state.codes.verify(acc.scope, a.flow, a.client, code, alt)
 	settled = true
 	charge := chargeNone
 	if verr == nil && res != codeOK {
@@ -258,16 +308,16 @@ func (a *attempt) code() outcome {
 	}
 	switch res {
 	case codeOK:
-		return a.signIn(acc, reason)
+		return a.signIn(acc, reason, used)
 	case codeWrong:
-		if o, locked := a.failed(evWrongCode, remaining, lockedUntil); locked {
+		if o, locked := a.failed(event{kind: evWrongCode}, remaining, lockedUntil); locked {
 			return o
 		}
 		exp, _ := h.state.codes.pending(acc.scope, a.flow, a.client)
 		return a.codePage(http.StatusUnauthorized, exp,
 			fmt.Sprintf("Wrong code. %s left before this address is locked out.", plural(remaining, "attempt")))
 	default: // voided, expired, used, replaced, or not this login's
-		if o, locked := a.failed(evInvalidCode, remaining, lockedUntil); locked {
+		if o, locked := a.failed(event{kind: evInvalidCode}, remaining, lockedUntil); locked {
 			return o
 		}
 		o := a.loginPage(http.StatusUnauthorized)
@@ -288,8 +338,9 @@ func (a *attempt) noCode() outcome {
 // failed records a failure the limiter has counted; when that failure
 // locked the client out, it records the lockout (once per lockout) and
 // returns the locked page.
-func (a *attempt) failed(kind eventKind, remaining int, lockedUntil time.Time) (outcome, bool) {
-	a.record(event{kind: kind, fields: []zap.Field{zap.Int("attempts_remaining", remaining)}})
+func (a *attempt) failed(e event, remaining int, lockedUntil time.Time) (outcome, bool) {
+	e.fields = append(e.fields, zap.Int("attempts_remaining", remaining))
+	a.record(e)
 	if lockedUntil.IsZero() {
 		return outcome{}, false
 	}
@@ -381,8 +432,8 @@ func (h *Handler) reasonProblem(reason string) string {
 	return ""
 }
 
-// signIn starts a session after the right code.
-func (a *attempt) signIn(acc *account, reason string) outcome {
+// signIn starts a session after the right second factor f.
+func (a *attempt) signIn(acc *account, reason string, f factor) outcome {
 	h := a.h
 	if h.state.sessions.full() {
 		a.log.Error("break-glass session refused: too many revoked sessions are remembered; they expire with their sessions")
@@ -429,7 +480,8 @@ func (a *attempt) signIn(acc *account, reason string) outcome {
 	cookie := h.cookie(a.r, h.names(a.r).session, h.state.sessions.encode(s), int(math.Ceil(ttl.Seconds())))
 	h.state.sessions.track(s)
 	a.record(event{kind: evLogin, acc: acc, reason: reason, alerted: h.RequireAlert,
-		detail: "session until " + s.Expires.UTC().Format(time.RFC3339), fields: []zap.Field{zap.Time("session_expires", s.Expires)}})
+		detail: "second factor " + f.String() + ", session until " + s.Expires.UTC().Format(time.RFC3339),
+		fields: []zap.Field{zap.Time("session_expires", s.Expires), zap.String("second_factor", f.String())}})
 	if acc.maxUses > 0 && uses >= acc.maxUses {
 		a.record(event{kind: evSpent, acc: acc, reason: reason, detail: fmt.Sprintf("after %d uses", uses),
 			fields: []zap.Field{zap.Int("max_uses", acc.maxUses)}})

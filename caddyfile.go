@@ -35,6 +35,10 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //			totp_secret <base32>
 //			max_uses <n>
 //			sentinel_id <id>
+//			second_factor webauthn|client_cert|totp|email...
+//			webauthn_key <name> <id> <public_key> [aaguid <uuid>] [backup_eligible]
+//			client_cert <sha256 fingerprint...>
+//			client_cert_subject <RFC 2253 subject>
 //		}
 //		email <address>            # or, for one account:
 //		hash <hash>                # email and hash (totp_secret, max_uses,
@@ -80,6 +84,8 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return err
 			}
 			h.Accounts = append(h.Accounts, acc)
+		case "second_factor", "client_cert", "client_cert_subject", "webauthn_key":
+			return d.Errf("%s: goes in an account block: account <email> { hash …; %s … }", d.Val(), d.Val())
 		case "allowed_ips":
 			ips := d.RemainingArgs()
 			if len(ips) == 0 {
@@ -343,8 +349,17 @@ func unmarshalAccount(d *caddyfile.Dispenser) (AccountConfig, error) {
 			err = countArg(d, &c.MaxUses)
 		case "sentinel_id":
 			err = oneArg(d, &c.SentinelID)
+		case "second_factor":
+			err = listArg(d, &c.SecondFactor)
+		case "client_cert":
+			err = listArg(d, &c.ClientCerts)
+		case "client_cert_subject":
+			var subj string
+			if err = oneArg(d, &subj); err == nil {
+				c.ClientCertSubjects = append(c.ClientCertSubjects, subj)
+			}
 		default:
-			err = d.Errf("account %s: unknown option %q (hash, totp_secret, max_uses, sentinel_id)", c.Email, d.Val())
+			err = d.Errf("account %s: unknown option %q (hash, totp_secret, max_uses, sentinel_id, second_factor, client_cert, client_cert_subject)", c.Email, d.Val())
 		}
 		if err != nil {
 			return c, err
@@ -354,6 +369,17 @@ func unmarshalAccount(d *caddyfile.Dispenser) (AccountConfig, error) {
 		return c, d.Errf("account %s: needs a hash", c.Email)
 	}
 	return c, nil
+}
+
+// listArg appends one or more arguments to dst.
+func listArg(d *caddyfile.Dispenser, dst *[]string) error {
+	name := d.Val()
+	args := d.RemainingArgs()
+	if len(args) == 0 {
+		return d.Errf("%s: needs at least one value", name)
+	}
+	*dst = append(*dst, args...)
+	return nil
 }
 
 // countArg reads one whole number of at least 1.

@@ -21,6 +21,7 @@ const (
 	eventLoginRefused = "break_glass_login_refused"
 	eventLoginFailed  = "break_glass_login_failed"
 	eventCodeIssued   = "break_glass_code_issued"
+	eventFactorWait   = "break_glass_second_factor_pending"
 	eventCodeRefused  = "break_glass_code_refused"
 	eventLockout      = "break_glass_lockout"
 	eventSpent        = "break_glass_credential_spent"
@@ -45,6 +46,8 @@ const (
 	evHashBusy                          // refused: every hashing slot busy
 	evUnavailable                       // refused: the state cannot be read or written
 	evCodeIssued                        // the right password: a code is pending
+	evFactorPending                     // the right password: a key or TOTP code is awaited, no code mailed
+	evNoFactor                          // the right password, but no second factor this request can give
 	evLockout                           // a failure locked the client out
 	evLoginPending                      // require_alert: the login alert must be confirmed
 	evLoginUnalerted                    // require_alert: no channel confirmed, refused
@@ -108,6 +111,10 @@ var events = [...]eventSpec{
 	evUnavailable: {level: zapcore.ErrorLevel, msg: "break-glass state unavailable: sign-in refused", metric: countResult(resultBusy)},
 	evCodeIssued: {name: eventCodeIssued, level: zapcore.InfoLevel, msg: "break-glass password accepted: code issued",
 		metric: countResult(resultCodeSent), audit: auditCodeIssued, severity: "warning", alertOn: "code_issued", notice: true, limit: limitCredential},
+	evFactorPending: {name: eventFactorWait, level: zapcore.InfoLevel, msg: "break-glass password accepted: waiting for the second factor (no code mailed)",
+		metric: countResult(resultCodeSent), audit: auditCodeIssued, severity: "warning", alertOn: "code_issued", notice: true, limit: limitCredential},
+	evNoFactor: {name: eventLoginFailed, level: zapcore.WarnLevel, msg: "break-glass login refused: the password is right but this request has no second factor the account accepts",
+		metric: countResult(resultBadCredentials), audit: auditRefused, failure: "no_second_factor"},
 	evLockout: {name: eventLockout, level: zapcore.WarnLevel, msg: "break-glass client locked out",
 		metric: func(time.Time) { metricLockouts.Inc() }, audit: auditLockout, severity: "warning", alertOn: "lockout", notice: true, limit: limitApp},
 	evLoginPending: {name: eventLoginPending, level: zapcore.InfoLevel, msg: "break-glass login waiting for an alert channel to confirm (require_alert)",

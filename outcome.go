@@ -74,7 +74,9 @@ func (a *attempt) loginPage(status int) outcome {
 func (a *attempt) codePage(status int, exp time.Time, errMsg string) outcome {
 	p := a.page("code", "Enter your code")
 	p.CSRF = a.h.csrfToken(a.flow)
-	p.TOTP = a.acc != nil && a.acc.totpKey != nil
+	if a.acc != nil {
+		p.Mailed, p.TOTP = a.acc.factors.has(factorEmail), a.acc.factors.has(factorTOTP)
+	}
 	p.Expires = formatTime(exp)
 	p.Error = errMsg
 	return outcome{status: status, page: p}

@@ -52,7 +52,9 @@ type page struct {
 	Reason string
 	// ReasonRequired marks the reason field required (require_reason).
 	ReasonRequired bool
-	// TOTP says the code page also takes an authenticator code.
+	// Mailed says a code was mailed; TOTP that the code page takes an
+	// authenticator code.
+	Mailed  bool
 	TOTP    bool
 	Expires string
 	Until   string
