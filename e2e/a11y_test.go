@@ -282,6 +282,29 @@ func focusProblems(t *testing.T, ctx context.Context) []string {
 	return problems
 }
 
+// attrsAre fails the test unless the first element sel matches has these
+// attribute values (autocomplete, inputmode, role…), which axe-core only
+// checks for validity, not for the value a field needs.
+func attrsAre(t *testing.T, ctx context.Context, sel string, want map[string]string) {
+	t.Helper()
+	got, err := chromedp.Run(ctx, chromedp.Evaluate[map[string]string](`(() => {
+		const e = document.querySelector(`+jsString(sel)+`);
+		return e && Object.fromEntries([...e.attributes].map(a => [a.name, a.value]));
+	})()`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got == nil {
+		t.Errorf("no %s on the page", sel)
+		return
+	}
+	for k, v := range want {
+		if got[k] != v {
+			t.Errorf("%s: %s=%q, want %q", sel, k, got[k], v)
+		}
+	}
+}
+
 // activeElement describes the element that has focus, as a test names it:
 // "#id", or "button:Its text".
 func activeElement(t *testing.T, ctx context.Context) string {
@@ -425,6 +448,7 @@ func TestBrowserPagesAccessibleWithTOTPAndMaxUses(t *testing.T) {
 	}
 	do("a wrong code", chromedp.SendKeys(chromedp.CSS("#code"), wrong+"\n"), waitText("Wrong code"))
 	checkPage(t, ctx, "code-error")
+	attrsAre(t, ctx, ".alert.error", map[string]string{"role": "alert"})
 
 	// A plain message page, as Caddy serves it: the form posted with a
 	// step the handler does not know.
@@ -432,6 +456,7 @@ func TestBrowserPagesAccessibleWithTOTPAndMaxUses(t *testing.T) {
 		`document.querySelector("input[name=break_glass_step]").value = "unknown"; document.forms[0].submit()`),
 		waitText("Unknown form step"))
 	checkPage(t, ctx, "message")
+	attrsAre(t, ctx, ".alert.error", map[string]string{"role": "alert"})
 
 	do("back to the code page", chromedp.Navigate(c.base+"/admin/"), chromedp.WaitVisible(chromedp.CSS("#code")))
 	do("the right code", chromedp.SendKeys(chromedp.CSS("#code"), code+"\n"), waitText("Admin area"))
@@ -443,4 +468,5 @@ func TestBrowserPagesAccessibleWithTOTPAndMaxUses(t *testing.T) {
 		t.Fatalf("spent page: %q", txt)
 	}
 	checkPage(t, ctx, "spent")
+	attrsAre(t, ctx, ".alert.error", map[string]string{"role": "alert"})
 }

@@ -90,6 +90,9 @@ func TestBrowserSignInCodeLogoutAndTheRefusalPages(t *testing.T) {
 	// The guarded URL shows the login page.
 	step("open the guarded URL", chromedp.Navigate(c.base+"/admin/dashboard?tab=users"), chromedp.WaitVisible(chromedp.CSS("#email")))
 	checkPage(t, ctx, "login")
+	attrsAre(t, ctx, "#email", map[string]string{"type": "email", "autocomplete": "username"})
+	attrsAre(t, ctx, "#password", map[string]string{"type": "password", "autocomplete": "current-password"})
+	attrsAre(t, ctx, "label[for=reason] .hint", nil) // "(optional)", inside the label
 
 	// Email, password and a reason, by keyboard.
 	step("type email, password and reason",
@@ -98,6 +101,7 @@ func TestBrowserSignInCodeLogoutAndTheRefusalPages(t *testing.T) {
 		chromedp.SendKeys(chromedp.CSS("#reason"), "INC-1 browser test\n"),
 		chromedp.WaitVisible(chromedp.CSS("#code")))
 	checkPage(t, ctx, "code")
+	attrsAre(t, ctx, "#code", map[string]string{"autocomplete": "one-time-code", "inputmode": "numeric"})
 
 	// The code from the mailbox.
 	code, mail := mp.waitCode(t, map[string]bool{})
@@ -123,6 +127,7 @@ func TestBrowserSignInCodeLogoutAndTheRefusalPages(t *testing.T) {
 		t.Errorf("after logout: %q", txt)
 	}
 	checkPage(t, ctx, "signed-out")
+	attrsAre(t, ctx, ".alert.info", map[string]string{"role": "status"})
 	step("the guarded URL again", chromedp.Navigate(c.base+"/admin/dashboard"), chromedp.WaitVisible(chromedp.CSS("#password")))
 
 	// The forbidden page: /restricted is for another network.
@@ -143,10 +148,12 @@ func TestBrowserSignInCodeLogoutAndTheRefusalPages(t *testing.T) {
 			waitText(want))
 		if i == 0 {
 			checkPage(t, ctx, "login-error")
+			attrsAre(t, ctx, ".alert.error", map[string]string{"role": "alert"})
 		}
 	}
 	if txt := bodyText(t, ctx); !strings.Contains(txt, "Too many failed attempts") {
 		t.Fatalf("not locked out after %d wrong passwords: %q", s.maxAttempts, txt)
 	}
 	checkPage(t, ctx, "locked")
+	attrsAre(t, ctx, ".alert.error", map[string]string{"role": "alert"})
 }
