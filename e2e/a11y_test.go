@@ -54,7 +54,8 @@ var axeSource = sync.OnceValues(func() (string, error) {
 // CSP does not govern, so the pages stay script-free.
 //
 // It leaves the page in the light scheme at 1280×800, with focus back on
-// the element that had it.
+// the element that had it, and the tab emulating a focused window (so that
+// focus rings show in later screenshots too).
 func checkPage(t *testing.T, ctx context.Context, name string) {
 	t.Helper()
 	dir := filepath.Join(artifacts, "screenshots")
@@ -77,9 +78,12 @@ func checkPage(t *testing.T, ctx context.Context, name string) {
 		_, err := cdp.Call(ctx, t, emulation.SetFocusEmulationEnabled, emulation.SetFocusEmulationEnabledParams{Enabled: true})
 		return err
 	}))
-	run("inject axe-core", chromedp.Evaluate[chromedp.Void](`window.axe || (0, eval)(`+jsString(src)+`)`))
+	if loaded, err := chromedp.Run(ctx, chromedp.Evaluate[bool](`typeof window.axe === "object"`)); err != nil {
+		t.Fatal(err)
+	} else if !loaded {
+		run("inject axe-core", chromedp.Evaluate[chromedp.Void](src))
+	}
 	run("remember the focus", chromedp.Evaluate[chromedp.Void](`window.__bgFocus = document.activeElement`))
-	// each runs f in each scheme at each width.
 	var lightBg string
 	each := func(f func(label string)) {
 		t.Helper()
@@ -233,6 +237,7 @@ const focusable = `[...document.querySelectorAll("a[href], button, input, select
 	.filter(e => !e.disabled && e.tabIndex >= 0 && e.type !== "hidden")
 	.map(e => e.id || e.tagName + ":" + (e.innerText || "").trim())`
 
+// focused is what focusState answers.
 type focused struct {
 	Desc, Key, Shadow string
 	Outline, Contrast float64
