@@ -394,8 +394,11 @@ func TestBrowserPagesAccessibleWithTOTPAndMaxUses(t *testing.T) {
 	if err := json.Unmarshal([]byte(stdout(t, "break-glass", "totp", "--email", "ops@example.com", "--json")), &totp); err != nil {
 		t.Fatal(err)
 	}
+	// Its own storage: the count of uses lives there, and another test's
+	// site with the same credential must not find it spent.
 	c := startCaddy(t, fmt.Sprintf(`{
 	admin {ADMIN}
+	storage file_system %s
 	break_glass {
 		smtp %s {
 			tls none
@@ -415,7 +418,7 @@ func TestBrowserPagesAccessibleWithTOTPAndMaxUses(t *testing.T) {
 	}
 	respond /admin* "Admin area" 200
 }
-`, mp.smtp), "caddyfile", "BG_TOTP="+totp.Secret)
+`, filepath.Join(t.TempDir(), "storage"), mp.smtp), "caddyfile", "BG_TOTP="+totp.Secret)
 	ctx := browser(t)
 	do := func(what string, actions ...chromedp.Action[chromedp.Void]) {
 		t.Helper()
