@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -45,45 +44,6 @@ func browser(t *testing.T) context.Context {
 		t.Fatalf("starting chromium: %v", err)
 	}
 	return ctx
-}
-
-// shoot saves the page at a phone and a desktop width as
-// artifacts/screenshots/<name>-<width>.png, and fails if the page scrolls
-// sideways at either width.
-func shoot(t *testing.T, ctx context.Context, name string) {
-	t.Helper()
-	dir := filepath.Join(artifacts, "screenshots")
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	for _, w := range []int64{375, 1280} {
-		var opts []chromedp.EmulateViewportOption
-		h := int64(800)
-		if w == 375 {
-			opts = append(opts, chromedp.EmulateMobile)
-			h = 740
-		}
-		if err := chromedp.Do(ctx, chromedp.EmulateViewport(w, h, opts...)); err != nil {
-			t.Fatal(err)
-		}
-		overflow, err := chromedp.Run(ctx, chromedp.Evaluate[bool](`document.documentElement.scrollWidth > window.innerWidth`))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if overflow {
-			t.Errorf("%s page scrolls sideways at %d px", name, w)
-		}
-		png, err := chromedp.Run(ctx, chromedp.FullScreenshot(100))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(filepath.Join(dir, fmt.Sprintf("%s-%d.png", name, w)), png, 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := chromedp.Do(ctx, chromedp.EmulateViewport(1280, 800)); err != nil {
-		t.Fatal(err)
-	}
 }
 
 // waitText waits until the page's text contains s.
@@ -129,7 +89,10 @@ func TestBrowserSignInCodeLogoutAndTheRefusalPages(t *testing.T) {
 
 	// The guarded URL shows the login page.
 	step("open the guarded URL", chromedp.Navigate(c.base+"/admin/dashboard?tab=users"), chromedp.WaitVisible(chromedp.CSS("#email")))
-	shoot(t, ctx, "login")
+	checkPage(t, ctx, "login")
+	attrsAre(t, ctx, "#email", map[string]string{"type": "email", "autocomplete": "username"})
+	attrsAre(t, ctx, "#password", map[string]string{"type": "password", "autocomplete": "current-password"})
+	attrsAre(t, ctx, "label[for=reason] .hint", nil) // "(optional)", inside the label
 
 	// Email, password and a reason, by keyboard.
 	step("type email, password and reason",
@@ -137,7 +100,8 @@ func TestBrowserSignInCodeLogoutAndTheRefusalPages(t *testing.T) {
 		chromedp.SendKeys(chromedp.CSS("#password"), testPassword),
 		chromedp.SendKeys(chromedp.CSS("#reason"), "INC-1 browser test\n"),
 		chromedp.WaitVisible(chromedp.CSS("#code")))
-	shoot(t, ctx, "code")
+	checkPage(t, ctx, "code")
+	attrsAre(t, ctx, "#code", map[string]string{"autocomplete": "one-time-code", "inputmode": "numeric"})
 
 	// The code from the mailbox.
 	code, mail := mp.waitCode(t, map[string]bool{})
@@ -155,7 +119,6 @@ func TestBrowserSignInCodeLogoutAndTheRefusalPages(t *testing.T) {
 	if txt := bodyText(t, ctx); !strings.Contains(txt, "Signed in as ops@example.com (break-glass: true)") {
 		t.Errorf("upstream page: %q", txt)
 	}
-	shoot(t, ctx, "upstream")
 	c.waitLog(t, "break-glass login succeeded", map[string]string{"reason": "INC-1 browser test"})
 
 	// Logout, and the login page again.
@@ -163,11 +126,13 @@ func TestBrowserSignInCodeLogoutAndTheRefusalPages(t *testing.T) {
 	if txt := bodyText(t, ctx); !strings.Contains(txt, "signed out") {
 		t.Errorf("after logout: %q", txt)
 	}
+	checkPage(t, ctx, "signed-out")
+	attrsAre(t, ctx, ".alert.info", map[string]string{"role": "status"})
 	step("the guarded URL again", chromedp.Navigate(c.base+"/admin/dashboard"), chromedp.WaitVisible(chromedp.CSS("#password")))
 
 	// The forbidden page: /restricted is for another network.
 	step("open a path this client may not use", chromedp.Navigate(c.base+"/restricted/"), waitText("not available from your network address"))
-	shoot(t, ctx, "forbidden")
+	checkPage(t, ctx, "forbidden")
 
 	// The locked-out page, after max_attempts wrong passwords.
 	step("back to the login page", chromedp.Navigate(c.base+"/admin/"), chromedp.WaitVisible(chromedp.CSS("#password")),
@@ -181,9 +146,14 @@ func TestBrowserSignInCodeLogoutAndTheRefusalPages(t *testing.T) {
 		step(fmt.Sprintf("wrong password %d", i+1),
 			chromedp.SendKeys(chromedp.CSS("#password"), "not the password\n"),
 			waitText(want))
+		if i == 0 {
+			checkPage(t, ctx, "login-error")
+			attrsAre(t, ctx, ".alert.error", map[string]string{"role": "alert"})
+		}
 	}
 	if txt := bodyText(t, ctx); !strings.Contains(txt, "Too many failed attempts") {
 		t.Fatalf("not locked out after %d wrong passwords: %q", s.maxAttempts, txt)
 	}
-	shoot(t, ctx, "locked")
+	checkPage(t, ctx, "locked")
+	attrsAre(t, ctx, ".alert.error", map[string]string{"role": "alert"})
 }
