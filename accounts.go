@@ -70,6 +70,11 @@ type AccountConfig struct {
 	// `openssl x509 -noout -subject -nameopt RFC2253`). Safe only when the
 	// trust pool is a CA of your own, which issues each subject once.
 	ClientCertSubjects []string `json:"client_cert_subjects,omitempty"`
+
+	// The security keys and passkeys of this account (second_factor
+	// webauthn), each as the enrolment page (?break_glass=enroll) printed
+	// it.
+	WebAuthnKeys []WebAuthnKeyConfig `json:"webauthn_keys,omitempty"`
 }
 
 // maxAccounts bounds the accounts of one handler: every sign-in compares
@@ -99,6 +104,10 @@ type account struct {
 	factors          factor
 	certFingerprints [][sha256.Size]byte
 	certSubjects     []string
+	keys             []webauthnKey
+	// userHandle is the account's WebAuthn user ID: of its email, so that
+	// its keys outlive a change of its hash.
+	userHandle []byte
 }
 
 // hashClass is an algorithm with its parameters: hashes of one class cost
@@ -144,6 +153,11 @@ func (h *Handler) setupAccounts(repl *caddy.Replacer) error {
 		}
 		if seen[acc.identity] {
 			return fmt.Errorf("account %s: given twice", acc.email)
+		}
+		for _, k := range acc.keys {
+			if h.keyKnown(k.id) {
+				return fmt.Errorf("account %s: webauthn_key %q: the same key is enrolled for another account", acc.email, k.name)
+			}
 		}
 		seen[acc.identity] = true
 		h.accounts = append(h.accounts, acc)
@@ -240,6 +254,13 @@ func (h *Handler) newAccount(repl *caddy.Replacer, c AccountConfig, name string)
 	if len(acc.certFingerprints)+len(acc.certSubjects) > 0 {
 		configured |= factorClientCert
 	}
+	if acc.keys, err = newWebAuthnKeys(c.WebAuthnKeys); err != nil {
+		return nil, errors.New(field(err.Error()))
+	}
+	if len(acc.keys) > 0 {
+		configured |= factorWebAuthn
+	}
+	acc.userHandle = webauthnUserHandle(acc.identity)
 	if acc.factors, err = factorsOf(c.SecondFactor, configured); err != nil {
 		return nil, errors.New(field(err.Error()))
 	}

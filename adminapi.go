@@ -125,6 +125,19 @@ type identityStatus struct {
 	CodesPending int        `json:"codes_pending"`
 	CodeExpires  *time.Time `json:"code_expires,omitempty"` // of the last to expire
 	Sessions     int        `json:"live_sessions"`
+	SecondFactor []string   `json:"second_factor"`
+	Keys         []keyInfo  `json:"webauthn_keys"`
+}
+
+// keyInfo is what the status shows of a security key: never its ID or
+// public key.
+type keyInfo struct {
+	Name         string     `json:"name"`
+	AAGUID       string     `json:"aaguid,omitempty"`
+	SignCount    uint32     `json:"sign_count"`
+	CloneWarning bool       `json:"clone_warning"`
+	LastUsed     *time.Time `json:"last_used,omitempty"`
+	Error        string     `json:"error,omitempty"` // its record could not be read
 }
 
 // statusReply is what GET /break_glass/status answers (and what
@@ -159,9 +172,24 @@ func handleStatus(w http.ResponseWriter, r *http.Request) error {
 	}
 	var ids []identityStatus
 	for scope, acc := range a.identities() {
-		st := identityStatus{Email: acc.email, Sessions: a.state.sessions.active(scope)}
+		st := identityStatus{Email: acc.email, Sessions: a.state.sessions.active(scope), SecondFactor: acc.factors.names(), Keys: []keyInfo{}}
 		if n, exp := a.state.codes.pendingFor(scope); n > 0 {
 			st.CodePending, st.CodesPending, st.CodeExpires = true, n, &exp
+		}
+		for _, k := range acc.keys {
+			info := keyInfo{Name: k.name, AAGUID: k.aaguid}
+			ctx, cancel := opCtx()
+			rec, err := keyStatus(ctx, a.keyCounts, k)
+			cancel()
+			if err != nil {
+				info.Error = err.Error()
+			}
+			info.SignCount, info.CloneWarning = rec.Count, rec.CloneWarning
+			if rec.LastUsed != 0 {
+				t := time.Unix(rec.LastUsed, 0).UTC()
+				info.LastUsed = &t
+			}
+			st.Keys = append(st.Keys, info)
 		}
 		ids = append(ids, st)
 	}

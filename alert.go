@@ -88,6 +88,20 @@ var alertWordings = map[string]alertWording{
 		heading: "The break-glass credential reached its max_uses and no longer works.",
 		advice:  "Set a new break-glass password (a new hash) so that the door can be used again.",
 	},
+	eventKeyEnrolled: {
+		message: "A security key was enrolled for break-glass account %[1]s from %[2]s on %[3]s at %[4]s",
+		subject: "[break-glass] Security key enrolled on %[1]s from %[2]s",
+		heading: "A break-glass operator registered a new security key.",
+		advice: "The key works only once its line is added to the config. If no custodian is enrolling a key " +
+			"now, someone is signed in through the break-glass door: revoke its sessions and rotate the password.",
+	},
+	eventKeyCloned: {
+		message: "A security key of break-glass account %[1]s was refused on %[3]s at %[4]s: its signature counter did not increase, so a copy of it may exist (client %[2]s)",
+		subject: "[break-glass] Possible cloned security key on %[1]s (client %[2]s)",
+		heading: "A break-glass security key signed with a counter that did not increase: it may have been copied.",
+		advice: "The key stays refused. Find out where the key is; remove its webauthn_key line and enrol a new key; " +
+			"treat the password as known.",
+	},
 	eventDrill: {
 		message: "DRILL: this is a test of the break-glass alerts for %[1]s, run from %[3]s at %[4]s. Nobody signed in; no action is needed.",
 		subject: "[break-glass DRILL] Test alert from %[1]s: nobody signed in",

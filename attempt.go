@@ -40,6 +40,8 @@ type attempt struct {
 	// right password ends in that account's scope (see newFlowID).
 	acc *account
 	log *zap.Logger
+	// keyName is the security key that answered, once one did.
+	keyName string
 }
 
 func (h *Handler) newAttempt(r *http.Request, client netip.Addr) *attempt {
@@ -89,6 +91,8 @@ func (a *attempt) run(w http.ResponseWriter, loggedOut bool) outcome {
 		return a.password()
 	case "code":
 		return a.code()
+	case "webauthn":
+		return a.keyStep()
 	case "restart":
 		if a.acc != nil {
 			if err := h.state.codes.cancel(a.acc.scope, a.flow); err != nil {
@@ -481,7 +485,7 @@ func (a *attempt) signIn(acc *account, reason string, f factor) outcome {
 	h.state.sessions.track(s)
 	a.record(event{kind: evLogin, acc: acc, reason: reason, alerted: h.RequireAlert,
 		detail: "second factor " + f.String() + ", session until " + s.Expires.UTC().Format(time.RFC3339),
-		fields: []zap.Field{zap.Time("session_expires", s.Expires), zap.String("second_factor", f.String())}})
+		fields: []zap.Field{zap.Time("session_expires", s.Expires), zap.String("second_factor", f.String()), zap.String("key", a.keyName)}})
 	if acc.maxUses > 0 && uses >= acc.maxUses {
 		a.record(event{kind: evSpent, acc: acc, reason: reason, detail: fmt.Sprintf("after %d uses", uses),
 			fields: []zap.Field{zap.Int("max_uses", acc.maxUses)}})

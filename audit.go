@@ -46,18 +46,20 @@ type auditRecord struct {
 
 // Audit events.
 const (
-	auditCodeIssued = "code_issued"
-	auditLogin      = "login"
-	auditLockout    = "lockout"
-	auditLogout     = "logout"
-	auditRequest    = "request"
-	auditRefused    = "login_refused"
-	auditSpent      = "credential_spent"
-	auditUnlock     = "admin_unlock"
-	auditRevoke     = "admin_revoke"
-	auditPending    = "login_pending"
-	auditRecovered  = "recovered"
-	auditContinued  = "chain_continued"
+	auditCodeIssued  = "code_issued"
+	auditLogin       = "login"
+	auditLockout     = "lockout"
+	auditLogout      = "logout"
+	auditRequest     = "request"
+	auditRefused     = "login_refused"
+	auditSpent       = "credential_spent"
+	auditUnlock      = "admin_unlock"
+	auditRevoke      = "admin_revoke"
+	auditPending     = "login_pending"
+	auditRecovered   = "recovered"
+	auditContinued   = "chain_continued"
+	auditKeyEnrolled = "key_enrolled"
+	auditKeyCloned   = "key_clone_warning"
 )
 
 // auditFile is what the audit log needs of its file (an *os.File; tests

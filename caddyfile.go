@@ -57,6 +57,9 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		audit_log <path>
 //		max_uses <n>
 //		smtp <host:port> { ... }
+//		webauthn_rp_id <domain>
+//		webauthn_origins <scheme://host[:port]...>
+//		webauthn_user_verification required|preferred|discouraged
 //		dev_log_code
 //	}
 func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
@@ -138,6 +141,18 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			}
 		case "cookie_path":
 			if err := oneArg(d, &h.CookiePath); err != nil {
+				return err
+			}
+		case "webauthn_rp_id":
+			if err := oneArg(d, &h.WebAuthnRPID); err != nil {
+				return err
+			}
+		case "webauthn_origins":
+			if err := listArg(d, &h.WebAuthnOrigins); err != nil {
+				return err
+			}
+		case "webauthn_user_verification":
+			if err := oneArg(d, &h.WebAuthnUserVerification); err != nil {
 				return err
 			}
 		case "site_name":
@@ -351,6 +366,11 @@ func unmarshalAccount(d *caddyfile.Dispenser) (AccountConfig, error) {
 			err = oneArg(d, &c.SentinelID)
 		case "second_factor":
 			err = listArg(d, &c.SecondFactor)
+		case "webauthn_key":
+			var k WebAuthnKeyConfig
+			if k, err = unmarshalWebAuthnKey(d); err == nil {
+				c.WebAuthnKeys = append(c.WebAuthnKeys, k)
+			}
 		case "client_cert":
 			err = listArg(d, &c.ClientCerts)
 		case "client_cert_subject":
@@ -359,7 +379,7 @@ func unmarshalAccount(d *caddyfile.Dispenser) (AccountConfig, error) {
 				c.ClientCertSubjects = append(c.ClientCertSubjects, subj)
 			}
 		default:
-			err = d.Errf("account %s: unknown option %q (hash, totp_secret, max_uses, sentinel_id, second_factor, client_cert, client_cert_subject)", c.Email, d.Val())
+			err = d.Errf("account %s: unknown option %q (hash, totp_secret, max_uses, sentinel_id, second_factor, webauthn_key, client_cert, client_cert_subject)", c.Email, d.Val())
 		}
 		if err != nil {
 			return c, err

@@ -207,15 +207,39 @@ func cmdStatus(fl caddycmd.Flags, _ []string) (int, error) {
 
 func printStatus(w io.Writer, st statusReply) {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "ACCOUNT\tCODES PENDING\tLIVE SESSIONS")
+	fmt.Fprintln(tw, "ACCOUNT\tSECOND FACTOR\tCODES PENDING\tLIVE SESSIONS")
 	for _, id := range st.Identities {
 		pending := "none"
 		if id.CodePending && id.CodeExpires != nil {
 			pending = fmt.Sprintf("%d, until %s", id.CodesPending, id.CodeExpires.UTC().Format(time.RFC3339))
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%d\n", id.Email, pending, id.Sessions)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\n", id.Email, strings.Join(id.SecondFactor, " "), pending, id.Sessions)
 	}
 	_ = tw.Flush()
+	keys := 0
+	for _, id := range st.Identities {
+		keys += len(id.Keys)
+	}
+	if keys > 0 {
+		fmt.Fprintln(w)
+		fmt.Fprintln(tw, "ACCOUNT\tSECURITY KEY\tSIGN COUNT\tLAST USED\tWARNING")
+		for _, id := range st.Identities {
+			for _, k := range id.Keys {
+				last, warn := "never", "-"
+				if k.LastUsed != nil {
+					last = k.LastUsed.Format(time.RFC3339)
+				}
+				switch {
+				case k.Error != "":
+					warn = "record unreadable: " + k.Error
+				case k.CloneWarning:
+					warn = "CLONE WARNING: refused"
+				}
+				fmt.Fprintf(tw, "%s\t%q\t%d\t%s\t%s\n", id.Email, k.Name, k.SignCount, last, warn)
+			}
+		}
+		_ = tw.Flush()
+	}
 	fmt.Fprintln(w)
 	if len(st.LockedClients) == 0 {
 		fmt.Fprintln(w, "Locked clients: none")

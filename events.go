@@ -27,6 +27,8 @@ const (
 	eventSpent        = "break_glass_credential_spent"
 	eventLogout       = "break_glass_logout"
 	eventDrill        = "break_glass_drill"
+	eventKeyEnrolled  = "break_glass_key_enrolled"
+	eventKeyCloned    = "break_glass_key_clone_warning"
 )
 
 type eventKind uint8
@@ -55,6 +57,9 @@ const (
 	evLogin                             // a session was issued
 	evSpent                             // this login used the credential's last use
 	evLogout                            // a session was ended by its operator
+	evKeyRefused                        // a security key's answer was refused
+	evKeyCloned                         // a key signed with a counter that did not increase
+	evKeyEnrolled                       // a signed-in operator registered a key
 )
 
 // alertLimit says how an event's alerts are held back in a burst.
@@ -131,6 +136,12 @@ var events = [...]eventSpec{
 	evSpent: {name: eventSpent, level: zapcore.WarnLevel, msg: "break-glass credential spent: max_uses reached; set a new hash",
 		audit: auditSpent, severity: "critical"},
 	evLogout: {name: eventLogout, level: zapcore.InfoLevel, msg: "break-glass logout", audit: auditLogout},
+	evKeyRefused: {name: eventLoginFailed, level: zapcore.WarnLevel, msg: "break-glass security key refused", metric: countResult(resultWrongCode),
+		failure: "webauthn_refused"},
+	evKeyCloned: {name: eventKeyCloned, level: zapcore.ErrorLevel, msg: "break-glass security key refused: its sign counter did not increase (a clone?)",
+		metric: countResult(resultWrongCode), audit: auditKeyCloned, severity: "critical", failure: "webauthn_clone_warning"},
+	evKeyEnrolled: {name: eventKeyEnrolled, level: zapcore.WarnLevel, msg: "break-glass security key enrolled: add its line to the config",
+		audit: auditKeyEnrolled, severity: "warning"},
 }
 
 // event is one thing that happened to an attempt.

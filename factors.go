@@ -51,12 +51,14 @@ func (s factor) String() string { return strings.Join(s.names(), " ") }
 // factorsOf reads an account's second_factor list. configured is what the
 // account has the means for (email always; totp with a totp_secret,
 // webauthn with a key, client_cert with a fingerprint or subject); without
-// a list, the account accepts all of it. A factor listed without its means
+// a list, the account accepts all of it, and webauthn (so that a first key
+// can be enrolled). A factor listed without its means
 // is refused, except webauthn beside another factor: that is how the first
 // key is enrolled (signed in with the other one).
 func factorsOf(list []string, configured factor) (factor, error) {
 	if len(list) == 0 {
-		return configured, nil
+		// A key can be enrolled by default; it is offered once there is one.
+		return configured | factorWebAuthn, nil
 	}
 	var s factor
 	for _, name := range list {
@@ -123,10 +125,4 @@ func (acc *account) certMatches(r *http.Request) bool {
 		}
 	}
 	return false
-}
-
-// offered is what the second-factor page of acc offers this request: the
-// typed codes the account takes, and its security keys once it has one.
-func (a *attempt) offered(acc *account) factor {
-	return acc.factors & (factorEmail | factorTOTP)
 }

@@ -29,7 +29,7 @@ func TestSecondFactorListsAreCheckedAgainstWhatTheAccountHas(t *testing.T) {
 		want       factor
 		err        string
 	}{
-		{nil, factorEmail, factorEmail, ""},
+		{nil, factorEmail, factorEmail | factorWebAuthn, ""}, // a first key can be enrolled
 		{nil, all, all, ""},
 		{[]string{"webauthn", "email"}, factorEmail, factorWebAuthn | factorEmail, ""}, // enrolling the first key
 		{[]string{"webauthn"}, factorEmail, 0, "needs a webauthn_key"},
@@ -231,7 +231,7 @@ func TestAVerifiedClientCertificateIsTheSecondFactor(t *testing.T) {
 		h.Accounts = []AccountConfig{{Email: "ops@example.com", Hash: testHash(t, 4), ClientCerts: []string{aliceFP}}}
 		h.AllowedIPs = nil
 	})
-	if h.accounts[0].factors != factorEmail|factorClientCert {
+	if h.accounts[0].factors != factorEmail|factorClientCert|factorWebAuthn {
 		t.Fatalf("default factors with a fingerprint: %v", h.accounts[0].factors)
 	}
 	c := certSite(t, h, ca, tls.RequestClientCert)(&alice)

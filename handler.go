@@ -12,6 +12,7 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyevents"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/go-webauthn/webauthn/protocol"
 	"go.uber.org/zap"
 )
 
@@ -110,6 +111,20 @@ type Handler struct {
 	// (the Host header the route matched), at most 253 characters.
 	SiteName string `json:"site_name,omitempty"`
 
+	// The WebAuthn relying party ID the accounts' security keys are bound
+	// to: a domain, the site's own or one it is under (e.g. example.com for
+	// admin.example.com). A key works only under the RP ID it was enrolled
+	// with. Default: the host the request was made to.
+	WebAuthnRPID string `json:"webauthn_rp_id,omitempty"`
+
+	// The origins (scheme://host[:port]) a security key's answer may come
+	// from. Default: the origin the request was made to.
+	WebAuthnOrigins []string `json:"webauthn_origins,omitempty"`
+
+	// Whether a security key must verify its user (a PIN or biometric):
+	// "required", "preferred" or "discouraged". Default: preferred.
+	WebAuthnUserVerification string `json:"webauthn_user_verification,omitempty"`
+
 	// Development only: write each code to the log at WARN, so the flow can
 	// be tried without a mail server.
 	DevLogCode bool `json:"dev_log_code,omitempty"`
@@ -139,6 +154,8 @@ type Handler struct {
 	// compare checks a password against a hash (compareHash); tests
 	// replace it to count comparisons.
 	compare func(hash, password []byte) error
+	// uv is webauthn_user_verification, checked.
+	uv protocol.UserVerificationRequirement
 }
 
 // CaddyModule returns the Caddy module information.
@@ -165,7 +182,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		a.record(event{kind: evForbidden})
 		return h.respond(w, r, a.message(http.StatusForbidden, "forbidden", "Access not allowed", ""))
 	}
-	logout := isLogout(r)
+	action := actionOf(r)
 	if value, ok := cookieValue(r.Header, h.names(r).session); ok {
 		// The path of every request of a signed-in operator: one cookie, one
 		// HMAC, one map lookup, four placeholders. It allocates only what
@@ -176,9 +193,13 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 			err = errSessionScope
 		}
 		if err == nil {
-			if logout {
+			if action != "" {
 				if s, err := h.state.sessions.verify(value, client, scope); err == nil {
-					return h.respond(w, r, h.newAttempt(r, client).logout(acc, s))
+					a := h.newAttempt(r, client)
+					if action == actionEnroll {
+						return h.respond(w, r, a.enroll(w, acc, s))
+					}
+					return h.respond(w, r, a.logout(acc, s))
 				}
 			}
 			repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
@@ -194,7 +215,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		}
 		h.logger.Debug("break-glass session cookie rejected", zap.String("client_ip", client.String()), zap.String("reason", err.Error()))
 	}
-	return h.respond(w, r, h.newAttempt(r, client).run(w, logout))
+	return h.respond(w, r, h.newAttempt(r, client).run(w, action == actionLogout))
 }
 
 // Cleanup lets go of the audit log. The field stays set: requests of the old

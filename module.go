@@ -105,16 +105,19 @@ type App struct {
 	// max_uses counts and the last TOTP step per credential: in the
 	// config's storage (kept across restarts whatever the state mode), or
 	// in the state when there is none.
-	uses     usesBackend
-	totp     totpReplay
-	hashes   *hashGate
-	lim      limits           // the per-client limits, from the settings above
-	codeLim  codeLimits       // the per-credential bound on codes
-	handlers *handlerRegistry // provisioned with this app, for the admin API
-	stateKey string
-	state    *state
-	mailer   *mailer
-	logger   *zap.Logger
+	uses usesBackend
+	totp totpReplay
+	// keyCounts are the security keys' sign counters and clone warnings,
+	// kept in the same place.
+	keyCounts signCounts
+	hashes    *hashGate
+	lim       limits           // the per-client limits, from the settings above
+	codeLim   codeLimits       // the per-credential bound on codes
+	handlers  *handlerRegistry // provisioned with this app, for the admin API
+	stateKey  string
+	state     *state
+	mailer    *mailer
+	logger    *zap.Logger
 }
 
 // CaddyModule returns the Caddy module information.
@@ -226,9 +229,9 @@ func (a *App) setup(logger *zap.Logger, st certmagic.Storage) error {
 	}
 	a.state = v.(*state)
 	a.state.limiter.setMaxClients(a.MaxTrackedClients)
-	a.uses, a.totp = a.state.uses, a.state.totp
+	a.uses, a.totp, a.keyCounts = a.state.uses, a.state.totp, a.state.keys
 	if a.storage != nil {
-		a.uses, a.totp = storageUses{st: a.storage}, storageTOTPReplay{st: a.storage}
+		a.uses, a.totp, a.keyCounts = storageUses{st: a.storage}, storageTOTPReplay{st: a.storage}, newStorageSignCounts(a.storage)
 	}
 	appStarted(a)
 	return nil

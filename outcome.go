@@ -74,8 +74,11 @@ func (a *attempt) loginPage(status int) outcome {
 func (a *attempt) codePage(status int, exp time.Time, errMsg string) outcome {
 	p := a.page("code", "Enter your code")
 	p.CSRF = a.h.csrfToken(a.flow)
-	if a.acc != nil {
-		p.Mailed, p.TOTP = a.acc.factors.has(factorEmail), a.acc.factors.has(factorTOTP)
+	if acc := a.acc; acc != nil {
+		p.Mailed, p.TOTP = acc.factors.has(factorEmail), acc.factors.has(factorTOTP)
+		if acc.factors.has(factorWebAuthn) && len(acc.keys) > 0 {
+			a.keyOptions(&p, acc)
+		}
 	}
 	p.Expires = formatTime(exp)
 	p.Error = errMsg

@@ -10,21 +10,25 @@ import (
 	"crypto/sha256"
 	"embed"
 	"encoding/base64"
+	"encoding/json"
 	"html/template"
 	"net/http"
 	"strconv"
 	"time"
 )
 
-//go:embed templates/page.html templates/style.css
+//go:embed templates/page.html templates/factor.html templates/style.css templates/webauthn.js
 var templateFS embed.FS
 
 var (
-	pageTemplate = template.Must(template.ParseFS(templateFS, "templates/page.html"))
-	pageCSS      = template.CSS(mustRead("templates/style.css")) //nolint:gosec // our own embedded stylesheet
-	// The only thing a page may load is its own inline style, pinned by hash.
-	pageCSP = "default-src 'none'; style-src 'sha256-" + cssHash() + "'; " +
+	pageTemplate = template.Must(template.ParseFS(templateFS, "templates/page.html", "templates/factor.html"))
+	pageCSS      = template.CSS(mustRead("templates/style.css"))  //nolint:gosec // our own embedded stylesheet
+	pageScript   = template.JS(mustRead("templates/webauthn.js")) //nolint:gosec // our own embedded script
+	// The only thing a page may load is its own inline style, pinned by
+	// hash; a page that runs a security key ceremony also its one script.
+	pageCSP = "default-src 'none'; style-src 'sha256-" + hashOf(string(pageCSS)) + "'; " +
 		"form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+	scriptCSP = pageCSP + "; script-src 'sha256-" + hashOf(string(pageScript)) + "'"
 )
 
 func mustRead(name string) string {
@@ -35,8 +39,9 @@ func mustRead(name string) string {
 	return string(b)
 }
 
-func cssHash() string {
-	sum := sha256.Sum256([]byte(pageCSS))
+// hashOf is a CSP source hash of an inline style or script.
+func hashOf(s string) string {
+	sum := sha256.Sum256([]byte(s))
 	return base64.StdEncoding.EncodeToString(sum[:])
 }
 
@@ -54,13 +59,22 @@ type page struct {
 	ReasonRequired bool
 	// Mailed says a code was mailed; TOTP that the code page takes an
 	// authenticator code.
-	Mailed  bool
-	TOTP    bool
-	Expires string
-	Until   string
-	Client  string
-	Host    string
-	CSS     template.CSS
+	Mailed bool
+	TOTP   bool
+	// WebAuthn shows the security key part (templates/factor.html), which
+	// runs Script with KeyOptions; the enrolment pages show KeyName, and
+	// the config they give in ConfigLine and ConfigJSON.
+	WebAuthn   bool
+	KeyOptions json.RawMessage
+	Script     template.JS
+	KeyName    string
+	ConfigLine string
+	ConfigJSON string
+	Expires    string
+	Until      string
+	Client     string
+	Host       string
+	CSS        template.CSS
 }
 
 // formatTime is the one layout of times in pages and mails: in UTC, so that
@@ -71,10 +85,14 @@ func formatTime(t time.Time) string {
 
 // setPageHeaders sets what every page carries: no caching, no framing, no
 // referrer, and a policy that allows nothing but the page's own style.
-func setPageHeaders(h http.Header) {
+func setPageHeaders(h http.Header, script bool) {
 	h.Set("Content-Type", "text/html; charset=utf-8")
 	h.Set("Cache-Control", "no-store")
-	h.Set("Content-Security-Policy", pageCSP)
+	if script {
+		h.Set("Content-Security-Policy", scriptCSP)
+	} else {
+		h.Set("Content-Security-Policy", pageCSP)
+	}
 	h.Set("X-Frame-Options", "DENY")
 	h.Set("X-Content-Type-Options", "nosniff")
 	h.Set("Referrer-Policy", "no-referrer")
@@ -87,7 +105,7 @@ func render(w http.ResponseWriter, r *http.Request, status int, p page) error {
 	if err := pageTemplate.Execute(&buf, p); err != nil {
 		return err
 	}
-	setPageHeaders(w.Header())
+	setPageHeaders(w.Header(), p.Script != "")
 	w.Header().Set("Content-Length", strconv.Itoa(buf.Len()))
 	w.WriteHeader(status)
 	if r.Method != http.MethodHead {

@@ -18,6 +18,7 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyevents"
+	"github.com/go-webauthn/webauthn/protocol"
 
 	"go.uber.org/zap"
 )
@@ -44,7 +45,7 @@ func (h *Handler) setup(app *App, logger *zap.Logger) error {
 		h.compare = compareHash
 	}
 	repl := caddy.NewReplacer()
-	steps := []func(*caddy.Replacer) error{h.setupAccounts, h.setupAllowList, h.setupAlerts, h.setupAudit, h.setupMail, h.setupCookies, h.setupSite}
+	steps := []func(*caddy.Replacer) error{h.setupAccounts, h.setupAllowList, h.setupAlerts, h.setupAudit, h.setupMail, h.setupCookies, h.setupSite, h.setupWebAuthn}
 	for _, step := range steps {
 		if err := step(repl); err != nil {
 			return err
@@ -210,4 +211,35 @@ func (h *Handler) emails() []string {
 		out[i] = acc.email
 	}
 	return out
+}
+
+// setupWebAuthn checks the relying party settings: when both the RP ID and
+// the origins are given they must fit together; a given RP ID must be a
+// domain.
+func (h *Handler) setupWebAuthn(*caddy.Replacer) error {
+	h.uv = protocol.UserVerificationRequirement(h.WebAuthnUserVerification)
+	if h.uv == "" {
+		h.uv = protocol.VerificationPreferred
+	}
+	if h.WebAuthnRPID == "" && len(h.WebAuthnOrigins) == 0 {
+		_, err := newRelyingParty("localhost", []string{"http://localhost"}, h.uv, "")
+		return webauthnSetting(err)
+	}
+	if h.WebAuthnRPID == "" {
+		return errors.New("webauthn_origins: needs webauthn_rp_id (the domain the origins are under)")
+	}
+	origins := h.WebAuthnOrigins
+	if len(origins) == 0 {
+		origins = []string{"https://" + h.WebAuthnRPID}
+	}
+	_, err := newRelyingParty(h.WebAuthnRPID, origins, h.uv, "")
+	return webauthnSetting(err)
+}
+
+// webauthnSetting names the handler's option in an error of newRelyingParty.
+func webauthnSetting(err error) error {
+	if err == nil {
+		return nil
+	}
+	return errors.New("webauthn_" + err.Error())
 }

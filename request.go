@@ -16,14 +16,17 @@ import (
 // selfURL is the URL the operator asked for, as a path on this site: forms
 // post back to it and a sign-in ends there. Leading slashes and backslashes
 // collapse to one slash, so it can never be read as another host
-// ("//evil.example", "/\evil.example"). The logout parameter is dropped.
+// ("//evil.example", "/\evil.example"). The logout parameter is dropped
+// (an enrolment's is kept: a sign-in ends on the enrolment page).
 func selfURL(r *http.Request) string {
 	u := originalURL(r)
 	p := "/" + strings.TrimLeft(u.EscapedPath(), "/\\")
 	q := u.RawQuery
 	if strings.Contains(q, "break_glass=") {
 		v := u.Query()
-		v.Del("break_glass")
+		if v.Get("break_glass") != actionEnroll {
+			v.Del("break_glass")
+		}
 		q = v.Encode()
 	}
 	if q != "" {
@@ -40,16 +43,25 @@ func originalURL(r *http.Request) *url.URL {
 	return r.URL
 }
 
-// isLogout reports whether the request asks to end the session: the query
-// parameter break_glass=logout on any guarded URL.
-func isLogout(r *http.Request) bool {
+// What the query parameter break_glass asks of the door, on any guarded URL.
+const (
+	actionLogout = "logout" // end the session
+	actionEnroll = "enroll" // register a security key (signed in)
+)
+
+// actionOf is the request's break_glass action, or "".
+func actionOf(r *http.Request) string {
 	if !strings.Contains(r.URL.RawQuery, "break_glass=") {
 		u := originalURL(r) // only if a rewrite could have dropped it
 		if u == r.URL || !strings.Contains(u.RawQuery, "break_glass=") {
-			return false
+			return ""
 		}
 	}
-	return originalURL(r).Query().Get("break_glass") == "logout"
+	switch a := originalURL(r).Query().Get("break_glass"); a {
+	case actionLogout, actionEnroll:
+		return a
+	}
+	return ""
 }
 
 // site names the site in mails and alerts: site_name, else the host the

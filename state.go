@@ -65,6 +65,7 @@ const sweepInterval = time.Minute
 type state struct {
 	csrfKey    []byte
 	scopeKey   []byte
+	keyKey     []byte // of the WebAuthn challenges
 	limiter    limiterBackend
 	codes      codeBackend
 	sessions   *sessions
@@ -76,6 +77,7 @@ type state struct {
 	lockouts lockoutAlerts
 	totp     totpReplay
 	uses     usesBackend
+	keys     signCounts
 
 	// With state memory: the credentials (identity → scopes) of the last
 	// config started; with state storage they are in storage.
@@ -105,6 +107,7 @@ func newState() (caddy.Destructor, error) {
 	s.codes = newCodeStore(subkey(root, "code"))
 	s.totp = &memoryTOTPReplay{last: map[string]int64{}}
 	s.uses = &memoryUses{m: map[string]int{}}
+	s.keys = newMemorySignCounts()
 	s.start()
 	return s, nil
 }
@@ -124,6 +127,7 @@ func newStorageState(st certmagic.Storage, log *zap.Logger, refresh time.Duratio
 	s.codes = &storageCodes{st: st, key: subkey(root, "code")}
 	s.totp = storageTOTPReplay{st: st}
 	s.uses = storageUses{st: st}
+	s.keys = newStorageSignCounts(st)
 	s.storage, s.log, s.refresh = st, log, refresh
 	if err := refreshRevocations(context.Background(), st, s.sessions); err != nil {
 		log.Error("break-glass: loading revocations from storage", zap.Error(err))
@@ -136,6 +140,7 @@ func baseState(root []byte) *state {
 	return &state{
 		csrfKey:    subkey(root, "csrf"),
 		scopeKey:   subkey(root, "scope"),
+		keyKey:     subkey(root, "webauthn"),
 		sessions:   newSessions(subkey(root, "session")),
 		deliveries: newDispatcher(maxInFlightDeliveries),
 		notices:    newDispatcher(maxInFlightNotices),
