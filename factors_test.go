@@ -282,3 +282,16 @@ func TestAnAccountWithoutEmailIsNeverMailedACode(t *testing.T) {
 		t.Error("no login line naming the totp factor")
 	}
 }
+
+// TestAnAccountWithoutEmailNeedsNoMailTransport: smtp is asked for only
+// when an account takes codes by email.
+func TestAnAccountWithoutEmailNeedsNoMailTransport(t *testing.T) {
+	for factors, wantErr := range map[string]bool{"client_cert": false, "client_cert email": true} {
+		h := &Handler{Accounts: []AccountConfig{{Email: "ops@example.com", Hash: testHash(t, 4),
+			SecondFactor: strings.Fields(factors), ClientCerts: []string{strings.Repeat("ab", 32)}}}}
+		err := h.setup(testApp(t), zapNop())
+		if (err != nil) != wantErr || (err != nil && !strings.Contains(err.Error(), "no way to deliver the code")) {
+			t.Errorf("second_factor %s without smtp: %v", factors, err)
+		}
+	}
+}

@@ -79,6 +79,9 @@ func (a *attempt) codePage(status int, exp time.Time, errMsg string) outcome {
 		if acc.factors.has(factorWebAuthn) && len(acc.keys) > 0 {
 			a.keyOptions(&p, acc)
 		}
+		if p.WebAuthn && !p.Mailed && !p.TOTP {
+			p.Title = "Use your security key"
+		}
 	}
 	p.Expires = formatTime(exp)
 	p.Error = errMsg

@@ -11,11 +11,14 @@
 	function say(msg) {
 		if (status) { status.textContent = msg; status.hidden = false; }
 	}
+	var data = $("bg-key-options");
+	// Whether the page offers another way in than the key (a code).
+	var others = data && data.getAttribute("data-others") === "yes";
 	function failure(e, creating) {
 		switch (e && e.name) {
 		case "NotAllowedError":
 			return "The security key did not answer in time, or the request was cancelled. Try again" +
-				(creating ? "." : ", or use another way below.");
+				(others ? ", or use a code below." : ".");
 		case "InvalidStateError":
 			return creating ? "This security key is already registered for this account." :
 				"This security key is not one of this account's keys.";
@@ -26,15 +29,13 @@
 		}
 		return "The security key could not be used here (" + (e && e.name ? e.name : "error") + ").";
 	}
-	var data = $("bg-key-options");
 	var start = $("bg-key-start");
 	if (data && start) {
 		var mode = data.getAttribute("data-ceremony");
 		var P = window.PublicKeyCredential;
 		var parse = P && (mode === "create" ? P.parseCreationOptionsFromJSON : P.parseRequestOptionsFromJSON);
 		if (!P || !navigator.credentials || typeof parse !== "function") {
-			say("This browser cannot use security keys or passkeys here." +
-				(mode === "create" ? "" : " Use another way below."));
+			say("This browser cannot use security keys or passkeys here." + (others ? " Use a code below." : ""));
 			start.disabled = true;
 		} else {
 			start.hidden = false;

@@ -1,0 +1,177 @@
+//go:build e2e
+
+// A client certificate as the second factor: Caddy verifies it (tls
+// client_auth with a trust pool), the door accepts the one its account
+// lists.
+
+package e2e
+
+import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/hex"
+	"encoding/pem"
+	"fmt"
+	"math/big"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/caddy-break-glass/caddy-break-glass/bgtest"
+)
+
+// testCA is a CA made by the test; sign makes a client certificate.
+type testCA struct {
+	cert *x509.Certificate
+	key  *ecdsa.PrivateKey
+}
+
+func newTestCA(t *testing.T, name string) *testCA {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: name},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), IsCA: true,
+		BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, _ := x509.ParseCertificate(der)
+	return &testCA{cert, key}
+}
+
+func (ca *testCA) pem() []byte {
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: ca.cert.Raw})
+}
+
+// sign makes a client certificate for cn and returns it with its SHA-256
+// fingerprint, as `openssl x509 -fingerprint -sha256` prints it.
+func (ca *testCA) sign(t *testing.T, cn string) (tls.Certificate, string) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(time.Now().UnixNano()), Subject: pkix.Name{CommonName: cn},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sum := sha256.Sum256(der)
+	var fp []string
+	for _, b := range sum {
+		fp = append(fp, strings.ToUpper(hex.EncodeToString([]byte{b})))
+	}
+	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}, strings.Join(fp, ":")
+}
+
+// TestClientCertificateIsASecondFactorOnCaddy: on a site whose TLS policy
+// verifies client certificates against the test's CA, the right password
+// with the account's certificate signs in at once; without a certificate,
+// or with another one of the same CA, the password alone is refused; a
+// certificate of another CA never gets past the handshake.
+func TestClientCertificateIsASecondFactorOnCaddy(t *testing.T) {
+	dir := t.TempDir()
+	ca := newTestCA(t, "break-glass e2e CA")
+	caFile := filepath.Join(dir, "ca.pem")
+	if err := os.WriteFile(caFile, ca.pem(), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	alice, aliceFP := ca.sign(t, "alice")
+	mallory, _ := ca.sign(t, "mallory")
+	stranger, _ := newTestCA(t, "another CA").sign(t, "alice")
+	storage := filepath.Join(dir, "storage")
+	c := startCaddy(t, fmt.Sprintf(`{
+	admin {ADMIN}
+	skip_install_trust
+	auto_https disable_redirects
+	storage file_system %s
+}
+
+https://localhost:{PORT} {
+	bind 127.0.0.1
+	tls internal {
+		client_auth {
+			mode verify_if_given
+			trust_pool file %s
+		}
+	}
+	break_glass /admin* {
+		account ops@example.com {
+			hash {env.BG_HASH}
+			second_factor client_cert
+			client_cert %s
+		}
+	}
+	respond /admin* "Admin area. Signed in as {http.auth.user.id}." 200
+}
+`, storage, caFile, aliceFP), "caddyfile")
+	base := fmt.Sprintf("https://localhost:%d", c.port)
+
+	// Caddy's own CA signed the site's certificate: trust it, as a
+	// browser of the team would.
+	var roots *x509.CertPool
+	within(t, 20*time.Second, "Caddy's local CA root", func() bool {
+		b, err := os.ReadFile(filepath.Join(storage, "pki", "authorities", "local", "root.crt"))
+		if err != nil {
+			return false
+		}
+		roots = x509.NewCertPool()
+		return roots.AppendCertsFromPEM(b)
+	})
+	client := func(cert *tls.Certificate) *bgtest.Client {
+		tr := bgtest.OverTCP("127.0.0.1")
+		tr.TLSClientConfig = &tls.Config{RootCAs: roots, ServerName: "localhost"}
+		if cert != nil {
+			tr.TLSClientConfig.Certificates = []tls.Certificate{*cert}
+		}
+		return bgtest.New(t, tr, base)
+	}
+
+	// The site's certificate is issued in the background: wait for it.
+	within(t, 20*time.Second, "the site's certificate", func() bool {
+		tr := bgtest.OverTCP("127.0.0.1")
+		tr.TLSClientConfig = &tls.Config{RootCAs: roots, ServerName: "localhost"}
+		resp, err := (&http.Client{Transport: tr}).Get(base + "/")
+		if err == nil {
+			resp.Body.Close()
+		}
+		return err == nil
+	})
+
+	op := client(&alice)
+	if r := op.Login("/admin/", "ops@example.com", testPassword, "INC-3 SSO down", nil); r.Status != http.StatusSeeOther {
+		t.Fatalf("password with the account's certificate: %d\n%s", r.Status, r.Body)
+	}
+	if r := op.Get("/admin/"); r.Status != http.StatusOK || !strings.Contains(r.Body, "Signed in as ops@example.com") {
+		t.Fatalf("after the password with the certificate: %d %s", r.Status, r.Body)
+	}
+	c.waitLog(t, "break-glass login succeeded", map[string]string{"second_factor": "client_cert", "reason": "INC-3 SSO down"})
+
+	for name, cert := range map[string]*tls.Certificate{
+		"no certificate": nil, "another subject of the CA": &mallory, "a certificate of another CA": &stranger,
+	} {
+		cl := client(cert)
+		r := cl.Login("/admin/", "ops@example.com", testPassword, "", nil)
+		if r.Status != http.StatusUnauthorized || !strings.Contains(r.Body, "No second factor here") {
+			t.Errorf("%s: %d\n%s", name, r.Status, r.Body)
+		}
+		if r := cl.Get("/admin/"); strings.Contains(r.Body, "Signed in as") {
+			t.Errorf("%s: reached the admin area", name)
+		}
+	}
+	c.waitLog(t, "break-glass login refused: the password is right but this request has no second factor the account accepts", nil)
+}
