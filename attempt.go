@@ -398,26 +398,6 @@ func (a *attempt) settleOnPanic(kind attemptKind, settled *bool) {
 	}
 }
 
-// spent reports whether an account has had its max_uses logins.
-func (h *Handler) spent(acc *account) (bool, error) {
-	if acc.maxUses == 0 {
-		return false, nil
-	}
-	n, err := h.app.uses.count(acc.credential)
-	return n >= acc.maxUses, err
-}
-
-// allSpent reports whether every account has had its max_uses logins: the
-// door is then closed to all, and may say so before any password.
-func (h *Handler) allSpent() (bool, error) {
-	for _, acc := range h.accounts {
-		if spent, err := h.spent(acc); err != nil || !spent {
-			return false, err
-		}
-	}
-	return true, nil
-}
-
 // cleanReason trims the reason and makes it one clean line (see cleanText).
 func cleanReason(s string) string {
 	return strings.TrimSpace(cleanText(s))
@@ -483,9 +463,14 @@ func (a *attempt) signIn(acc *account, reason string, f factor) outcome {
 	s := session{ID: id, Issued: t, Expires: t.Add(ttl), Client: a.client, Scope: acc.scope}
 	cookie := h.cookie(a.r, h.names(a.r).session, h.state.sessions.encode(s), int(math.Ceil(ttl.Seconds())))
 	h.state.sessions.track(s)
+	used := "second factor " + f.String()
+	fields := []zap.Field{zap.Time("session_expires", s.Expires), zap.String("second_factor", f.String())}
+	if a.keyName != "" {
+		used += fmt.Sprintf(" (key %q)", a.keyName)
+		fields = append(fields, zap.String("key", a.keyName))
+	}
 	a.record(event{kind: evLogin, acc: acc, reason: reason, alerted: h.RequireAlert,
-		detail: "second factor " + f.String() + ", session until " + s.Expires.UTC().Format(time.RFC3339),
-		fields: []zap.Field{zap.Time("session_expires", s.Expires), zap.String("second_factor", f.String()), zap.String("key", a.keyName)}})
+		detail: used + ", session until " + s.Expires.UTC().Format(time.RFC3339), fields: fields})
 	if acc.maxUses > 0 && uses >= acc.maxUses {
 		a.record(event{kind: evSpent, acc: acc, reason: reason, detail: fmt.Sprintf("after %d uses", uses),
 			fields: []zap.Field{zap.Int("max_uses", acc.maxUses)}})

@@ -16,7 +16,7 @@ import (
 )
 
 var (
-	keyOptionsRE = regexp.MustCompile(`(?s)<script type="application/json" id="bg-key-options" data-ceremony="(get|create)">(.*?)</script>`)
+	keyOptionsRE = regexp.MustCompile(`(?s)<script type="application/json" id="bg-key-options" data-ceremony="(get|create)"[^>]*>(.*?)</script>`)
 	configLineRE = regexp.MustCompile(`(?s)<pre id="bg-line-caddyfile"[^>]*>(.*?)</pre>`)
 )
 
@@ -145,6 +145,21 @@ func TestAKeyEnrolledOnTheDoorSignsInOnceItIsInTheConfig(t *testing.T) {
 
 	}
 
+	// Signed in with it, the same key cannot be enrolled again.
+	page = c3.Get("/admin/?break_glass=enroll")
+	var copts protocol.PublicKeyCredentialCreationOptions
+	if err := json.Unmarshal(keyOptions(t, page.Body, "create"), &copts); err != nil {
+		t.Fatal(err)
+	}
+	if len(copts.CredentialExcludeList) != 1 {
+		t.Errorf("the enrolled key is not excluded: %+v", copts.CredentialExcludeList)
+	}
+	again := k.create(t, c3.Base, &protocol.CredentialCreation{Response: copts})
+	if r := c3.Do("POST", "/admin/?break_glass=enroll", url.Values{"break_glass_step": {"enroll"}, "csrf_token": {page.CSRF(t)},
+		"name": {"again"}, "credential": {string(again)}}, nil); r.Status != http.StatusBadRequest || !strings.Contains(r.Body, "already registered") {
+		t.Errorf("the same key enrolled twice: %d\n%s", r.Status, r.Body)
+	}
+
 	// A key whose counter goes back (a copy of it signed since): refused,
 	// alerted, and refused from then on even with a counter that goes up.
 	k.counter = 1
@@ -166,5 +181,19 @@ func TestAKeyEnrolledOnTheDoorSignsInOnceItIsInTheConfig(t *testing.T) {
 	c7 := h2.tlsClient(t, "192.0.2.11")
 	if r, _ := keySignIn(t, c7, other); r.Status != http.StatusUnauthorized || !strings.Contains(r.Body, "not one of this account's keys") {
 		t.Fatalf("an unknown key: %d\n%s", r.Status, r.Body)
+	}
+}
+
+// TestOneKeyInTwoAccountsIsRefusedAtLoad: a key is one custodian's; the
+// same credential in two accounts would also share one sign counter.
+func TestOneKeyInTwoAccountsIsRefusedAtLoad(t *testing.T) {
+	key := waConfig(t, newSoftKey(t, "localhost"), "shared")
+	h := &Handler{Accounts: []AccountConfig{
+		{Email: "alice@example.com", Hash: testHash(t, 4), WebAuthnKeys: []WebAuthnKeyConfig{key}},
+		{Email: "bob@example.com", Hash: testHash(t, 4), WebAuthnKeys: []WebAuthnKeyConfig{key}},
+	}, DevLogCode: true}
+	err := h.setup(testApp(t), zapNop())
+	if err == nil || !strings.Contains(err.Error(), `account bob@example.com: webauthn_key "shared": the same key is enrolled for another account`) {
+		t.Fatalf("error %v", err)
 	}
 }

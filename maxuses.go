@@ -112,3 +112,23 @@ func (u storageUses) count(scope string) (int, error) {
 	defer cancel()
 	return u.load(ctx, usesDir+"/"+scope)
 }
+
+// spent reports whether an account has had its max_uses logins.
+func (h *Handler) spent(acc *account) (bool, error) {
+	if acc.maxUses == 0 {
+		return false, nil
+	}
+	n, err := h.app.uses.count(acc.credential)
+	return n >= acc.maxUses, err
+}
+
+// allSpent reports whether every account has had its max_uses logins: the
+// door is then closed to all, and may say so before any password.
+func (h *Handler) allSpent() (bool, error) {
+	for _, acc := range h.accounts {
+		if spent, err := h.spent(acc); err != nil || !spent {
+			return false, err
+		}
+	}
+	return true, nil
+}
