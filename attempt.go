@@ -13,7 +13,6 @@ import (
 	"net/netip"
 	"strings"
 	"time"
-	"unicode/utf8"
 
 	"go.uber.org/zap"
 )
@@ -284,11 +283,6 @@ func (a *attempt) code() outcome {
 	if !acc.factors.typed() {
 		return a.message(http.StatusBadRequest, "", "Bad request", "This account does not sign in with a typed code.")
 	}
-	if _, refused, ok := a.claim(attemptCode); !ok {
-		return refused
-	}
-	settled := false
-	defer a.settleOnPanic(attemptCode, &settled)
 	used := factorEmail
 	var alt altCheck
 	if totp := h.totpCheck(acc); totp != nil && acc.factors.has(factorTOTP) {
@@ -300,15 +294,9 @@ func (a *attempt) code() outcome {
 			return ok, err
 		}
 	}
-	res, reason, verr := h.state.codes.verify(acc.scope, a.flow, a.client, code, alt)
-	settled = true
-	charge := chargeNone
-	if verr == nil && res != codeOK {
-		charge = chargeFailed
-	}
-	remaining, lockedUntil, err := a.settle(attemptCode, charge)
-	if verr != nil || err != nil {
-		return a.unavailable(errors.Join(verr, err))
+	res, reason, remaining, lockedUntil, refused := a.checkPending(acc, code, alt)
+	if refused != nil {
+		return *refused
 	}
 	switch res {
 	case codeOK:
@@ -328,6 +316,29 @@ func (a *attempt) code() outcome {
 		o.page.Error = fmt.Sprintf("That code is no longer valid (expired, already used, or too many wrong tries). Sign in again. %s left.", plural(remaining, "attempt"))
 		return o
 	}
+}
+
+// checkPending checks an answer to acc's pending sign-in (a typed code,
+// or alt's check of a key's answer) as one claimed attempt: anything but a
+// sign-in counts as a failure. refused, when not nil, is the answer.
+func (a *attempt) checkPending(acc *account, code string, alt altCheck) (res codeResult, reason string, remaining int, lockedUntil time.Time, refused *outcome) {
+	if _, o, ok := a.claim(attemptCode); !ok {
+		return res, "", 0, time.Time{}, &o
+	}
+	settled := false
+	defer a.settleOnPanic(attemptCode, &settled)
+	res, reason, verr := a.h.state.codes.verify(acc.scope, a.flow, a.client, code, alt)
+	settled = true
+	charge := chargeNone
+	if verr == nil && res != codeOK {
+		charge = chargeFailed
+	}
+	remaining, lockedUntil, err := a.settle(attemptCode, charge)
+	if verr != nil || err != nil {
+		o := a.unavailable(errors.Join(verr, err))
+		return res, "", 0, time.Time{}, &o
+	}
+	return res, reason, remaining, lockedUntil, nil
 }
 
 // noCode answers a code posted with no code pending for this browser and
@@ -396,24 +407,6 @@ func (a *attempt) settleOnPanic(kind attemptKind, settled *bool) {
 	if _, _, err := a.settle(kind, chargeNone); err != nil {
 		a.log.Error("break-glass: releasing an interrupted attempt", zap.Error(err))
 	}
-}
-
-// cleanReason trims the reason and makes it one clean line (see cleanText).
-func cleanReason(s string) string {
-	return strings.TrimSpace(cleanText(s))
-}
-
-// reasonProblem says what is wrong with a reason, or "".
-func (h *Handler) reasonProblem(reason string) string {
-	switch {
-	case !utf8.ValidString(reason):
-		return "The reason is not valid text."
-	case utf8.RuneCountInString(reason) > maxReason:
-		return fmt.Sprintf("The reason is too long: at most %d characters.", maxReason)
-	case h.RequireReason && reason == "":
-		return "Give the reason for this emergency login (the incident, or why normal access is not enough)."
-	}
-	return ""
 }
 
 // signIn starts a session after the right second factor f.

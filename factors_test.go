@@ -1,21 +1,13 @@
 package breakglass
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/sha256"
 	"crypto/tls"
-	"crypto/x509"
 	"crypto/x509/pkix"
-	"encoding/hex"
-	"math/big"
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/caddy-break-glass/caddy-break-glass/bgtest"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
@@ -104,58 +96,12 @@ func TestBadFactorConfigIsRefusedAtLoadNamingTheAccount(t *testing.T) {
 	}
 }
 
-// testCA is a CA made in the test, and the client certificates it signs.
-type testCA struct {
-	cert *x509.Certificate
-	key  *ecdsa.PrivateKey
-	pool *x509.CertPool
-}
-
-func newTestCA(t testing.TB) *testCA {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "break-glass test CA"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), IsCA: true, BasicConstraintsValid: true,
-		KeyUsage: x509.KeyUsageCertSign}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, _ := x509.ParseCertificate(der)
-	pool := x509.NewCertPool()
-	pool.AddCert(cert)
-	return &testCA{cert, key, pool}
-}
-
-// client signs a client certificate for subject; it returns it with its
-// SHA-256 fingerprint in hex.
-func (ca *testCA) client(t testing.TB, subject pkix.Name) (tls.Certificate, string) {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	serial, _ := rand.Int(rand.Reader, big.NewInt(1<<62))
-	tmpl := &x509.Certificate{SerialNumber: serial, Subject: subject,
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	sum := sha256.Sum256(der)
-	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}, hex.EncodeToString(sum[:])
-}
-
 // certSite serves h over real TLS on 127.0.0.1 with Go's client
 // certificate handling set to mode; a client made with client presents
 // cert (if any).
-func certSite(t *testing.T, h testHandler, ca *testCA, mode tls.ClientAuthType) func(cert *tls.Certificate) *bgtest.Client {
+func certSite(t *testing.T, h testHandler, ca *bgtest.CA, mode tls.ClientAuthType) func(cert *tls.Certificate) *bgtest.Client {
 	srv := httptest.NewUnstartedServer(h.asHTTP(t))
-	srv.TLS = &tls.Config{ClientAuth: mode, ClientCAs: ca.pool}
+	srv.TLS = &tls.Config{ClientAuth: mode, ClientCAs: ca.Pool()}
 	srv.StartTLS()
 	t.Cleanup(srv.Close)
 	return func(cert *tls.Certificate) *bgtest.Client {
@@ -175,9 +121,9 @@ func certSite(t *testing.T, h testHandler, ca *testCA, mode tls.ClientAuthType) 
 // never counts: the account that only takes certificates refuses them as
 // failed attempts, and one that also takes email falls back to the code.
 func TestAVerifiedClientCertificateIsTheSecondFactor(t *testing.T) {
-	ca := newTestCA(t)
-	alice, aliceFP := ca.client(t, pkix.Name{CommonName: "alice", Organization: []string{"Example Corp"}})
-	bob, _ := ca.client(t, pkix.Name{CommonName: "bob", Organization: []string{"Example Corp"}})
+	ca := bgtest.NewCA(t, "break-glass test CA")
+	alice, aliceFP := ca.Client(t, pkix.Name{CommonName: "alice", Organization: []string{"Example Corp"}})
+	bob, _ := ca.Client(t, pkix.Name{CommonName: "bob", Organization: []string{"Example Corp"}})
 	for _, by := range []string{"fingerprint", "subject"} {
 		t.Run(by, func(t *testing.T) {
 			h := newTestHandler(t, &App{MaxAttempts: 5}, func(h *Handler) {

@@ -108,11 +108,6 @@ func (a *attempt) keyStep() outcome {
 	if len(body) == 0 {
 		return a.codePage(http.StatusBadRequest, exp, "The security key's answer did not arrive. Try again.")
 	}
-	if _, refused, ok := a.claim(attemptCode); !ok {
-		return refused
-	}
-	settled := false
-	defer a.settleOnPanic(attemptCode, &settled)
 	challenge := h.keyChallenge("signin", acc.scope, a.flow)
 	var refusal error
 	check := func(ctx context.Context, _ string) (bool, error) {
@@ -128,15 +123,9 @@ func (a *attempt) keyStep() outcome {
 		return false, err // the counters' storage
 	}
 	// No typed code is given: only the key's answer can sign in.
-	res, reason, verr := h.state.codes.verify(acc.scope, a.flow, a.client, "", check)
-	settled = true
-	charge := chargeNone
-	if verr == nil && res != codeOK {
-		charge = chargeFailed
-	}
-	remaining, lockedUntil, err := a.settle(attemptCode, charge)
-	if verr != nil || err != nil {
-		return a.unavailable(errors.Join(verr, err))
+	res, reason, remaining, lockedUntil, refused := a.checkPending(acc, "", check)
+	if refused != nil {
+		return *refused
 	}
 	if res == codeOK {
 		return a.signIn(acc, reason, factorWebAuthn)

@@ -1,14 +1,16 @@
 // What the handler reads of a request: the URL asked for (forms post back
-// to it), a logout, the site's name.
+// to it), its break_glass action, the site's name, the reason given.
 
 package breakglass
 
 import (
+	"fmt"
 	"net"
 	"net/http"
 	"net/url"
 	"strconv"
 	"strings"
+	"unicode/utf8"
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 )
@@ -88,4 +90,22 @@ func plural(n int, word string) string {
 		return "1 " + word
 	}
 	return strconv.Itoa(n) + " " + word + "s"
+}
+
+// cleanReason trims the reason and makes it one clean line (see cleanText).
+func cleanReason(s string) string {
+	return strings.TrimSpace(cleanText(s))
+}
+
+// reasonProblem says what is wrong with a reason, or "".
+func (h *Handler) reasonProblem(reason string) string {
+	switch {
+	case !utf8.ValidString(reason):
+		return "The reason is not valid text."
+	case utf8.RuneCountInString(reason) > maxReason:
+		return fmt.Sprintf("The reason is too long: at most %d characters.", maxReason)
+	case h.RequireReason && reason == "":
+		return "Give the reason for this emergency login (the incident, or why normal access is not enough)."
+	}
+	return ""
 }

@@ -7,17 +7,10 @@
 package e2e
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
-	"encoding/hex"
-	"encoding/pem"
 	"fmt"
-	"math/big"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -28,54 +21,14 @@ import (
 	"github.com/caddy-break-glass/caddy-break-glass/bgtest"
 )
 
-// testCA is a CA made by the test; sign makes a client certificate.
-type testCA struct {
-	cert *x509.Certificate
-	key  *ecdsa.PrivateKey
-}
-
-func newTestCA(t *testing.T, name string) *testCA {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
+// colonFingerprint writes a hex fingerprint as openssl x509 -fingerprint
+// -sha256 prints it (upper case, colons), as an operator would paste it.
+func colonFingerprint(fp string) string {
+	var parts []string
+	for i := 0; i < len(fp); i += 2 {
+		parts = append(parts, strings.ToUpper(fp[i:i+2]))
 	}
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: name},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), IsCA: true,
-		BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, _ := x509.ParseCertificate(der)
-	return &testCA{cert, key}
-}
-
-func (ca *testCA) pem() []byte {
-	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: ca.cert.Raw})
-}
-
-// sign makes a client certificate for cn and returns it with its SHA-256
-// fingerprint, as `openssl x509 -fingerprint -sha256` prints it.
-func (ca *testCA) sign(t *testing.T, cn string) (tls.Certificate, string) {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(time.Now().UnixNano()), Subject: pkix.Name{CommonName: cn},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	sum := sha256.Sum256(der)
-	var fp []string
-	for _, b := range sum {
-		fp = append(fp, strings.ToUpper(hex.EncodeToString([]byte{b})))
-	}
-	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}, strings.Join(fp, ":")
+	return strings.Join(parts, ":")
 }
 
 // TestClientCertificateIsASecondFactorOnCaddy: on a site whose TLS policy
@@ -85,14 +38,14 @@ func (ca *testCA) sign(t *testing.T, cn string) (tls.Certificate, string) {
 // certificate of another CA never gets past the handshake.
 func TestClientCertificateIsASecondFactorOnCaddy(t *testing.T) {
 	dir := t.TempDir()
-	ca := newTestCA(t, "break-glass e2e CA")
+	ca := bgtest.NewCA(t, "break-glass e2e CA")
 	caFile := filepath.Join(dir, "ca.pem")
-	if err := os.WriteFile(caFile, ca.pem(), 0o600); err != nil {
+	if err := os.WriteFile(caFile, ca.PEM(), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	alice, aliceFP := ca.sign(t, "alice")
-	mallory, _ := ca.sign(t, "mallory")
-	stranger, _ := newTestCA(t, "another CA").sign(t, "alice")
+	alice, aliceFP := ca.Client(t, pkix.Name{CommonName: "alice"})
+	mallory, _ := ca.Client(t, pkix.Name{CommonName: "mallory"})
+	stranger, _ := bgtest.NewCA(t, "another CA").Client(t, pkix.Name{CommonName: "alice"})
 	storage := filepath.Join(dir, "storage")
 	c := startCaddy(t, fmt.Sprintf(`{
 	admin {ADMIN}
@@ -118,7 +71,7 @@ https://localhost:{PORT} {
 	}
 	respond /admin* "Admin area. Signed in as {http.auth.user.id}." 200
 }
-`, storage, caFile, aliceFP), "caddyfile")
+`, storage, caFile, colonFingerprint(aliceFP)), "caddyfile")
 	base := fmt.Sprintf("https://localhost:%d", c.port)
 
 	// Caddy's own CA signed the site's certificate: trust it, as a
