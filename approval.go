@@ -1,0 +1,433 @@
+// Second-person control: an approval request's record and its rules (who may
+// decide it, once, before its deadline; what it resolves to after), the
+// approvers' signed tokens, and its memory and storage backends.
+
+package breakglass
+
+import (
+	"cmp"
+	"context"
+	"crypto/hmac"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/binary"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/caddyserver/certmagic"
+)
+
+const (
+	approvalsDir = storagePrefix + "approvals"
+	// approvalAdmin decides as the host's own command, not as an approver.
+	approvalAdmin = "admin"
+	// approvalRetention is how long a request is kept past its deadline,
+	// so that a late link or a status query still finds how it ended.
+	approvalRetention = time.Hour
+
+	onTimeoutGrant = "grant"
+	onTimeoutDeny  = "deny"
+
+	decisionApproved = "approved"
+	decisionRefused  = "refused"
+)
+
+// The reasons a decision is refused, each its own so that the page (and
+// the audit) can say which.
+var (
+	errApprovalNotFound = errors.New("no such approval request")
+	errNotApprover      = errors.New("not an approver of this request")
+	errOwnAccount       = errors.New("an approver cannot decide a request of their own account")
+	errAlreadyDecided   = errors.New("the request has already been decided")
+	errPastDeadline     = errors.New("the request is past its deadline")
+	errTokenUsed        = errors.New("this approver's token has already been used")
+)
+
+// approvalRecord is one sign-in waiting for an approver. The methods are the
+// rules; both backends only load, store and lock records.
+type approvalRecord struct {
+	ID        string   `json:"id"`      // 128 random bits, hex
+	Scope     string   `json:"scope"`   // the account's credential scope
+	Account   string   `json:"account"` // the account's email
+	Client    string   `json:"client"`
+	Flow      string   `json:"flow"` // the sign-in flow it belongs to
+	Reason    string   `json:"reason,omitempty"`
+	Host      string   `json:"host,omitempty"`
+	Approvers []string `json:"approvers"`
+	Created   int64    `json:"created"`  // Unix nanoseconds
+	Deadline  int64    `json:"deadline"` // Unix nanoseconds
+	OnTimeout string   `json:"on_timeout"`
+	Decision  string   `json:"decision,omitempty"`
+	DecidedBy string   `json:"decided_by,omitempty"` // an approver, or approvalAdmin
+	DecidedAt int64    `json:"decided_at,omitempty"`
+	Used      []string `json:"used,omitempty"` // approvers whose token was used (lower case)
+}
+
+// approvalState is where a request stands at a time.
+type approvalState int
+
+const (
+	approvalPending approvalState = iota
+	approvalGranted
+	approvalRefused
+	approvalTimedOutGranted // undecided at its deadline, on_timeout grant
+	approvalTimedOutDenied  // undecided at its deadline, on_timeout deny
+)
+
+func (s approvalState) String() string {
+	switch s {
+	case approvalPending:
+		return "pending"
+	case approvalGranted:
+		return "granted"
+	case approvalRefused:
+		return "refused"
+	case approvalTimedOutGranted:
+		return "timed out (granted)"
+	case approvalTimedOutDenied:
+		return "timed out (denied)"
+	}
+	return fmt.Sprintf("approvalState(%d)", int(s))
+}
+
+// grants reports whether the sign-in may have its session.
+func (s approvalState) grants() bool { return s == approvalGranted || s == approvalTimedOutGranted }
+
+// newApprovalRecord is rec (its request's fields and approvers) given a
+// fresh ID, created at t with its deadline wait later.
+func newApprovalRecord(t time.Time, wait time.Duration, rec approvalRecord) (approvalRecord, error) {
+	var b [16]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return approvalRecord{}, err
+	}
+	rec.ID = hex.EncodeToString(b[:])
+	rec.Created, rec.Deadline = t.UnixNano(), t.Add(wait).UnixNano()
+	rec.Approvers = slices.Clone(rec.Approvers)
+	rec.Decision, rec.DecidedBy, rec.DecidedAt, rec.Used = "", "", 0, nil
+	return rec, nil
+}
+
+// validApprovalID reports whether id has the form newApprovalRecord gives;
+// an ID comes from a link, and names a storage key.
+func validApprovalID(id string) bool {
+	if len(id) != 32 {
+		return false
+	}
+	_, err := hex.DecodeString(id)
+	return err == nil && strings.ToLower(id) == id
+}
+
+// state is where the request stands at t: a decided request stays decided;
+// past the deadline an undecided one resolves by OnTimeout (anything but
+// "grant" denies).
+func (r *approvalRecord) state(t time.Time) approvalState {
+	switch r.Decision {
+	case decisionApproved:
+		return approvalGranted
+	case decisionRefused:
+		return approvalRefused
+	}
+	if t.UnixNano() < r.Deadline {
+		return approvalPending
+	}
+	if r.OnTimeout == onTimeoutGrant {
+		return approvalTimedOutGranted
+	}
+	return approvalTimedOutDenied
+}
+
+// isApprover reports whether who is one of the request's approvers.
+func (r *approvalRecord) isApprover(who string) bool {
+	return slices.ContainsFunc(r.Approvers, func(a string) bool { return strings.EqualFold(a, who) })
+}
+
+// decide records the decision of approver (or approvalAdmin) at t. The first
+// decision is final; an approver's token is spent by it.
+func (r *approvalRecord) decide(t time.Time, approver string, approve bool) error {
+	admin := approver == approvalAdmin
+	if !admin {
+		if strings.EqualFold(approver, r.Account) {
+			return errOwnAccount
+		}
+		if !r.isApprover(approver) {
+			return errNotApprover
+		}
+		if slices.Contains(r.Used, strings.ToLower(approver)) {
+			return errTokenUsed
+		}
+	}
+	switch r.state(t) {
+	case approvalPending:
+	case approvalGranted, approvalRefused:
+		return errAlreadyDecided
+	default:
+		return errPastDeadline
+	}
+	r.Decision = decisionRefused
+	if approve {
+		r.Decision = decisionApproved
+	}
+	r.DecidedBy, r.DecidedAt = approver, t.UnixNano()
+	if !admin {
+		r.DecidedBy = strings.ToLower(approver)
+		r.Used = append(r.Used, r.DecidedBy)
+	}
+	return nil
+}
+
+// approvalToken is the token of approver's link to rec: an HMAC under the
+// approvals key of the request, the approver and the deadline, so it opens
+// that request alone, for that approver alone, until the deadline.
+func approvalToken(key []byte, rec approvalRecord, approver string) string {
+	h := hmac.New(sha256.New, key)
+	h.Write([]byte(rec.ID))
+	h.Write([]byte{0})
+	h.Write([]byte(strings.ToLower(approver)))
+	h.Write([]byte{0})
+	h.Write(binary.BigEndian.AppendUint64(nil, uint64(rec.Deadline)))
+	return base64.RawURLEncoding.EncodeToString(h.Sum(nil))
+}
+
+// checkToken reports whether token is approver's token to rec and rec is
+// still before its deadline at t. Its single use is the record's (decide).
+func checkToken(key []byte, rec approvalRecord, approver, token string, t time.Time) bool {
+	if t.UnixNano() >= rec.Deadline || !rec.isApprover(approver) {
+		return false
+	}
+	return hmac.Equal([]byte(token), []byte(approvalToken(key, rec, approver)))
+}
+
+// approvalBackend is where approval requests are kept: in this process
+// (approvalStore) or in Caddy's storage (storageApprovals). Errors other
+// than the rules' come only from storage.
+type approvalBackend interface {
+	put(rec approvalRecord) error
+	get(id string) (approvalRecord, bool, error)
+	// decide applies approver's decision to the request under its lock,
+	// and returns the request as it then is.
+	decide(id, approver string, approve bool) (approvalRecord, error)
+	// pending lists the requests still waiting, oldest first (for status).
+	pending() ([]approvalRecord, error)
+	// sweep drops the requests approvalRetention past their deadline.
+	sweep() error
+}
+
+// approvalStore keeps this process's approval requests.
+type approvalStore struct {
+	mu sync.Mutex
+	m  map[string]approvalRecord
+}
+
+func newApprovalStore() *approvalStore {
+	return &approvalStore{m: make(map[string]approvalRecord)}
+}
+
+// cloneApproval copies rec's slices, so that no caller shares them with
+// the store.
+func cloneApproval(rec approvalRecord) approvalRecord {
+	rec.Approvers, rec.Used = slices.Clone(rec.Approvers), slices.Clone(rec.Used)
+	return rec
+}
+
+func (s *approvalStore) put(rec approvalRecord) error {
+	if !validApprovalID(rec.ID) {
+		return errApprovalNotFound
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.m[rec.ID] = cloneApproval(rec)
+	return nil
+}
+
+func (s *approvalStore) get(id string) (approvalRecord, bool, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	rec, ok := s.m[id]
+	return cloneApproval(rec), ok, nil
+}
+
+func (s *approvalStore) decide(id, approver string, approve bool) (approvalRecord, error) {
+	t := now()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	rec, ok := s.m[id]
+	if !ok {
+		return approvalRecord{}, errApprovalNotFound
+	}
+	rec = cloneApproval(rec)
+	if err := rec.decide(t, approver, approve); err != nil {
+		return rec, err
+	}
+	s.m[id] = rec
+	return cloneApproval(rec), nil
+}
+
+func (s *approvalStore) pending() ([]approvalRecord, error) {
+	t := now()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []approvalRecord
+	for _, rec := range s.m {
+		if rec.state(t) == approvalPending {
+			out = append(out, cloneApproval(rec))
+		}
+	}
+	sortApprovals(out)
+	return out, nil
+}
+
+func (s *approvalStore) sweep() error {
+	t := now()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for id, rec := range s.m {
+		if expiredApproval(rec, t) {
+			delete(s.m, id)
+		}
+	}
+	return nil
+}
+
+func sortApprovals(recs []approvalRecord) {
+	slices.SortFunc(recs, func(a, b approvalRecord) int {
+		return cmp.Or(cmp.Compare(a.Created, b.Created), strings.Compare(a.ID, b.ID))
+	})
+}
+
+// expiredApproval reports whether rec is kept no longer at t.
+func expiredApproval(rec approvalRecord, t time.Time) bool {
+	return t.UnixNano() >= rec.Deadline+int64(approvalRetention)
+}
+
+// storageApprovals keeps each approval request in storage, one JSON file per
+// request, decided under its storage lock so that two approvers deciding at
+// once on two instances cannot both win.
+type storageApprovals struct {
+	st certmagic.Storage
+}
+
+func approvalPath(id string) string { return approvalsDir + "/" + id }
+
+func (s *storageApprovals) load(ctx context.Context, id string) (approvalRecord, bool, error) {
+	var rec approvalRecord
+	if !validApprovalID(id) {
+		return rec, false, nil
+	}
+	b, err := s.st.Load(ctx, approvalPath(id))
+	if notExist(err) {
+		return rec, false, nil
+	}
+	if err != nil {
+		return rec, false, err
+	}
+	if err := json.Unmarshal(b, &rec); err != nil {
+		return rec, false, fmt.Errorf("%s: %v", approvalPath(id), err)
+	}
+	return rec, true, nil
+}
+
+func (s *storageApprovals) put(rec approvalRecord) error {
+	if !validApprovalID(rec.ID) {
+		return errApprovalNotFound
+	}
+	b, err := json.Marshal(rec)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := opCtx()
+	defer cancel()
+	return s.st.Store(ctx, approvalPath(rec.ID), b)
+}
+
+func (s *storageApprovals) get(id string) (approvalRecord, bool, error) {
+	ctx, cancel := opCtx()
+	defer cancel()
+	return s.load(ctx, id)
+}
+
+func (s *storageApprovals) decide(id, approver string, approve bool) (rec approvalRecord, err error) {
+	if !validApprovalID(id) {
+		return rec, errApprovalNotFound
+	}
+	ctx, cancel := opCtx()
+	defer cancel()
+	name := approvalPath(id)
+	if err := s.st.Lock(ctx, name); err != nil {
+		return rec, err
+	}
+	defer func() { err = errors.Join(err, unlock(s.st, name)) }()
+	rec, ok, err := s.load(ctx, id)
+	if err != nil {
+		return rec, err
+	}
+	if !ok {
+		return rec, errApprovalNotFound
+	}
+	if err := rec.decide(now(), approver, approve); err != nil {
+		return rec, err
+	}
+	b, err := json.Marshal(rec)
+	if err != nil {
+		return rec, err
+	}
+	return rec, s.st.Store(ctx, name, b)
+}
+
+// all loads every stored request; one that cannot be read is skipped (it
+// may have been swept meanwhile).
+func (s *storageApprovals) all(ctx context.Context) ([]approvalRecord, error) {
+	keys, err := s.st.List(ctx, approvalsDir, false)
+	if notExist(err) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var out []approvalRecord
+	for _, k := range keys {
+		if rec, ok, err := s.load(ctx, strings.TrimPrefix(k, approvalsDir+"/")); err == nil && ok {
+			out = append(out, rec)
+		}
+	}
+	return out, nil
+}
+
+func (s *storageApprovals) pending() ([]approvalRecord, error) {
+	ctx, cancel := opCtx()
+	defer cancel()
+	recs, err := s.all(ctx)
+	if err != nil {
+		return nil, err
+	}
+	t := now()
+	recs = slices.DeleteFunc(recs, func(r approvalRecord) bool { return r.state(t) != approvalPending })
+	sortApprovals(recs)
+	return recs, nil
+}
+
+// sweep deletes the expired requests. No lock is needed: an expired request
+// is past its deadline, so no decision stores it again.
+func (s *storageApprovals) sweep() error {
+	ctx, cancel := opCtx()
+	defer cancel()
+	recs, err := s.all(ctx)
+	if err != nil {
+		return err
+	}
+	t := now()
+	for _, rec := range recs {
+		if expiredApproval(rec, t) {
+			if err := s.st.Delete(ctx, approvalPath(rec.ID)); err != nil && !notExist(err) {
+				return err
+			}
+		}
+	}
+	return nil
+}
