@@ -5,8 +5,11 @@
 package breakglass
 
 import (
+	"fmt"
 	"sync"
 	"time"
+
+	"go.uber.org/zap"
 )
 
 // maxCodeAlertScopes bounds how many credentials the code_issued limiter
@@ -125,4 +128,47 @@ func (l *lockoutAlerts) allow(t time.Time) (ok bool, held int, since time.Time) 
 	held, since = l.held, l.heldSince
 	l.held = 0
 	return true, held, since
+}
+
+// bounded sends an alert unless its limit holds it back (per app, or per
+// credential scope); the next one sent counts those held back.
+func (al *alerts) bounded(ev alertEvent, spec *eventSpec, scope string, log *zap.Logger) {
+	var (
+		ok, held = true, 0
+		since    time.Time
+		what     string
+	)
+	switch spec.limit {
+	case limitApp:
+		if ok, held, since = al.state.lockouts.allow(now()); !ok {
+			log.Warn("break-glass lockout alert held back: too many lockouts at once; the next lockout alert will count it",
+				zap.Int("per_minute", lockoutAlertsPerWindow))
+		}
+		what = "other lockout"
+	case limitCredential:
+		if ok, held, since = al.state.codeAlerts.allow(scope, now(), al.window); !ok {
+			log.Warn("break-glass code_issued alert held back: one already went for this credential in this window; the next one will count it",
+				zap.Duration("window", al.window))
+		}
+		what = "other code request"
+	}
+	if !ok {
+		return
+	}
+	if held > 0 {
+		ev.Message += heldBackNote(spec.limit, held, what, since)
+	}
+	al.send(ev, log)
+}
+
+// heldBackNote is what an alert adds about the alerts held back before it.
+func heldBackNote(l alertLimit, held int, what string, since time.Time) string {
+	if l == limitApp {
+		return fmt.Sprintf(". %s were not alerted one by one since %s", plural(held, what), since.UTC().Format(time.RFC3339))
+	}
+	verb := "were"
+	if held == 1 {
+		verb = "was"
+	}
+	return fmt.Sprintf(". %s for this credential %s not alerted one by one since %s", plural(held, what), verb, since.UTC().Format(time.RFC3339))
 }

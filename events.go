@@ -6,7 +6,6 @@
 package breakglass
 
 import (
-	"fmt"
 	"net/netip"
 	"time"
 
@@ -14,7 +13,8 @@ import (
 	"go.uber.org/zap/zapcore"
 )
 
-// The events' names, on Caddy's event bus and as the `event` of an alert.
+// The events' names, on Caddy's event bus and as the `event` of an alert
+// (the drill's only as an alert: a drill is no event of a running door).
 const (
 	eventLogin        = "break_glass_login"
 	eventLoginPending = "break_glass_login_pending"
@@ -60,6 +60,7 @@ const (
 	evKeyRefused                        // a security key's answer was refused
 	evKeyCloned                         // a key signed with a counter that did not increase
 	evKeyEnrolled                       // a signed-in operator registered a key
+	evDrill                             // `caddy break-glass drill`: its test alert (sent by the drill itself)
 )
 
 // alertLimit says how an event's alerts are held back in a burst.
@@ -142,6 +143,7 @@ var events = [...]eventSpec{
 		metric: countResult(resultWrongCode), audit: auditKeyCloned, severity: "critical", failure: "webauthn_clone_warning"},
 	evKeyEnrolled: {name: eventKeyEnrolled, level: zapcore.WarnLevel, msg: "break-glass security key enrolled: add its line to the config",
 		audit: auditKeyEnrolled, severity: "warning"},
+	evDrill: {name: eventDrill, severity: "info"},
 }
 
 // event is one thing that happened to an attempt.
@@ -220,49 +222,6 @@ func (a *attempt) record(e event) (confirmed bool) {
 		h.emit(spec, a.client, host, email, e)
 	}
 	return confirmed
-}
-
-// bounded sends an alert unless its limit holds it back (per app, or per
-// credential scope); the next one sent counts those held back.
-func (al *alerts) bounded(ev alertEvent, spec *eventSpec, scope string, log *zap.Logger) {
-	var (
-		ok, held = true, 0
-		since    time.Time
-		what     string
-	)
-	switch spec.limit {
-	case limitApp:
-		if ok, held, since = al.state.lockouts.allow(now()); !ok {
-			log.Warn("break-glass lockout alert held back: too many lockouts at once; the next lockout alert will count it",
-				zap.Int("per_minute", lockoutAlertsPerWindow))
-		}
-		what = "other lockout"
-	case limitCredential:
-		if ok, held, since = al.state.codeAlerts.allow(scope, now(), al.window); !ok {
-			log.Warn("break-glass code_issued alert held back: one already went for this credential in this window; the next one will count it",
-				zap.Duration("window", al.window))
-		}
-		what = "other code request"
-	}
-	if !ok {
-		return
-	}
-	if held > 0 {
-		ev.Message += heldBackNote(spec.limit, held, what, since)
-	}
-	al.send(ev, log)
-}
-
-// heldBackNote is what an alert adds about the alerts held back before it.
-func heldBackNote(l alertLimit, held int, what string, since time.Time) string {
-	if l == limitApp {
-		return fmt.Sprintf(". %s were not alerted one by one since %s", plural(held, what), since.UTC().Format(time.RFC3339))
-	}
-	verb := "were"
-	if held == 1 {
-		verb = "was"
-	}
-	return fmt.Sprintf(". %s for this credential %s not alerted one by one since %s", plural(held, what), verb, since.UTC().Format(time.RFC3339))
 }
 
 // emit puts an event on Caddy's event bus, for `events { on <name> … }`,

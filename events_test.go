@@ -135,6 +135,25 @@ func TestEveryEventNameIsDocumented(t *testing.T) {
 	}
 }
 
+// An event that alerts says something of its own: its wording is there, and
+// so is every failure reason's place in the README.
+func TestEveryAlertedEventHasItsWordingAndEveryFailureIsDocumented(t *testing.T) {
+	readme, err := os.ReadFile("README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for kind, s := range events {
+		if s.severity != "" {
+			if wd, ok := alertWordings[s.name]; !ok || wd.message == "" || wd.subject == "" || wd.heading == "" {
+				t.Errorf("event %d (%s) alerts, but has no wording", kind, s.name)
+			}
+		}
+		if s.failure != "" && !strings.Contains(string(readme), "`"+s.failure+"`") {
+			t.Errorf("README does not name the failure %s (of %s)", s.failure, s.name)
+		}
+	}
+}
+
 // eventNames are the events' names in the table, each once.
 func eventNames() []string {
 	var out []string
