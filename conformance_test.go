@@ -140,6 +140,26 @@ func TestConformanceFailuresAreForgottenAfterTheirWindowAndOnUnlock(t *testing.T
 	})
 }
 
+// locked lists the clients locked out now, with their failures and until
+// when, and no one else (the admin API's list).
+func TestConformanceLockedListsLockedOutClientsOnly(t *testing.T) {
+	eachBackend(t, func(t *testing.T, b backends) {
+		lm := limits{maxAttempts: 2, window: time.Minute}
+		failing := netip.MustParseAddr("192.0.2.2")
+		tryAttemptFrom(t, b.limiter, failing, attemptCode, chargeFailed, lm)
+		tryAttempt(t, b.limiter, attemptCode, chargeFailed, lm)
+		_, _, until := tryAttempt(t, b.limiter, attemptCode, chargeFailed, lm)
+		got, err := b.limiter.locked()
+		if err != nil || len(got) != 1 || got[0].Client != confClient.String() || got[0].Failures != 2 || !got[0].LockedUntil.Equal(until) {
+			t.Fatalf("locked = %+v, %v; want %s alone, 2 failures, until %v", got, err, confClient, until)
+		}
+		b.clk.Advance(time.Minute)
+		if got, err := b.limiter.locked(); err != nil || len(got) != 0 {
+			t.Fatalf("locked after the lockout = %+v, %v; want none", got, err)
+		}
+	})
+}
+
 func TestConformanceASettledSuccessFreesItsAttempt(t *testing.T) {
 	eachBackend(t, func(t *testing.T, b backends) {
 		for range 5 {

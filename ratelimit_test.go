@@ -28,6 +28,9 @@ func TestSweepDropsOnlyExpiredEntries(t *testing.T) {
 	}
 }
 
+// In memory only: over storage, a client's attempts never overlap (its
+// storage lock is held from reserve to settle), so none is ever in flight
+// beside another.
 func TestReservationsInFlightCountTowardsTheLimit(t *testing.T) {
 	useTestClock(t)
 	l := newLimiter()
