@@ -287,11 +287,7 @@ func (s *approvalStore) sweep() error {
 	t := now()
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	for id, rec := range s.m {
-		if expiredApproval(rec, t) {
-			delete(s.m, id)
-		}
-	}
+	dropWhere(s.m, func(rec approvalRecord) bool { return expiredApproval(rec, t) })
 	return nil
 }
 

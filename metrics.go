@@ -23,36 +23,27 @@ const (
 )
 
 var (
-	metricAttempts = prometheus.NewCounterVec(prometheus.CounterOpts{
-		Namespace: "caddy", Subsystem: "break_glass", Name: "attempts_total",
-		Help: "Break-glass requests and sign-in steps, by result: forbidden, locked, bad_credentials, code_sent, wrong_code, success, busy.",
-	}, []string{"result"})
-	metricLockouts = prometheus.NewCounter(prometheus.CounterOpts{
-		Namespace: "caddy", Subsystem: "break_glass", Name: "lockouts_total",
-		Help: "Clients locked out after max_attempts failures.",
-	})
-	metricAccountEvents = prometheus.NewCounterVec(prometheus.CounterOpts{
-		Namespace: "caddy", Subsystem: "break_glass", Name: "account_events_total",
-		Help: "Events of a known account (its email, as configured), by event: break_glass_code_issued, break_glass_login, break_glass_logout, …",
-	}, []string{"account", "event"})
-	metricDeliveries = prometheus.NewCounterVec(prometheus.CounterOpts{
-		Namespace: "caddy", Subsystem: "break_glass", Name: "deliveries_total",
-		Help: "Mails and webhooks sent, by channel (code_email, alert_email, webhook) and outcome (ok, error, dropped).",
-	}, []string{"channel", "outcome"})
-	metricSessions = prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-		Namespace: "caddy", Subsystem: "break_glass", Name: "sessions_active",
-		Help: "Break-glass sessions issued by this process that have neither expired nor been logged out.",
-	}, liveSessions)
-	metricLastSuccess = prometheus.NewGauge(prometheus.GaugeOpts{
-		Namespace: "caddy", Subsystem: "break_glass", Name: "last_success_timestamp_seconds",
-		Help: "When the last break-glass sign-in succeeded (Unix seconds); 0 if none since the process started.",
-	})
-	metricLastDrill = prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-		Namespace: "caddy", Subsystem: "break_glass", Name: "last_drill_timestamp_seconds",
-		Help: "When the last break-glass drill in which every channel delivered ran (Unix seconds), as recorded in the config's storage; 0 if none.",
-	}, lastDrillSeconds)
+	metricAttempts = prometheus.NewCounterVec(prometheus.CounterOpts(opts("attempts_total",
+		"Break-glass requests and sign-in steps, by result: forbidden, locked, bad_credentials, code_sent, wrong_code, success, busy.")), []string{"result"})
+	metricLockouts = prometheus.NewCounter(prometheus.CounterOpts(opts("lockouts_total",
+		"Clients locked out after max_attempts failures.")))
+	metricAccountEvents = prometheus.NewCounterVec(prometheus.CounterOpts(opts("account_events_total",
+		"Events of a known account (its email, as configured), by event: break_glass_code_issued, break_glass_login, break_glass_logout, …")), []string{"account", "event"})
+	metricDeliveries = prometheus.NewCounterVec(prometheus.CounterOpts(opts("deliveries_total",
+		"Mails and webhooks sent, by channel (code_email, alert_email, webhook) and outcome (ok, error, dropped).")), []string{"channel", "outcome"})
+	metricSessions = prometheus.NewGaugeFunc(prometheus.GaugeOpts(opts("sessions_active",
+		"Break-glass sessions issued by this process that have neither expired nor been logged out.")), liveSessions)
+	metricLastSuccess = prometheus.NewGauge(prometheus.GaugeOpts(opts("last_success_timestamp_seconds",
+		"When the last break-glass sign-in succeeded (Unix seconds); 0 if none since the process started.")))
+	metricLastDrill = prometheus.NewGaugeFunc(prometheus.GaugeOpts(opts("last_drill_timestamp_seconds",
+		"When the last break-glass drill in which every channel delivered ran (Unix seconds), as recorded in the config's storage; 0 if none.")), lastDrillSeconds)
 	allMetrics = []prometheus.Collector{metricAttempts, metricLockouts, metricAccountEvents, metricDeliveries, metricSessions, metricLastSuccess, metricLastDrill}
 )
+
+// opts names a metric of this plugin: caddy_break_glass_<name>.
+func opts(name, help string) prometheus.Opts {
+	return prometheus.Opts{Namespace: "caddy", Subsystem: "break_glass", Name: name, Help: help}
+}
 
 // registerMetrics adds the collectors to a config's registry; a collector it
 // already holds is not an error.

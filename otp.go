@@ -310,10 +310,5 @@ func (s *codeStore) sweep() int {
 	t := now()
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	for k, r := range s.m {
-		if r.empty(t) {
-			delete(s.m, k)
-		}
-	}
-	return len(s.m)
+	return dropWhere(s.m, func(r *codeRecord) bool { return r.empty(t) })
 }

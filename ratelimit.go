@@ -303,10 +303,16 @@ func (l *limiter) sweep() int {
 	t := now()
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	for k, c := range l.clients {
-		if c.expired(t) {
-			delete(l.clients, k)
+	return dropWhere(l.clients, func(c *clientRecord) bool { return c.expired(t) })
+}
+
+// dropWhere deletes the entries of m that gone says are over, and returns
+// how many remain; the caller holds m's lock. The memory backends' sweeps.
+func dropWhere[K comparable, V any](m map[K]V, gone func(V) bool) int {
+	for k, v := range m {
+		if gone(v) {
+			delete(m, k)
 		}
 	}
-	return len(l.clients)
+	return len(m)
 }
