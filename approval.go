@@ -8,11 +8,9 @@ import (
 	"cmp"
 	"context"
 	"crypto/hmac"
-	"crypto/rand"
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/binary"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -28,6 +26,9 @@ const (
 	approvalsDir = storagePrefix + "approvals"
 	// approvalAdmin decides as the host's own command, not as an approver.
 	approvalAdmin = "admin"
+	// approvalDoor decides as the door itself: a request that no alert
+	// channel confirmed under require_alert is refused.
+	approvalDoor = "break_glass"
 	// approvalRetention is how long a request is kept past its deadline,
 	// so that a late link or a status query still finds how it ended.
 	approvalRetention = time.Hour
@@ -48,16 +49,20 @@ var (
 	errAlreadyDecided   = errors.New("the request has already been decided")
 	errPastDeadline     = errors.New("the request is past its deadline")
 	errTokenUsed        = errors.New("this approver's token has already been used")
+	errNotGranted       = errors.New("the request does not grant a session")
+	errClaimed          = errors.New("the request's session has already been issued")
+	errNotTimedOut      = errors.New("the request did not time out, or its timeout is already recorded")
 )
 
 // approvalRecord is one sign-in waiting for an approver. The methods are the
 // rules; both backends only load, store and lock records.
 type approvalRecord struct {
-	ID        string   `json:"id"`      // 128 random bits, hex
+	ID        string   `json:"id"`      // of the sign-in's flow (Handler.approvalID), hex
 	Scope     string   `json:"scope"`   // the account's credential scope
 	Account   string   `json:"account"` // the account's email
 	Client    string   `json:"client"`
-	Flow      string   `json:"flow"` // the sign-in flow it belongs to
+	Factor    string   `json:"factor"`        // the second factor that was given
+	Key       string   `json:"key,omitempty"` // the security key's name, if one answered
 	Reason    string   `json:"reason,omitempty"`
 	Host      string   `json:"host,omitempty"`
 	Approvers []string `json:"approvers"`
@@ -68,6 +73,11 @@ type approvalRecord struct {
 	DecidedBy string   `json:"decided_by,omitempty"` // an approver, or approvalAdmin
 	DecidedAt int64    `json:"decided_at,omitempty"`
 	Used      []string `json:"used,omitempty"` // approvers whose token was used (lower case)
+	// Claimed marks a granted request whose session was issued: once.
+	Claimed bool `json:"claimed,omitempty"`
+	// TimeoutNoted marks a timed-out request whose timeout was recorded
+	// (logged, audited, alerted): once.
+	TimeoutNoted bool `json:"timeout_noted,omitempty"`
 }
 
 // approvalState is where a request stands at a time.
@@ -100,29 +110,19 @@ func (s approvalState) String() string {
 // grants reports whether the sign-in may have its session.
 func (s approvalState) grants() bool { return s == approvalGranted || s == approvalTimedOutGranted }
 
-// newApprovalRecord is rec (its request's fields and approvers) given a
-// fresh ID, created at t with its deadline wait later.
-func newApprovalRecord(t time.Time, wait time.Duration, rec approvalRecord) (approvalRecord, error) {
-	var b [16]byte
-	if _, err := rand.Read(b[:]); err != nil {
-		return approvalRecord{}, err
-	}
-	rec.ID = hex.EncodeToString(b[:])
+// newApprovalRecord is rec (its request's fields and approvers) with the ID
+// id, created at t with its deadline wait later, undecided.
+func newApprovalRecord(id string, t time.Time, wait time.Duration, rec approvalRecord) approvalRecord {
+	rec.ID = id
 	rec.Created, rec.Deadline = t.UnixNano(), t.Add(wait).UnixNano()
 	rec.Approvers = slices.Clone(rec.Approvers)
-	rec.Decision, rec.DecidedBy, rec.DecidedAt, rec.Used = "", "", 0, nil
-	return rec, nil
+	rec.Decision, rec.DecidedBy, rec.DecidedAt, rec.Used, rec.Claimed, rec.TimeoutNoted = "", "", 0, nil, false, false
+	return rec
 }
 
-// validApprovalID reports whether id has the form newApprovalRecord gives;
-// an ID comes from a link, and names a storage key.
-func validApprovalID(id string) bool {
-	if len(id) != 32 {
-		return false
-	}
-	_, err := hex.DecodeString(id)
-	return err == nil && strings.ToLower(id) == id
-}
+// validApprovalID reports whether id has the form of an approval ID (32
+// lowercase hex digits); an ID comes from a link, and names a storage key.
+func validApprovalID(id string) bool { return isHex(id, 32) }
 
 // state is where the request stands at t: a decided request stays decided;
 // past the deadline an undecided one resolves by OnTimeout (anything but
@@ -148,10 +148,11 @@ func (r *approvalRecord) isApprover(who string) bool {
 	return slices.ContainsFunc(r.Approvers, func(a string) bool { return strings.EqualFold(a, who) })
 }
 
-// decide records the decision of approver (or approvalAdmin) at t. The first
-// decision is final; an approver's token is spent by it.
+// decide records the decision of approver (or approvalAdmin, or
+// approvalDoor) at t. The first decision is final; an approver's token is
+// spent by it.
 func (r *approvalRecord) decide(t time.Time, approver string, approve bool) error {
-	admin := approver == approvalAdmin
+	admin := approver == approvalAdmin || approver == approvalDoor
 	if !admin {
 		if strings.EqualFold(approver, r.Account) {
 			return errOwnAccount
@@ -182,6 +183,37 @@ func (r *approvalRecord) decide(t time.Time, approver string, approve bool) erro
 	return nil
 }
 
+// claim marks a granted request's session as issued; it fails for a
+// request that does not grant one, or whose session was issued already.
+func (r *approvalRecord) claim(t time.Time) error {
+	if !r.state(t).grants() {
+		return errNotGranted
+	}
+	if r.Claimed {
+		return errClaimed
+	}
+	r.Claimed = true
+	return nil
+}
+
+// noteTimeout marks a request that timed out as recorded; it fails for one
+// that did not time out, or whose timeout was recorded already.
+func (r *approvalRecord) noteTimeout(t time.Time) error {
+	if s := r.state(t); (s != approvalTimedOutGranted && s != approvalTimedOutDenied) || r.TimeoutNoted {
+		return errNotTimedOut
+	}
+	r.TimeoutNoted = true
+	return nil
+}
+
+// approvalRule changes a request at a time, or says why it may not.
+type approvalRule func(r *approvalRecord, t time.Time) error
+
+// decision is the rule of approver's decision.
+func decision(approver string, approve bool) approvalRule {
+	return func(r *approvalRecord, t time.Time) error { return r.decide(t, approver, approve) }
+}
+
 // approvalToken is the token of approver's link to rec: an HMAC under the
 // approvals key of the request, the approver and the deadline, so it opens
 // that request alone, for that approver alone, until the deadline.
@@ -210,9 +242,9 @@ func checkToken(key []byte, rec approvalRecord, approver, token string, t time.T
 type approvalBackend interface {
 	put(rec approvalRecord) error
 	get(id string) (approvalRecord, bool, error)
-	// decide applies approver's decision to the request under its lock,
-	// and returns the request as it then is.
-	decide(id, approver string, approve bool) (approvalRecord, error)
+	// update applies a rule to the request under its lock, stores it if
+	// the rule allowed the change, and returns the request as it then is.
+	update(id string, rule approvalRule) (approvalRecord, error)
 	// pending lists the requests still waiting, oldest first (for status).
 	pending() ([]approvalRecord, error)
 	// sweep drops the requests approvalRetention past their deadline.
@@ -253,7 +285,7 @@ func (s *approvalStore) get(id string) (approvalRecord, bool, error) {
 	return cloneApproval(rec), ok, nil
 }
 
-func (s *approvalStore) decide(id, approver string, approve bool) (approvalRecord, error) {
+func (s *approvalStore) update(id string, rule approvalRule) (approvalRecord, error) {
 	t := now()
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -262,7 +294,7 @@ func (s *approvalStore) decide(id, approver string, approve bool) (approvalRecor
 		return approvalRecord{}, errApprovalNotFound
 	}
 	rec = cloneApproval(rec)
-	if err := rec.decide(t, approver, approve); err != nil {
+	if err := rule(&rec, t); err != nil {
 		return rec, err
 	}
 	s.m[id] = rec
@@ -303,8 +335,9 @@ func expiredApproval(rec approvalRecord, t time.Time) bool {
 }
 
 // storageApprovals keeps each approval request in storage, one JSON file per
-// request, decided under its storage lock so that two approvers deciding at
-// once on two instances cannot both win.
+// request, changed under its storage lock so that two approvers deciding at
+// once on two instances cannot both win, nor two instances both issue its
+// session.
 type storageApprovals struct {
 	st certmagic.Storage
 }
@@ -348,7 +381,7 @@ func (s *storageApprovals) get(id string) (approvalRecord, bool, error) {
 	return s.load(ctx, id)
 }
 
-func (s *storageApprovals) decide(id, approver string, approve bool) (rec approvalRecord, err error) {
+func (s *storageApprovals) update(id string, rule approvalRule) (rec approvalRecord, err error) {
 	if !validApprovalID(id) {
 		return rec, errApprovalNotFound
 	}
@@ -366,7 +399,7 @@ func (s *storageApprovals) decide(id, approver string, approve bool) (rec approv
 	if !ok {
 		return rec, errApprovalNotFound
 	}
-	if err := rec.decide(now(), approver, approve); err != nil {
+	if err := rule(&rec, now()); err != nil {
 		return rec, err
 	}
 	b, err := json.Marshal(rec)

@@ -28,13 +28,10 @@ func eachApprovalBackend(t *testing.T, fn func(t *testing.T, b approvalBackend, 
 // minutes, resolving by onTimeout.
 func putApproval(t *testing.T, b approvalBackend, onTimeout string) approvalRecord {
 	t.Helper()
-	rec, err := newApprovalRecord(now(), 15*time.Minute, approvalRecord{
-		Scope: "s", Account: "owner@x", Client: "192.0.2.1", Flow: flowA, Reason: "incident 42", Host: "example.test",
+	rec := newApprovalRecord(newFlowID(), now(), 15*time.Minute, approvalRecord{
+		Scope: "s", Account: "owner@x", Client: "192.0.2.1", Factor: "email", Reason: "incident 42", Host: "example.test",
 		Approvers: []string{"a@x", "b@y"}, OnTimeout: onTimeout,
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
 	if err := b.put(rec); err != nil {
 		t.Fatal(err)
 	}
@@ -58,7 +55,7 @@ func TestApprovalApproveGrants(t *testing.T) {
 			t.Fatalf("a new request: %v", s)
 		}
 		clk.Advance(time.Minute)
-		got, err := b.decide(rec.ID, "A@x", true)
+		got, err := b.update(rec.ID, decision("A@x", true))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -79,7 +76,7 @@ func TestApprovalApproveGrants(t *testing.T) {
 func TestApprovalRefuseRefuses(t *testing.T) {
 	eachApprovalBackend(t, func(t *testing.T, b approvalBackend, clk *testClock) {
 		rec := putApproval(t, b, onTimeoutGrant)
-		if _, err := b.decide(rec.ID, "b@y", false); err != nil {
+		if _, err := b.update(rec.ID, decision("b@y", false)); err != nil {
 			t.Fatal(err)
 		}
 		// A refusal is not undone by on_timeout grant.
@@ -116,10 +113,10 @@ func TestApprovalTimesOutByOnTimeout(t *testing.T) {
 				if p, _ := b.pending(); len(p) != 0 {
 					t.Fatalf("a timed-out request still pending: %+v", p)
 				}
-				if _, err := b.decide(rec.ID, "a@x", c.onTimeout == onTimeoutGrant); !errors.Is(err, errPastDeadline) {
+				if _, err := b.update(rec.ID, decision("a@x", c.onTimeout == onTimeoutGrant)); !errors.Is(err, errPastDeadline) {
 					t.Fatalf("a decision at the deadline: %v, want errPastDeadline", err)
 				}
-				if _, err := b.decide(rec.ID, approvalAdmin, true); !errors.Is(err, errPastDeadline) {
+				if _, err := b.update(rec.ID, decision(approvalAdmin, true)); !errors.Is(err, errPastDeadline) {
 					t.Fatalf("the admin's decision at the deadline: %v, want errPastDeadline", err)
 				}
 				if s := stateOf(t, b, rec.ID); s != c.want {
@@ -133,13 +130,13 @@ func TestApprovalTimesOutByOnTimeout(t *testing.T) {
 func TestApprovalDecisionIsFinal(t *testing.T) {
 	eachApprovalBackend(t, func(t *testing.T, b approvalBackend, _ *testClock) {
 		rec := putApproval(t, b, onTimeoutDeny)
-		if _, err := b.decide(rec.ID, "a@x", true); err != nil {
+		if _, err := b.update(rec.ID, decision("a@x", true)); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := b.decide(rec.ID, "b@y", false); !errors.Is(err, errAlreadyDecided) {
+		if _, err := b.update(rec.ID, decision("b@y", false)); !errors.Is(err, errAlreadyDecided) {
 			t.Fatalf("another approver's refusal after an approval: %v, want errAlreadyDecided", err)
 		}
-		if _, err := b.decide(rec.ID, approvalAdmin, false); !errors.Is(err, errAlreadyDecided) {
+		if _, err := b.update(rec.ID, decision(approvalAdmin, false)); !errors.Is(err, errAlreadyDecided) {
 			t.Fatalf("the admin's refusal after an approval: %v, want errAlreadyDecided", err)
 		}
 		if got, _, _ := b.get(rec.ID); got.state(now()) != approvalGranted || got.DecidedBy != "a@x" {
@@ -158,14 +155,14 @@ func TestApprovalTokenIsSingleUse(t *testing.T) {
 		if !checkToken(approvalKey, rec, "a@x", tok, now()) {
 			t.Fatal("the approver's own token refused")
 		}
-		if _, err := b.decide(rec.ID, "a@x", false); err != nil {
+		if _, err := b.update(rec.ID, decision("a@x", false)); err != nil {
 			t.Fatal(err)
 		}
 		got, _, _ := b.get(rec.ID)
 		if len(got.Used) != 1 || got.Used[0] != "a@x" {
 			t.Fatalf("used after a decision: %v", got.Used)
 		}
-		if _, err := b.decide(rec.ID, "a@x", true); !errors.Is(err, errTokenUsed) {
+		if _, err := b.update(rec.ID, decision("a@x", true)); !errors.Is(err, errTokenUsed) {
 			t.Fatalf("the same approver's token again: %v, want errTokenUsed", err)
 		}
 		if got, _, _ := b.get(rec.ID); got.Decision != decisionRefused {
@@ -208,29 +205,26 @@ func TestApprovalTokenIsBoundToItsRequestApproverAndDeadline(t *testing.T) {
 
 func TestApprovalRefusesOwnAccountAndNonApprovers(t *testing.T) {
 	eachApprovalBackend(t, func(t *testing.T, b approvalBackend, _ *testClock) {
-		rec, err := newApprovalRecord(now(), time.Minute, approvalRecord{Account: "a@x", Approvers: []string{"a@x", "b@y"}, OnTimeout: onTimeoutDeny})
-		if err != nil {
-			t.Fatal(err)
-		}
+		rec := newApprovalRecord(newFlowID(), now(), time.Minute, approvalRecord{Account: "a@x", Approvers: []string{"a@x", "b@y"}, OnTimeout: onTimeoutDeny})
 		if err := b.put(rec); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := b.decide(rec.ID, "A@X", true); !errors.Is(err, errOwnAccount) {
+		if _, err := b.update(rec.ID, decision("A@X", true)); !errors.Is(err, errOwnAccount) {
 			t.Fatalf("an approver deciding their own account's request: %v, want errOwnAccount", err)
 		}
-		if _, err := b.decide(rec.ID, "c@z", true); !errors.Is(err, errNotApprover) {
+		if _, err := b.update(rec.ID, decision("c@z", true)); !errors.Is(err, errNotApprover) {
 			t.Fatalf("a non-approver: %v, want errNotApprover", err)
 		}
-		if _, err := b.decide("0123456789abcdef0123456789abcdef", "b@y", true); !errors.Is(err, errApprovalNotFound) {
+		if _, err := b.update("0123456789abcdef0123456789abcdef", decision("b@y", true)); !errors.Is(err, errApprovalNotFound) {
 			t.Fatalf("an unknown request: %v, want errApprovalNotFound", err)
 		}
-		if _, err := b.decide("../../key", "b@y", true); !errors.Is(err, errApprovalNotFound) {
+		if _, err := b.update("../../key", decision("b@y", true)); !errors.Is(err, errApprovalNotFound) {
 			t.Fatalf("a malformed ID: %v, want errApprovalNotFound", err)
 		}
 		if s := stateOf(t, b, rec.ID); s != approvalPending {
 			t.Fatalf("refused decisions changed the request: %v", s)
 		}
-		got, _ := b.decide(rec.ID, "b@y", true)
+		got, _ := b.update(rec.ID, decision("b@y", true))
 		if got.state(now()) != approvalGranted || len(got.Used) != 1 {
 			t.Fatalf("the other approver after the refused ones: %+v", got)
 		}
@@ -240,10 +234,10 @@ func TestApprovalRefusesOwnAccountAndNonApprovers(t *testing.T) {
 func TestApprovalAdminDecidesAnyPendingRequest(t *testing.T) {
 	eachApprovalBackend(t, func(t *testing.T, b approvalBackend, _ *testClock) {
 		granted, refused := putApproval(t, b, onTimeoutDeny), putApproval(t, b, onTimeoutGrant)
-		if got, err := b.decide(granted.ID, approvalAdmin, true); err != nil || got.DecidedBy != approvalAdmin || got.state(now()) != approvalGranted || len(got.Used) != 0 {
+		if got, err := b.update(granted.ID, decision(approvalAdmin, true)); err != nil || got.DecidedBy != approvalAdmin || got.state(now()) != approvalGranted || len(got.Used) != 0 {
 			t.Fatalf("admin approval: %+v, %v", got, err)
 		}
-		if got, err := b.decide(refused.ID, approvalAdmin, false); err != nil || got.DecidedBy != approvalAdmin || got.state(now()) != approvalRefused {
+		if got, err := b.update(refused.ID, decision(approvalAdmin, false)); err != nil || got.DecidedBy != approvalAdmin || got.state(now()) != approvalRefused {
 			t.Fatalf("admin refusal: %+v, %v", got, err)
 		}
 	})
@@ -276,7 +270,7 @@ func TestApprovalPendingAndSweep(t *testing.T) {
 		if _, ok, _ := b.get(second.ID); !ok {
 			t.Fatal("the later request was swept with the first")
 		}
-		if _, err := b.decide(first.ID, "a@x", true); !errors.Is(err, errApprovalNotFound) {
+		if _, err := b.update(first.ID, decision("a@x", true)); !errors.Is(err, errApprovalNotFound) {
 			t.Fatalf("a decision of a swept request: %v", err)
 		}
 	})
@@ -287,15 +281,15 @@ func TestApprovalSurvivesARestartInStorageOnly(t *testing.T) {
 	dir := t.TempDir()
 	st := &storageApprovals{st: &certmagic.FileStorage{Path: dir}}
 	rec := putApproval(t, st, onTimeoutDeny)
-	if _, err := st.decide(rec.ID, "a@x", true); err != nil {
+	if _, err := st.update(rec.ID, decision("a@x", true)); err != nil {
 		t.Fatal(err)
 	}
 	again := &storageApprovals{st: &certmagic.FileStorage{Path: dir}}
 	got, ok, err := again.get(rec.ID)
-	if err != nil || !ok || got.state(now()) != approvalGranted || got.Account != "owner@x" || got.Flow != flowA || len(got.Used) != 1 {
+	if err != nil || !ok || got.state(now()) != approvalGranted || got.Account != "owner@x" || got.Factor != "email" || len(got.Used) != 1 {
 		t.Fatalf("after a restart: %+v, %v, %v", got, ok, err)
 	}
-	if _, err := again.decide(rec.ID, "a@x", true); !errors.Is(err, errTokenUsed) {
+	if _, err := again.update(rec.ID, decision("a@x", true)); !errors.Is(err, errTokenUsed) {
 		t.Fatalf("a used token after a restart: %v, want errTokenUsed", err)
 	}
 
@@ -309,13 +303,62 @@ func TestApprovalSurvivesARestartInStorageOnly(t *testing.T) {
 	}
 }
 
-func TestApprovalIDsAreFresh(t *testing.T) {
-	a, _ := newApprovalRecord(time.Unix(0, 0), time.Minute, approvalRecord{})
-	b, _ := newApprovalRecord(time.Unix(0, 0), time.Minute, approvalRecord{})
-	if !validApprovalID(a.ID) || !validApprovalID(b.ID) || a.ID == b.ID {
-		t.Fatalf("IDs %q, %q", a.ID, b.ID)
-	}
-	if validApprovalID("0123456789ABCDEF0123456789ABCDEF") || validApprovalID("0123") {
-		t.Fatal("a malformed ID accepted")
-	}
+// A granted request issues its session once, whichever instance asks; a
+// pending, refused or timed-out-denied one issues none.
+func TestApprovalGrantedRequestIsClaimedOnce(t *testing.T) {
+	claim := func(r *approvalRecord, t time.Time) error { return r.claim(t) }
+	eachApprovalBackend(t, func(t *testing.T, b approvalBackend, clk *testClock) {
+		approved, vetoWindow, refused, denied := putApproval(t, b, onTimeoutDeny), putApproval(t, b, onTimeoutGrant),
+			putApproval(t, b, onTimeoutGrant), putApproval(t, b, onTimeoutDeny)
+		for _, id := range []string{approved.ID, vetoWindow.ID, denied.ID} {
+			if _, err := b.update(id, claim); !errors.Is(err, errNotGranted) {
+				t.Fatalf("a pending request claimed: %v, want errNotGranted", err)
+			}
+		}
+		if _, err := b.update(approved.ID, decision("a@x", true)); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := b.update(refused.ID, decision("a@x", false)); err != nil {
+			t.Fatal(err)
+		}
+		if got, err := b.update(approved.ID, claim); err != nil || !got.Claimed {
+			t.Fatalf("the approved request's claim: %+v, %v", got, err)
+		}
+		if _, err := b.update(approved.ID, claim); !errors.Is(err, errClaimed) {
+			t.Fatalf("a second claim: %v, want errClaimed", err)
+		}
+		clk.Advance(15 * time.Minute)
+		if _, err := b.update(vetoWindow.ID, claim); err != nil {
+			t.Fatalf("the veto window's claim at its deadline: %v", err)
+		}
+		for _, id := range []string{refused.ID, denied.ID} {
+			if _, err := b.update(id, claim); !errors.Is(err, errNotGranted) {
+				t.Fatalf("a refused or denied request claimed: %v, want errNotGranted", err)
+			}
+		}
+	})
+}
+
+// A timeout is recorded once, and only when there was one.
+func TestApprovalTimeoutIsNotedOnce(t *testing.T) {
+	note := func(r *approvalRecord, t time.Time) error { return r.noteTimeout(t) }
+	eachApprovalBackend(t, func(t *testing.T, b approvalBackend, clk *testClock) {
+		timedOut, decided := putApproval(t, b, onTimeoutDeny), putApproval(t, b, onTimeoutDeny)
+		if _, err := b.update(timedOut.ID, note); !errors.Is(err, errNotTimedOut) {
+			t.Fatalf("a pending request's timeout noted: %v", err)
+		}
+		if _, err := b.update(decided.ID, decision(approvalDoor, false)); err != nil {
+			t.Fatalf("the door's refusal: %v", err)
+		}
+		clk.Advance(15 * time.Minute)
+		if got, err := b.update(timedOut.ID, note); err != nil || !got.TimeoutNoted || got.state(now()) != approvalTimedOutDenied {
+			t.Fatalf("the timeout: %+v, %v", got, err)
+		}
+		if _, err := b.update(timedOut.ID, note); !errors.Is(err, errNotTimedOut) {
+			t.Fatalf("the timeout noted twice: %v", err)
+		}
+		if _, err := b.update(decided.ID, note); !errors.Is(err, errNotTimedOut) {
+			t.Fatalf("a decided request's timeout noted: %v", err)
+		}
+	})
 }
