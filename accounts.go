@@ -75,6 +75,10 @@ type AccountConfig struct {
 	// webauthn), each as the enrolment page (?break_glass=enroll) printed
 	// it.
 	WebAuthnKeys []WebAuthnKeyConfig `json:"webauthn_keys,omitempty"`
+
+	// The second-person control of this account's sign-ins; replaces the
+	// handler's approval block for this account.
+	Approval *ApprovalConfig `json:"approval,omitempty"`
 }
 
 // maxAccounts bounds the accounts of one handler: every sign-in compares
@@ -108,6 +112,9 @@ type account struct {
 	// userHandle is the account's WebAuthn user ID: of its email, so that
 	// its keys outlive a change of its hash.
 	userHandle []byte
+	// approval, when set, makes a right second factor ask for a second
+	// person instead of starting a session.
+	approval *approvalPolicy
 }
 
 // hashClass is an algorithm with its parameters: hashes of one class cost

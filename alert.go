@@ -7,6 +7,7 @@ package breakglass
 import (
 	"context"
 	"fmt"
+	"strings"
 	"time"
 
 	"go.uber.org/zap"
@@ -42,8 +43,37 @@ type alertEvent struct {
 	// AuditHead is the SHA-256 of the audit log's last line once this
 	// event was written to it (with audit_log).
 	AuditHead string `json:"audit_head,omitempty"`
+	// Approval is the approval request the event is of (second-person
+	// control).
+	Approval *alertApproval `json:"approval,omitempty"`
 
 	at time.Time // when it happened, for the mail
+}
+
+// alertApproval is what an alert says of an approval request.
+type alertApproval struct {
+	ID        string   `json:"id"`
+	Deadline  string   `json:"deadline"`   // RFC 3339, UTC
+	OnTimeout string   `json:"on_timeout"` // grant or deny
+	Approvers []string `json:"approvers"`
+	DecidedBy string   `json:"decided_by,omitempty"` // an approver (and from where), or admin
+}
+
+// withApproval is ev of the approval request rec, decided by by (if it
+// was); the message says what the team must know of it.
+func (ev alertEvent) withApproval(rec approvalRecord, by string) alertEvent {
+	deadline := time.Unix(0, rec.Deadline).UTC()
+	ev.Approval = &alertApproval{ID: rec.ID, Deadline: deadline.Format(time.RFC3339), OnTimeout: rec.OnTimeout,
+		Approvers: rec.Approvers, DecidedBy: by}
+	switch {
+	case by != "":
+		ev.Message += ". Decided by " + by
+	case ev.Event == eventApprovalAsk && rec.OnTimeout == onTimeoutGrant:
+		ev.Message += ". Unless an approver refuses by " + ev.Approval.Deadline + ", it is granted (on_timeout grant)"
+	case ev.Event == eventApprovalAsk:
+		ev.Message += ". Unless an approver approves by " + ev.Approval.Deadline + ", it is refused (on_timeout deny)"
+	}
+	return ev
 }
 
 // alertWording is what the alerts of one event say: the message (with
@@ -101,6 +131,32 @@ var alertWordings = map[string]alertWording{
 		heading: "A break-glass security key signed with a counter that did not increase: it may have been copied.",
 		advice: "The key stays refused. Find out where the key is; remove its webauthn_key line and enrol a new key; " +
 			"treat the password as known.",
+	},
+	eventApprovalAsk: {
+		message: "Break-glass sign-in of %[1]s from %[2]s on %[3]s at %[4]s waits for approval: its password and second factor were right",
+		subject: "[break-glass] Sign-in waiting for approval on %[1]s from %[2]s",
+		heading: "Someone signed in through the break-glass door; the sign-in waits for an approver.",
+		advice: "The approvers were mailed a link to decide. If nobody on the team is using the door now, " +
+			"someone has the password and second factor: have an approver refuse, and rotate the credential.",
+	},
+	eventApproved: {
+		message: "Break-glass sign-in of %[1]s from %[2]s on %[3]s was approved at %[4]s",
+		subject: "[break-glass] Sign-in approved on %[1]s for %[2]s",
+		heading: "A break-glass sign-in waiting for approval was approved.",
+		advice:  "The operator's session starts now. If the approval was not meant, revoke its sessions (caddy break-glass revoke).",
+	},
+	eventRefused: {
+		message: "Break-glass sign-in of %[1]s from %[2]s on %[3]s was refused at %[4]s",
+		subject: "[break-glass] Sign-in refused on %[1]s for %[2]s",
+		heading: "A break-glass sign-in waiting for approval was refused: no session was issued.",
+		advice:  "If the person signing in was not on the team, they have the password and second factor: rotate them.",
+	},
+	eventApprovalEnd: {
+		message: "Break-glass sign-in of %[1]s from %[2]s on %[3]s was undecided at its deadline (%[4]s)",
+		subject: "[break-glass] Approval request timed out on %[1]s (client %[2]s)",
+		heading: "A break-glass sign-in waiting for approval reached its deadline with no decision.",
+		advice: "With on_timeout grant the session is issued now; with deny it is refused. " +
+			"Make sure the approvers can be reached: their mails may not be arriving.",
 	},
 	eventDrill: {
 		message: "DRILL: this is a test of the break-glass alerts for %[1]s, run from %[3]s at %[4]s. Nobody signed in; no action is needed.",
@@ -167,6 +223,14 @@ func alertMail(to string, ev alertEvent) mailMessage {
 	if ev.Reason != "" {
 		c.row("Reason", ev.Reason)
 	}
+	if ap := ev.Approval; ap != nil {
+		c.row("Approval", ap.ID)
+		c.row("Deadline", ap.Deadline+" (on timeout: "+ap.OnTimeout+")")
+		c.row("Approvers", strings.Join(ap.Approvers, ", "))
+		if ap.DecidedBy != "" {
+			c.row("Decided by", ap.DecidedBy)
+		}
+	}
 	if ev.AuditHead != "" {
 		c.row("Audit head", ev.AuditHead)
 	}
@@ -219,14 +283,14 @@ func (c alertChannel) logField() zap.Field {
 // The alerts anyone who is allowed can cause (lockouts, and codes issued,
 // which ask only for the password) go on the notices dispatcher, so that a
 // burst of them never crowds out a code mail or a login alert.
-func (al *alerts) send(ev alertEvent, log *zap.Logger) {
+func (al *alerts) send(ev alertEvent, log *zap.Logger, extra ...alertChannel) {
 	d := al.state.deliveries
 	for _, s := range events {
 		if s.name == ev.Event && s.notice {
 			d = al.state.notices
 		}
 	}
-	for _, c := range al.channels() {
+	for _, c := range append(al.channels(), extra...) {
 		d.deliver(c.kind, log.With(c.logField()), func(ctx context.Context) error { return c.send(ctx, ev) }, nil)
 	}
 }
@@ -238,8 +302,8 @@ var requireAlertWait = 10 * time.Second
 // confirm sends ev on every channel and waits, up to
 // requireAlertWait, until one confirms delivery. The other deliveries go on
 // in the background whatever the answer.
-func (al *alerts) confirm(ev alertEvent, log *zap.Logger) bool {
-	chans := al.channels()
+func (al *alerts) confirm(ev alertEvent, log *zap.Logger, extra ...alertChannel) bool {
+	chans := append(al.channels(), extra...)
 	results := make(chan error, len(chans))
 	for _, c := range chans {
 		al.state.deliveries.deliver(c.kind, log.With(c.logField()), func(ctx context.Context) error { return c.send(ctx, ev) },

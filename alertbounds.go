@@ -149,6 +149,16 @@ func (ev alertEvent) clean() alertEvent {
 	ev.Host = safeHost(ev.Host)
 	ev.Reason = safeReason(ev.Reason)
 	ev.AuditHead = clip(cleanText(ev.AuditHead), maxAuditHeadBytes, byteUnit)
+	if ap := ev.Approval; ap != nil {
+		c := *ap
+		c.ID, c.Deadline, c.OnTimeout = safeToken(c.ID), safeToken(c.Deadline), safeToken(c.OnTimeout)
+		c.DecidedBy = clip(cleanText(c.DecidedBy), maxEmailBytes+maxIPBytes+16, byteUnit)
+		c.Approvers = make([]string, 0, min(len(ap.Approvers), maxApprovers))
+		for _, a := range ap.Approvers[:min(len(ap.Approvers), maxApprovers)] {
+			c.Approvers = append(c.Approvers, safeEmail(a))
+		}
+		ev.Approval = &c
+	}
 	return ev
 }
 

@@ -132,7 +132,7 @@ func (l *lockoutAlerts) allow(t time.Time) (ok bool, held int, since time.Time) 
 
 // bounded sends an alert unless its limit holds it back (per app, or per
 // credential scope); the next one sent counts those held back.
-func (al *alerts) bounded(ev alertEvent, spec *eventSpec, scope string, log *zap.Logger) {
+func (al *alerts) bounded(ev alertEvent, spec *eventSpec, scope string, log *zap.Logger, extra ...alertChannel) {
 	var (
 		ok, held = true, 0
 		since    time.Time
@@ -158,7 +158,7 @@ func (al *alerts) bounded(ev alertEvent, spec *eventSpec, scope string, log *zap
 	if held > 0 {
 		ev.Message += heldBackNote(spec.limit, held, what, since)
 	}
-	al.send(ev, log)
+	al.send(ev, log, extra...)
 }
 
 // heldBackNote is what an alert adds about the alerts held back before it.

@@ -227,13 +227,12 @@ func approvalToken(key []byte, rec approvalRecord, approver string) string {
 	return base64.RawURLEncoding.EncodeToString(h.Sum(nil))
 }
 
-// checkToken reports whether token is approver's token to rec and rec is
-// still before its deadline at t. Its single use is the record's (decide).
-func checkToken(key []byte, rec approvalRecord, approver, token string, t time.Time) bool {
-	if t.UnixNano() >= rec.Deadline || !rec.isApprover(approver) {
-		return false
-	}
-	return hmac.Equal([]byte(token), []byte(approvalToken(key, rec, approver)))
+// validToken reports whether token is approver's token to the request id
+// whose deadline is exp: one HMAC, before any state is read. What it then
+// allows (an approver of the request, before its deadline, once) is the
+// record's rule (decide).
+func validToken(key []byte, id, approver string, exp int64, token string) bool {
+	return hmac.Equal([]byte(token), []byte(approvalToken(key, approvalRecord{ID: id, Deadline: exp}, approver)))
 }
 
 // approvalBackend is where approval requests are kept: in this process

@@ -52,8 +52,9 @@ func (h *Handler) newAttempt(r *http.Request, client netip.Addr) *attempt {
 	return a
 }
 
-// run serves the flow. w is only for bounding the form's size.
-func (a *attempt) run(w http.ResponseWriter, loggedOut bool) outcome {
+// run serves the flow; action is the request's break_glass action. w is
+// only for bounding the form's size.
+func (a *attempt) run(w http.ResponseWriter, action string) outcome {
 	h, r := a.h, a.r
 	// Before any parsing or hashing: a locked-out client costs nothing.
 	until, locked, err := h.state.limiter.lockedUntil(a.key)
@@ -65,7 +66,7 @@ func (a *attempt) run(w http.ResponseWriter, loggedOut bool) outcome {
 		return a.lockedOut(until)
 	}
 	if r.Method != http.MethodPost {
-		return a.show(loggedOut)
+		return a.show(action)
 	}
 	r.Body = http.MaxBytesReader(w, r.Body, maxFormBytes)
 	if err := r.ParseForm(); err != nil {
@@ -105,12 +106,18 @@ func (a *attempt) run(w http.ResponseWriter, loggedOut bool) outcome {
 }
 
 // show answers a GET: the code form while a code is pending for this
-// browser, else the login form.
-func (a *attempt) show(loggedOut bool) outcome {
+// browser, the approval request's page while it has one, else the login
+// form.
+func (a *attempt) show(action string) outcome {
 	h := a.h
 	if a.acc != nil {
 		if exp, ok := h.state.codes.pending(a.acc.scope, a.flow, a.client); ok {
 			return a.codePage(http.StatusOK, exp, "")
+		}
+		if a.acc.approval != nil {
+			if o, ok := a.awaiting(action == actionHold); ok {
+				return o
+			}
 		}
 	}
 	if spent, err := h.allSpent(); err != nil {
@@ -120,7 +127,7 @@ func (a *attempt) show(loggedOut bool) outcome {
 	}
 	a.log.Debug("break-glass login page served")
 	o := a.loginPage(http.StatusUnauthorized)
-	if loggedOut {
+	if action == actionLogout {
 		o.page.Notice = "You are signed out."
 	}
 	if rem := h.state.limiter.remaining(a.key, h.app.lim); rem < h.app.MaxAttempts {
@@ -409,8 +416,18 @@ func (a *attempt) settleOnPanic(kind attemptKind, settled *bool) {
 	}
 }
 
-// signIn starts a session after the right second factor f.
+// signIn ends a sign-in whose second factor f was right: with a session,
+// or, when the account needs a second person, with a request for one.
 func (a *attempt) signIn(acc *account, reason string, f factor) outcome {
+	if acc.approval != nil {
+		return a.requestApproval(acc, reason, f)
+	}
+	return a.startSession(acc, reason, f, nil)
+}
+
+// startSession starts the session of a sign-in whose second factor f was
+// right (and, with approval, whose request rec granted it).
+func (a *attempt) startSession(acc *account, reason string, f factor, rec *approvalRecord) outcome {
 	h := a.h
 	if h.state.sessions.full() {
 		a.log.Error("break-glass session refused: too many revoked sessions are remembered; they expire with their sessions")
@@ -429,9 +446,9 @@ func (a *attempt) signIn(acc *account, reason string, f factor) outcome {
 		}
 		uses = n
 	}
-	if h.RequireAlert {
+	if h.RequireAlert && rec == nil {
 		// The alert must cover this login: its head is that of a line
-		// written for it.
+		// written for it. (An approval request was confirmed as its alert.)
 		if !a.record(event{kind: evLoginPending, acc: acc, reason: reason, detail: "waiting for an alert channel to confirm (require_alert)"}) {
 			if uses > 0 {
 				if err := h.app.uses.release(acc.credential); err != nil {
@@ -462,8 +479,14 @@ func (a *attempt) signIn(acc *account, reason string, f factor) outcome {
 		used += fmt.Sprintf(" (key %q)", a.keyName)
 		fields = append(fields, zap.String("key", a.keyName))
 	}
-	a.record(event{kind: evLogin, acc: acc, reason: reason, alerted: h.RequireAlert,
-		detail: used + ", session until " + s.Expires.UTC().Format(time.RFC3339), fields: fields})
+	e := event{kind: evLogin, acc: acc, reason: reason, alerted: h.RequireAlert && rec == nil,
+		detail: used + ", session until " + s.Expires.UTC().Format(time.RFC3339), fields: fields}
+	if rec != nil {
+		e.approval, e.by = rec, rec.DecidedBy
+		e.detail += ", " + outcomeText(*rec, rec.state(t))
+		e.fields = append(e.fields, zap.String("approval", rec.ID), zap.String("decided_by", rec.DecidedBy))
+	}
+	a.record(e)
 	if acc.maxUses > 0 && uses >= acc.maxUses {
 		a.record(event{kind: evSpent, acc: acc, reason: reason, detail: fmt.Sprintf("after %d uses", uses),
 			fields: []zap.Field{zap.Int("max_uses", acc.maxUses)}})

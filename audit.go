@@ -39,6 +39,9 @@ type auditRecord struct {
 	Path   string `json:"path,omitempty"`
 	Status int    `json:"status,omitempty"`
 	Detail string `json:"detail,omitempty"`
+	// By is who decided an approval request; Approval is its ID.
+	By       string `json:"by,omitempty"`
+	Approval string `json:"approval,omitempty"`
 	// Before is, on a "recovered" line, the chain head before the cut line.
 	Before string `json:"before,omitempty"`
 	Prev   string `json:"prev"`
@@ -60,6 +63,11 @@ const (
 	auditContinued   = "chain_continued"
 	auditKeyEnrolled = "key_enrolled"
 	auditKeyCloned   = "key_clone_warning"
+	// Second-person control.
+	auditApprovalAsked   = "approval_requested"
+	auditApproved        = "approved"
+	auditApprovalRefused = "approval_refused"
+	auditApprovalTimeout = "approval_timeout"
 )
 
 // auditFile is what the audit log needs of its file (an *os.File; tests

@@ -39,6 +39,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //			webauthn_key <name> <id> <public_key> [aaguid <uuid>] [backup_eligible]
 //			client_cert <sha256 fingerprint...>
 //			client_cert_subject <RFC 2253 subject>
+//			approval { ... }   # replaces the handler's for this account
 //		}
 //		email <address>            # or, for one account:
 //		hash <hash>                # email and hash (totp_secret, max_uses,
@@ -60,9 +61,16 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		webauthn_rp_id <domain>
 //		webauthn_origins <scheme://host[:port]...>
 //		webauthn_user_verification required|preferred|discouraged
+//		approval {
+//			approvers <email...>
+//			wait <duration>
+//			on_timeout grant|deny
+//			url <https://site/path/>
+//		}
 //		dev_log_code
 //	}
 func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	var err error
 	d.Next() // directive name
 	if d.NextArg() {
 		return d.ArgErr()
@@ -169,6 +177,13 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			}
 			h.SMTP = new(SMTPConfig)
 			if err := h.SMTP.unmarshalCaddyfile(d); err != nil {
+				return err
+			}
+		case "approval":
+			if h.Approval != nil {
+				return d.Err("approval: given twice")
+			}
+			if h.Approval, err = unmarshalApproval(d); err != nil {
 				return err
 			}
 		case "dev_log_code":
@@ -378,8 +393,13 @@ func unmarshalAccount(d *caddyfile.Dispenser) (AccountConfig, error) {
 			if err = oneArg(d, &subj); err == nil {
 				c.ClientCertSubjects = append(c.ClientCertSubjects, subj)
 			}
+		case "approval":
+			if c.Approval != nil {
+				return c, d.Errf("account %s: approval: given twice", c.Email)
+			}
+			c.Approval, err = unmarshalApproval(d)
 		default:
-			err = d.Errf("account %s: unknown option %q (hash, totp_secret, max_uses, sentinel_id, second_factor, webauthn_key, client_cert, client_cert_subject)", c.Email, d.Val())
+			err = d.Errf("account %s: unknown option %q (hash, totp_secret, max_uses, sentinel_id, second_factor, webauthn_key, client_cert, client_cert_subject, approval)", c.Email, d.Val())
 		}
 		if err != nil {
 			return c, err
@@ -387,6 +407,35 @@ func unmarshalAccount(d *caddyfile.Dispenser) (AccountConfig, error) {
 	}
 	if c.Hash == "" {
 		return c, d.Errf("account %s: needs a hash", c.Email)
+	}
+	return c, nil
+}
+
+// unmarshalApproval reads `approval { approvers …; wait …; on_timeout …; url … }`.
+func unmarshalApproval(d *caddyfile.Dispenser) (*ApprovalConfig, error) {
+	c := new(ApprovalConfig)
+	if d.NextArg() {
+		return nil, d.Errf("approval: takes a block, not %q", d.Val())
+	}
+	for nest := d.Nesting(); d.NextBlock(nest); {
+		var err error
+		switch d.Val() {
+		case "approvers":
+			err = listArg(d, &c.Approvers)
+		case "wait":
+			err = durationArg(d, &c.Wait)
+		case "on_timeout":
+			if err = oneArg(d, &c.OnTimeout); err == nil && c.OnTimeout != onTimeoutGrant && c.OnTimeout != onTimeoutDeny {
+				err = d.Errf("approval: on_timeout %q: must be grant or deny", c.OnTimeout)
+			}
+		case "url":
+			err = oneArg(d, &c.URL)
+		default:
+			err = d.Errf("approval: unknown option %q (approvers, wait, on_timeout, url)", d.Val())
+		}
+		if err != nil {
+			return nil, err
+		}
 	}
 	return c, nil
 }

@@ -29,38 +29,47 @@ const (
 	eventDrill        = "break_glass_drill"
 	eventKeyEnrolled  = "break_glass_key_enrolled"
 	eventKeyCloned    = "break_glass_key_clone_warning"
+	eventApprovalAsk  = "break_glass_approval_requested"
+	eventApproved     = "break_glass_approved"
+	eventRefused      = "break_glass_refused"
+	eventApprovalEnd  = "break_glass_approval_timeout"
 )
 
 type eventKind uint8
 
 const (
-	evForbidden        eventKind = iota // a client outside allowed_ips
-	evLocked                            // a locked-out client asked
-	evBadCSRF                           // a form without its token
-	evBadCredentials                    // a wrong email or password
-	evNoCode                            // a code posted with none pending: not an attempt
-	evWrongCode                         // a wrong code
-	evInvalidCode                       // a code no longer valid
-	evInFlight                          // refused: the client's attempts are being checked
-	evClientCodes                       // refused: the client had its codes for the window
-	evCredentialCodes                   // refused: the account had its codes for the window
-	evLimiterFull                       // refused: max_tracked_clients reached
-	evHashBusy                          // refused: every hashing slot busy
-	evUnavailable                       // refused: the state cannot be read or written
-	evCodeIssued                        // the right password: a code is pending
-	evFactorPending                     // the right password: a key or TOTP code is awaited, no code mailed
-	evNoFactor                          // the right password, but no second factor this request can give
-	evLockout                           // a failure locked the client out
-	evLoginPending                      // require_alert: the login alert must be confirmed
-	evLoginUnalerted                    // require_alert: no channel confirmed, refused
-	evCredentialUsedUp                  // max_uses reached before this login
-	evLogin                             // a session was issued
-	evSpent                             // this login used the credential's last use
-	evLogout                            // a session was ended by its operator
-	evKeyRefused                        // a security key's answer was refused
-	evKeyCloned                         // a key signed with a counter that did not increase
-	evKeyEnrolled                       // a signed-in operator registered a key
-	evDrill                             // `caddy break-glass drill`: its test alert (sent by the drill itself)
+	evForbidden           eventKind = iota // a client outside allowed_ips
+	evLocked                               // a locked-out client asked
+	evBadCSRF                              // a form without its token
+	evBadCredentials                       // a wrong email or password
+	evNoCode                               // a code posted with none pending: not an attempt
+	evWrongCode                            // a wrong code
+	evInvalidCode                          // a code no longer valid
+	evInFlight                             // refused: the client's attempts are being checked
+	evClientCodes                          // refused: the client had its codes for the window
+	evCredentialCodes                      // refused: the account had its codes for the window
+	evLimiterFull                          // refused: max_tracked_clients reached
+	evHashBusy                             // refused: every hashing slot busy
+	evUnavailable                          // refused: the state cannot be read or written
+	evCodeIssued                           // the right password: a code is pending
+	evFactorPending                        // the right password: a key or TOTP code is awaited, no code mailed
+	evNoFactor                             // the right password, but no second factor this request can give
+	evLockout                              // a failure locked the client out
+	evLoginPending                         // require_alert: the login alert must be confirmed
+	evLoginUnalerted                       // require_alert: no channel confirmed, refused
+	evCredentialUsedUp                     // max_uses reached before this login
+	evLogin                                // a session was issued
+	evSpent                                // this login used the credential's last use
+	evLogout                               // a session was ended by its operator
+	evKeyRefused                           // a security key's answer was refused
+	evKeyCloned                            // a key signed with a counter that did not increase
+	evKeyEnrolled                          // a signed-in operator registered a key
+	evDrill                                // `caddy break-glass drill`: its test alert (sent by the drill itself)
+	evApprovalRequested                    // the right second factor of an account with approval: the approvers are asked
+	evApproved                             // an approver (or the host) approved a request
+	evRefused                              // an approver (or the host) refused a request
+	evApprovalTimeout                      // a request was undecided at its deadline
+	evApprovalLinkRefused                  // an approval link or form without a valid token
 )
 
 // alertLimit says how an event's alerts are held back in a burst.
@@ -144,6 +153,13 @@ var events = [...]eventSpec{
 	evKeyEnrolled: {name: eventKeyEnrolled, level: zapcore.WarnLevel, msg: "break-glass security key enrolled: add its line to the config",
 		audit: auditKeyEnrolled, severity: "warning"},
 	evDrill: {name: eventDrill, severity: "info"},
+	evApprovalRequested: {name: eventApprovalAsk, level: zapcore.WarnLevel, msg: "break-glass sign-in waits for approval: the approvers were asked",
+		audit: auditApprovalAsked, severity: "warning"},
+	evApproved: {name: eventApproved, level: zapcore.WarnLevel, msg: "break-glass sign-in approved", audit: auditApproved, severity: "warning"},
+	evRefused:  {name: eventRefused, level: zapcore.WarnLevel, msg: "break-glass sign-in refused by an approver", audit: auditApprovalRefused, severity: "warning"},
+	evApprovalTimeout: {name: eventApprovalEnd, level: zapcore.WarnLevel, msg: "break-glass approval request undecided at its deadline",
+		audit: auditApprovalTimeout, severity: "warning"},
+	evApprovalLinkRefused: {level: zapcore.InfoLevel, msg: "break-glass approval link refused: no valid token", metric: countResult(resultForbidden)},
 }
 
 // event is one thing that happened to an attempt.
@@ -159,6 +175,16 @@ type event struct {
 	// pending line was confirmed under require_alert).
 	alerted bool
 	fields  []zap.Field // more for the log line
+	// The approval request concerned, who decided it (and from where), and
+	// the site it was made on (an approver's request is not the site's).
+	approval *approvalRecord
+	by       string
+	host     string
+	// extra are channels this event's alert also goes to (the approvers'
+	// mails), and confirm makes record wait until one channel confirmed
+	// it, as for require_alert.
+	extra   []alertChannel
+	confirm bool
 }
 
 // record makes an event of an attempt known, in a fixed order: the log
@@ -194,11 +220,15 @@ func (a *attempt) record(e event) (confirmed bool) {
 	}
 	var head string
 	if spec.audit != "" {
-		head = h.audit(auditRecord{Event: spec.audit, Email: email, Client: a.client.String(), Reason: e.reason, Detail: e.detail})
+		rec := auditRecord{Event: spec.audit, Email: email, Client: a.client.String(), Reason: e.reason, Detail: e.detail, By: e.by}
+		if e.approval != nil {
+			rec.Approval = e.approval.ID
+		}
+		head = h.audit(rec)
 	}
 	confirmed = true
-	host := ""
-	if spec.name != "" || spec.alertAs != 0 || spec.severity != "" {
+	host := e.host
+	if host == "" && (spec.name != "" || spec.alertAs != 0 || spec.severity != "") {
 		host = h.site(a.r)
 	}
 	alert := spec
@@ -208,14 +238,17 @@ func (a *attempt) record(e event) (confirmed bool) {
 	if alert.severity != "" && !e.alerted && (alert.alertOn == "" || h.alerts.on[alert.alertOn]) {
 		ev := newEvent(alert.name, email, a.client.String(), host, e.reason, t)
 		ev.AuditHead = head
-		if spec.confirm {
-			confirmed = h.alerts.confirm(ev, a.log)
+		if e.approval != nil {
+			ev = ev.withApproval(*e.approval, e.by)
+		}
+		if spec.confirm || e.confirm {
+			confirmed = h.alerts.confirm(ev, a.log, e.extra...)
 		} else {
 			scope := ""
 			if e.acc != nil {
 				scope = e.acc.scope
 			}
-			h.alerts.bounded(ev, alert, scope, a.log)
+			h.alerts.bounded(ev, alert, scope, a.log, e.extra...)
 		}
 	}
 	if spec.name != "" {
@@ -237,6 +270,12 @@ func (h *Handler) emit(spec *eventSpec, client netip.Addr, host, account string,
 	}
 	if spec.failure != "" {
 		data["failure"] = spec.failure
+	}
+	if rec := e.approval; rec != nil {
+		data["approval"], data["deadline"] = rec.ID, time.Unix(0, rec.Deadline).UTC().Format(time.RFC3339)
+		if e.by != "" {
+			data["decided_by"] = e.by
+		}
 	}
 	h.events.Emit(h.ctx, spec.name, data)
 }

@@ -48,6 +48,16 @@ func (s factor) names() []string {
 
 func (s factor) String() string { return strings.Join(s.names(), " ") }
 
+// parseFactor is the factor of one name.
+func parseFactor(name string) (factor, bool) {
+	for _, n := range factorNames {
+		if n.name == name {
+			return n.f, true
+		}
+	}
+	return 0, false
+}
+
 // factorsOf reads an account's second_factor list. configured is what the
 // account has the means for (email always; totp with a totp_secret,
 // webauthn with a key, client_cert with a fingerprint or subject); without
@@ -62,16 +72,11 @@ func factorsOf(list []string, configured factor) (factor, error) {
 	}
 	var s factor
 	for _, name := range list {
-		i := -1
-		for j, n := range factorNames {
-			if n.name == name {
-				i = j
-			}
-		}
-		if i < 0 {
+		f, ok := parseFactor(name)
+		if !ok {
 			return 0, fmt.Errorf("second_factor: %q: must be webauthn, client_cert, totp or email", name)
 		}
-		s |= factorNames[i].f
+		s |= f
 	}
 	switch {
 	case s.has(factorTOTP) && !configured.has(factorTOTP):

@@ -125,8 +125,14 @@ type Handler struct {
 	// "required", "preferred" or "discouraged". Default: preferred.
 	WebAuthnUserVerification string `json:"webauthn_user_verification,omitempty"`
 
-	// Development only: write each code to the log at WARN, so the flow can
-	// be tried without a mail server.
+	// Second-person control: once an account's password and second factor
+	// are right, the sign-in waits until an approver approves it (or, with
+	// on_timeout grant, until its deadline passes unrefused). An account's
+	// own approval block replaces this one for that account. Default: none.
+	Approval *ApprovalConfig `json:"approval,omitempty"`
+
+	// Development only: write each code (and each approval link) to the
+	// log at WARN, so the flow can be tried without a mail server.
 	DevLogCode bool `json:"dev_log_code,omitempty"`
 
 	app      *App
@@ -177,12 +183,16 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	if r.TLS != nil && !r.TLS.HandshakeComplete {
 		return caddyhttp.Error(http.StatusTooEarly, errors.New("break_glass: TLS handshake not complete, client address not verified"))
 	}
+	action := actionOf(r)
+	if action == actionApproval {
+		// An approver's link: from anywhere, and nothing without its token.
+		return h.respond(w, r, h.decisionPage(w, r, client))
+	}
 	if !allowed(h.allow, client) {
 		a := h.newAttempt(r, client)
 		a.record(event{kind: evForbidden})
 		return h.respond(w, r, a.message(http.StatusForbidden, "forbidden", "Access not allowed", ""))
 	}
-	action := actionOf(r)
 	if value, ok := cookieValue(r.Header, h.names(r).session); ok {
 		// The path of every request of a signed-in operator: one cookie, one
 		// HMAC, one map lookup, four placeholders. It allocates only what
@@ -215,7 +225,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		}
 		h.logger.Debug("break-glass session cookie rejected", zap.String("client_ip", client.String()), zap.String("reason", err.Error()))
 	}
-	return h.respond(w, r, h.newAttempt(r, client).run(w, action == actionLogout))
+	return h.respond(w, r, h.newAttempt(r, client).run(w, action))
 }
 
 // Cleanup lets go of the audit log. The field stays set: requests of the old

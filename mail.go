@@ -31,6 +31,9 @@ type mailContent struct {
 	Rows       []mailRow
 	Advice     string
 	Alarm      bool // the advice in red
+	// Link is a link the mail is for (an approver's), shown as a button
+	// with LinkText and in full.
+	Link, LinkText string
 }
 
 // mailRow is a "Label: value" row, bounded in each part (see alertbounds.go).
@@ -93,6 +96,32 @@ func codeMail(to, code, clientIP, host string, expires time.Time) mailMessage {
 		Advice: "If you did not ask for this code, someone knows the break-glass password: tell your security team and rotate the password now.",
 		Alarm:  true,
 	}.message(to)
+}
+
+// approverMail asks an approver to decide rec, at link (theirs alone).
+func approverMail(to string, rec approvalRecord, link string) mailMessage {
+	deadline := formatTime(time.Unix(0, rec.Deadline))
+	c := mailContent{
+		Subject: clip(fmt.Sprintf("[break-glass] Approve or refuse: %s wants to sign in on %s", safeEmail(rec.Account), safeHost(rec.Host)), maxMailSubjectBytes, byteUnit),
+		Heading: "A break-glass sign-in waits for your decision.",
+		Paragraphs: []string{"Its password and second factor were right. Open the link to see the request and approve or refuse it; opening it decides nothing. " +
+			"The first approver to decide decides for everyone."},
+		Link: link, LinkText: "Review the request",
+		Advice: "Approve only if you know of this emergency and of the person signing in. If you do not, refuse: someone may have the password and second factor.",
+		Alarm:  true,
+	}
+	c.row("Account", rec.Account)
+	c.row("Client IP", rec.Client)
+	c.row("Site", rec.Host)
+	if rec.Reason != "" {
+		c.row("Reason", rec.Reason)
+	}
+	if rec.OnTimeout == onTimeoutGrant {
+		c.row("Deadline", deadline+": unless someone refuses by then, access is granted")
+	} else {
+		c.row("Deadline", deadline+": unless someone approves by then, access is refused")
+	}
+	return c.message(to)
 }
 
 // drillCodeMail is the drill's stand-in for a code mail: it goes where codes

@@ -20,6 +20,7 @@ type outcome struct {
 	page       page
 	redirect   string // a 303 to this URL instead of a page
 	retryAfter int    // seconds, sent when above 0
+	refresh    int    // seconds after which the page reloads itself (the Refresh header), when above 0
 	cookies    []*http.Cookie
 	err        error // an internal error: Caddy's error handling answers
 }
@@ -34,6 +35,9 @@ func (h *Handler) respond(w http.ResponseWriter, r *http.Request, o outcome) err
 	}
 	if o.retryAfter > 0 {
 		w.Header().Set("Retry-After", strconv.Itoa(o.retryAfter))
+	}
+	if o.refresh > 0 {
+		w.Header().Set("Refresh", strconv.Itoa(o.refresh))
 	}
 	if o.redirect != "" {
 		http.Redirect(w, r, o.redirect, http.StatusSeeOther)

@@ -72,9 +72,11 @@ type page struct {
 	ConfigJSON string
 	Expires    string
 	Until      string
-	Client     string
-	Host       string
-	CSS        template.CSS
+	// Approval is the request on the waiting and decision pages.
+	Approval *approvalView
+	Client   string
+	Host     string
+	CSS      template.CSS
 }
 
 // formatTime is the one layout of times in pages and mails: in UTC, so that

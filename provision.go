@@ -46,7 +46,7 @@ func (h *Handler) setup(app *App, logger *zap.Logger) error {
 		h.compare = compareHash
 	}
 	repl := caddy.NewReplacer()
-	steps := []func(*caddy.Replacer) error{h.setupAccounts, h.setupAllowList, h.setupAlerts, h.setupAudit, h.setupMail, h.setupCookies, h.setupSite, h.setupWebAuthn}
+	steps := []func(*caddy.Replacer) error{h.setupAccounts, h.setupAllowList, h.setupAlerts, h.setupAudit, h.setupMail, h.setupCookies, h.setupSite, h.setupWebAuthn, h.setupApproval}
 	for _, step := range steps {
 		if err := step(repl); err != nil {
 			return err

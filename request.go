@@ -47,8 +47,10 @@ func originalURL(r *http.Request) *url.URL {
 
 // What the query parameter break_glass asks of the door, on any guarded URL.
 const (
-	actionLogout = "logout" // end the session
-	actionEnroll = "enroll" // register a security key (signed in)
+	actionLogout   = "logout"   // end the session
+	actionEnroll   = "enroll"   // register a security key (signed in)
+	actionApproval = "approval" // an approver's link (any client)
+	actionHold     = "hold"     // the waiting page, without reloading itself
 )
 
 // actionOf is the request's break_glass action, or "".
@@ -60,7 +62,7 @@ func actionOf(r *http.Request) string {
 		}
 	}
 	switch a := originalURL(r).Query().Get("break_glass"); a {
-	case actionLogout, actionEnroll:
+	case actionLogout, actionEnroll, actionApproval, actionHold:
 		return a
 	}
 	return ""

@@ -63,13 +63,16 @@ const sweepInterval = time.Minute
 
 // state is what must survive a config reload.
 type state struct {
-	csrfKey    []byte
-	scopeKey   []byte
-	keyKey     []byte // of the WebAuthn challenges
-	limiter    limiterBackend
-	codes      codeBackend
-	sessions   *sessions
-	deliveries *dispatcher
+	csrfKey  []byte
+	scopeKey []byte
+	keyKey   []byte // of the WebAuthn challenges
+	// approvalKey signs the approvers' links; approvalIDKey names the
+	// approval request of a flow.
+	approvalKey, approvalIDKey []byte
+	limiter                    limiterBackend
+	codes                      codeBackend
+	sessions                   *sessions
+	deliveries                 *dispatcher
 	// notices runs the alerts anyone allowed can cause in bursts
 	// (lockouts, codes issued), apart from deliveries, so that a flood of
 	// them never crowds out a code mail or a login alert.
@@ -78,6 +81,8 @@ type state struct {
 	totp     totpReplay
 	uses     usesBackend
 	keys     signCounts
+	// approvals are the sign-ins waiting for a second person.
+	approvals approvalBackend
 
 	// With state memory: the credentials (identity → scopes) of the last
 	// config started; with state storage they are in storage.
@@ -108,6 +113,7 @@ func newState() (caddy.Destructor, error) {
 	s.totp = &memoryTOTPReplay{last: map[string]int64{}}
 	s.uses = &memoryUses{m: map[string]int{}}
 	s.keys = newMemorySignCounts()
+	s.approvals = newApprovalStore()
 	s.start()
 	return s, nil
 }
@@ -128,6 +134,7 @@ func newStorageState(st certmagic.Storage, log *zap.Logger, refresh time.Duratio
 	s.totp = storageTOTPReplay{st: st}
 	s.uses = storageUses{st: st}
 	s.keys = newStorageSignCounts(st)
+	s.approvals = &storageApprovals{st: st}
 	s.storage, s.log, s.refresh = st, log, refresh
 	if err := refreshRevocations(context.Background(), st, s.sessions); err != nil {
 		log.Error("break-glass: loading revocations from storage", zap.Error(err))
@@ -138,12 +145,14 @@ func newStorageState(st certmagic.Storage, log *zap.Logger, refresh time.Duratio
 
 func baseState(root []byte) *state {
 	return &state{
-		csrfKey:    subkey(root, "csrf"),
-		scopeKey:   subkey(root, "scope"),
-		keyKey:     subkey(root, "webauthn"),
-		sessions:   newSessions(subkey(root, "session")),
-		deliveries: newDispatcher(maxInFlightDeliveries),
-		notices:    newDispatcher(maxInFlightNotices),
+		csrfKey:       subkey(root, "csrf"),
+		scopeKey:      subkey(root, "scope"),
+		keyKey:        subkey(root, "webauthn"),
+		approvalKey:   subkey(root, "approval"),
+		approvalIDKey: subkey(root, "approval-id"),
+		sessions:      newSessions(subkey(root, "session")),
+		deliveries:    newDispatcher(maxInFlightDeliveries),
+		notices:       newDispatcher(maxInFlightNotices),
 	}
 }
 
@@ -214,6 +223,9 @@ func (s *state) sweepLoop(ctx context.Context) {
 			s.limiter.sweep()
 			s.codes.sweep()
 			s.sessions.sweep()
+			if err := s.approvals.sweep(); err != nil && ctx.Err() == nil {
+				s.log.Error("break-glass: sweeping approval requests", zap.Error(err))
+			}
 			if s.storage != nil {
 				if err := sweepStorage(ctx, s.storage, s.log); err != nil && ctx.Err() == nil {
 					s.log.Error("break-glass: sweeping storage", zap.Error(err))
