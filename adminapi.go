@@ -58,8 +58,9 @@ func appEnded(a *App) {
 	currentApp.Store(cur)
 }
 
-// adminAPI serves /break_glass/status, /break_glass/unlock and
-// /break_glass/revoke on Caddy's admin endpoint.
+// adminAPI serves /break_glass/status, /break_glass/unlock,
+// /break_glass/revoke, /break_glass/approve and /break_glass/refuse on
+// Caddy's admin endpoint.
 type adminAPI struct{}
 
 // CaddyModule returns the Caddy module information.
@@ -73,6 +74,8 @@ func (adminAPI) Routes() []caddy.AdminRoute {
 		{Pattern: "/break_glass/status", Handler: caddy.AdminHandlerFunc(handleStatus)},
 		{Pattern: "/break_glass/unlock", Handler: caddy.AdminHandlerFunc(handleUnlock)},
 		{Pattern: "/break_glass/revoke", Handler: caddy.AdminHandlerFunc(handleRevoke)},
+		{Pattern: "/break_glass/approve", Handler: handleDecision(true)},
+		{Pattern: "/break_glass/refuse", Handler: handleDecision(false)},
 	}
 }
 
@@ -145,9 +148,24 @@ type keyInfo struct {
 type statusReply struct {
 	Identities    []identityStatus `json:"identities"`
 	LockedClients []lockedClient   `json:"locked_clients"`
-	LastDrill     *drillRecord     `json:"last_drill"`
-	LastGoodDrill *drillRecord     `json:"last_good_drill"`
-	Settings      appSettings      `json:"settings"`
+	// PendingApprovals are the sign-ins waiting for an approver.
+	PendingApprovals []pendingApproval `json:"pending_approvals"`
+	LastDrill        *drillRecord      `json:"last_drill"`
+	LastGoodDrill    *drillRecord      `json:"last_good_drill"`
+	Settings         appSettings       `json:"settings"`
+}
+
+// pendingApproval is what the status shows of an open approval request.
+type pendingApproval struct {
+	ID        string    `json:"id"`
+	Account   string    `json:"account"`
+	Client    string    `json:"client"`
+	Host      string    `json:"host"`
+	Reason    string    `json:"reason,omitempty"`
+	Approvers []string  `json:"approvers"`
+	Created   time.Time `json:"created"`
+	Deadline  time.Time `json:"deadline"`
+	OnTimeout string    `json:"on_timeout"`
 }
 
 type appSettings struct {
@@ -199,9 +217,19 @@ func handleStatus(w http.ResponseWriter, r *http.Request) error {
 		return apiError(http.StatusServiceUnavailable, "reading the limiter: %v", err)
 	}
 	sort.Slice(locked, func(i, j int) bool { return locked[i].Client < locked[j].Client })
+	open, err := a.state.approvals.pending()
+	if err != nil {
+		return apiError(http.StatusServiceUnavailable, "reading the approval requests: %v", err)
+	}
+	approvals := []pendingApproval{}
+	for _, rec := range open {
+		approvals = append(approvals, pendingApproval{ID: rec.ID, Account: rec.Account, Client: rec.Client, Host: rec.Host, Reason: rec.Reason,
+			Approvers: rec.Approvers, Created: time.Unix(0, rec.Created).UTC(), Deadline: time.Unix(0, rec.Deadline).UTC(), OnTimeout: rec.OnTimeout})
+	}
 	st := statusReply{
-		Identities:    ids,
-		LockedClients: locked,
+		Identities:       ids,
+		LockedClients:    locked,
+		PendingApprovals: approvals,
 		Settings: appSettings{
 			MaxAttempts: a.MaxAttempts, Lockout: time.Duration(a.Lockout).String(), CodeTTL: time.Duration(a.CodeTTL).String(),
 			SessionTTL: time.Duration(a.SessionTTL).String(), State: a.State,
@@ -309,6 +337,39 @@ func handleRevoke(w http.ResponseWriter, r *http.Request) error {
 	a.logger.Warn("break-glass admin: sessions revoked", zap.String("email", req.Email), zap.Int("sessions_ended", ended), zap.String("remote", r.RemoteAddr))
 	w.Header().Set("Content-Type", "application/json")
 	return json.NewEncoder(w).Encode(map[string]any{"revoked": ended})
+}
+
+// handleDecision approves (or refuses) an approval request as the host:
+// the team's own way to decide when mail is down.
+func handleDecision(approve bool) caddy.AdminHandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) error {
+		var req struct {
+			ID string `json:"id"`
+		}
+		if err := readJSON(r, &req); err != nil {
+			return err
+		}
+		a, err := runningApp()
+		if err != nil {
+			return err
+		}
+		id := strings.ToLower(strings.TrimSpace(req.ID))
+		if !validApprovalID(id) {
+			return apiError(http.StatusBadRequest, "id %q: not an approval request ID (32 hex digits, as the status lists them)", req.ID)
+		}
+		rec, err := a.state.approvals.update(id, decision(approvalAdmin, approve))
+		switch {
+		case errors.Is(err, errApprovalNotFound):
+			return apiError(http.StatusNotFound, "no approval request %s (it ended over an hour ago, or never was)", id)
+		case errors.Is(err, errAlreadyDecided), errors.Is(err, errPastDeadline):
+			return apiError(http.StatusConflict, "approval request %s: %v (%s)", id, err, rec.state(now()))
+		case err != nil:
+			return apiError(http.StatusServiceUnavailable, "deciding %s: %v", id, err)
+		}
+		a.recordDecision(rec, "admin (admin API, from "+r.RemoteAddr+")", r)
+		w.Header().Set("Content-Type", "application/json")
+		return json.NewEncoder(w).Encode(map[string]string{"id": rec.ID, "account": rec.Account, "decision": rec.Decision})
+	}
 }
 
 // auditAll writes rec to the audit log of every handler (of the scopes

@@ -5,10 +5,12 @@
 package breakglass
 
 import (
+	"bytes"
 	"fmt"
 	"html"
 	"net/http"
 	"net/url"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
@@ -355,5 +357,105 @@ func TestApprovalConfigIsCheckedAtLoad(t *testing.T) {
 				t.Fatalf("error %v, want one with %q", err, c.want)
 			}
 		})
+	}
+}
+
+var linkRE = regexp.MustCompile(`https?://[^\s"]*break_glass=approval[^\s"]*`)
+
+// On a running Caddy configured by Caddyfile: the approver's mail arrives
+// over SMTP, its link works from an address outside the allow-list, and
+// the waiting browser gets its session; a second sign-in is refused from
+// the host (caddy break-glass refuse), and every step is in the audit log.
+func TestApprovalOnARunningCaddy(t *testing.T) {
+	w := newWorld(t)
+	admin := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	audit := filepath.Join(t.TempDir(), "audit.jsonl")
+	cfg := strings.Replace(w.caddyfile(5, ""), "admin off", "admin "+admin, 1)
+	cfg = strings.Replace(cfg, "alert_webhook "+w.hook.URL+"/hook", fmt.Sprintf(`alert_webhook %s/hook
+		audit_log %s
+		approval {
+			approvers sec@example.com ops@example.com
+			wait 10m
+			on_timeout deny
+			url %s/admin/
+		}`, w.hook.URL, audit, w.base), 1)
+	w.load(cfg, "caddyfile")
+
+	op := w.kit("127.0.0.2")
+	w.signIn(op)
+	if r := op.Get("/admin/"); r.Status != http.StatusAccepted || r.Header.Get("Refresh") == "" {
+		t.Fatalf("the waiting page: %d\n%s", r.Status, r.Body)
+	}
+	mail := w.smtp.waitMail(t, 0, "sec@example.com", "Approve or refuse")
+	link := linkRE.FindString(mail.Text)
+	if link == "" || !strings.Contains(mail.HTML, "Review the request") || !strings.Contains(mail.Text, "127.0.0.2") {
+		t.Fatalf("the approver's mail: %+v", mail)
+	}
+	for _, m := range w.smtp.Mails() {
+		if strings.Contains(m.Subject, "Approve or refuse") && m.To[0] != "sec@example.com" {
+			t.Fatalf("an approval mail to %v: the account itself is never asked", m.To)
+		}
+	}
+	away := w.kit("127.0.0.9")
+	if r := away.Get("/admin/"); r.Status != http.StatusForbidden {
+		t.Fatalf("the door from outside the allow-list: %d", r.Status)
+	}
+	u := mustURL(link)
+	page := away.Get(u.RequestURI())
+	if r := away.Do("POST", "/admin/?break_glass=approval", decisionPost(t, page, "approve"), nil); r.Status != http.StatusOK {
+		t.Fatalf("the approval from 127.0.0.9: %d\n%s", r.Status, r.Body)
+	}
+	if r := op.Get("/admin/"); r.Status != http.StatusSeeOther {
+		t.Fatalf("the waiting page after the approval: %d", r.Status)
+	}
+	if r := op.Get("/admin/reports"); r.Status != http.StatusOK || r.Body != "upstream /admin/reports" {
+		t.Fatalf("the session after the approval: %d %q", r.Status, r.Body)
+	}
+	w.up.mu.Lock()
+	user := w.up.last.Get("X-Break-Glass-User")
+	w.up.mu.Unlock()
+	if user != "ops@example.com" {
+		t.Fatalf("the upstream got the user %q", user)
+	}
+
+	// A second sign-in, refused from the host.
+	op2 := w.kit("127.0.0.3")
+	w.signInWith(op2, testPassword, "")
+	if r := op2.Get("/admin/"); r.Status != http.StatusAccepted {
+		t.Fatalf("the second waiting page: %d", r.Status)
+	}
+	txt, err := runCommand(t, statusCommand(), "--address", admin)
+	id := regexp.MustCompile(`(?m)^([0-9a-f]{32})\s+ops@example.com\s+127.0.0.3`).FindStringSubmatch(txt)
+	if err != nil || id == nil {
+		t.Fatalf("status does not list the waiting request: %v\n%s", err, txt)
+	}
+	if txt, err := runCommand(t, decisionCommand(false), "--address", admin, id[1]); err != nil || !strings.Contains(txt, "refused") {
+		t.Fatalf("refuse: %v\n%s", err, txt)
+	}
+	if _, err := runCommand(t, decisionCommand(true), "--address", admin, id[1]); err == nil || !strings.Contains(err.Error(), "409") {
+		t.Fatalf("approving a refused request: %v, want a 409", err)
+	}
+	if r := op2.Get("/admin/"); r.Status != http.StatusForbidden || !strings.Contains(r.Body, "refused on the server") {
+		t.Fatalf("the refused operator: %d\n%s", r.Status, r.Body)
+	}
+	w.hook.WaitEvent(t, eventRefused)
+
+	rep, b, err := verifyAuditFile(audit)
+	if err != nil {
+		t.Fatalf("verify-audit: %v (%+v)", err, rep)
+	}
+	got := auditEvents(b)
+	for _, want := range []string{"approval_requested approved login", "approval_requested approval_refused"} {
+		if !strings.Contains(got, want) {
+			t.Fatalf("the audit log's events %q lack %q", got, want)
+		}
+	}
+	for _, m := range bgtest.ReadLogs(bytes.NewReader(b)) {
+		if m["event"] == auditApproved && (m["by"] != "sec@example.com (from 127.0.0.9)" || m["approval"] == nil || m["email"] != "ops@example.com") {
+			t.Fatalf("the approved line does not say who decided what: %v", m)
+		}
+		if m["event"] == auditApprovalRefused && !strings.HasPrefix(fmt.Sprint(m["by"]), "admin (admin API") {
+			t.Fatalf("the refused line does not say the host decided: %v", m)
+		}
 	}
 }

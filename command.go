@@ -25,8 +25,8 @@ import (
 func init() {
 	caddycmd.RegisterCommand(caddycmd.Command{
 		Name:  "break-glass",
-		Usage: "drill|status|unlock|revoke|totp|verify-audit",
-		Short: "Operate the break_glass emergency login: drill, status, unlock, revoke",
+		Usage: "drill|status|unlock|revoke|approve|refuse|totp|verify-audit",
+		Short: "Operate the break_glass emergency login: drill, status, unlock, revoke, approve, refuse",
 		Long: `
 Commands to operate the break_glass handler.
 
@@ -39,14 +39,17 @@ Commands to operate the break_glass handler.
            the settings in force and the last drill of a running Caddy.
   unlock   Clears a client's failures (an IPv6 client: its /64).
   revoke   Ends every break-glass session, or those of one email.
+  approve  Approves a sign-in waiting for approval (its ID: see status).
+  refuse   Refuses a sign-in waiting for approval.
   totp     Makes a TOTP secret for totp_secret, and its otpauth:// URI.
   verify-audit
            Checks the hash chain of an audit_log file.
 
-status, unlock and revoke call the admin API: --address, or the admin
+status, unlock, revoke, approve and refuse call the admin API: --address, or the admin
 address of --config, or the default (localhost:2019).`,
 		CobraFunc: func(cmd *cobra.Command) {
-			cmd.AddCommand(drillCommand(), statusCommand(), unlockCommand(), revokeCommand(), totpCommand(), verifyAuditCommand())
+			cmd.AddCommand(drillCommand(), statusCommand(), unlockCommand(), revokeCommand(), decisionCommand(true), decisionCommand(false),
+				totpCommand(), verifyAuditCommand())
 		},
 	})
 }
@@ -241,6 +244,16 @@ func printStatus(w io.Writer, st statusReply) {
 		_ = tw.Flush()
 	}
 	fmt.Fprintln(w)
+	if len(st.PendingApprovals) == 0 {
+		fmt.Fprintln(w, "Approval requests: none waiting")
+	} else {
+		fmt.Fprintln(tw, "APPROVAL REQUEST\tACCOUNT\tCLIENT\tAPPROVERS\tDEADLINE\tON TIMEOUT")
+		for _, p := range st.PendingApprovals {
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", p.ID, p.Account, p.Client, strings.Join(p.Approvers, " "), p.Deadline.Format(time.RFC3339), p.OnTimeout)
+		}
+		_ = tw.Flush()
+	}
+	fmt.Fprintln(w)
 	if len(st.LockedClients) == 0 {
 		fmt.Fprintln(w, "Locked clients: none")
 	} else {
@@ -321,6 +334,31 @@ func cmdRevoke(fl caddycmd.Flags, _ []string) (int, error) {
 	}
 	_, err := fmt.Fprintf(out, "Revoked %s issued until now (%d live here).\n", who, v.Revoked)
 	return 0, err
+}
+
+func decisionCommand(approve bool) *cobra.Command {
+	verb, does := "refuse", "Refuses"
+	if approve {
+		verb, does = "approve", "Approves"
+	}
+	return adminFlags(subcommand(verb+" <id> [--address <addr>] [--json]",
+		does+" a break-glass sign-in waiting for approval, as the host",
+		"Calls POST /break_glass/"+verb+" on the admin API of the running Caddy: the team's own way to decide when the approvers' mail is down. The ID is on the operator's waiting page and in `caddy break-glass status`. The decision is final, alerted and audited as the admin's.",
+		cobra.ExactArgs(1), func(fl caddycmd.Flags, args []string) (int, error) {
+			var v struct {
+				ID       string `json:"id"`
+				Account  string `json:"account"`
+				Decision string `json:"decision"`
+			}
+			if err := adminRequest(fl, http.MethodPost, "/break_glass/"+verb, map[string]string{"id": args[0]}, &v); err != nil {
+				return 1, err
+			}
+			if fl.Bool("json") {
+				return 0, json.NewEncoder(out).Encode(v)
+			}
+			_, err := fmt.Fprintf(out, "Approval request %s of %s: %s.\n", v.ID, v.Account, v.Decision)
+			return 0, err
+		}))
 }
 
 func totpCommand() *cobra.Command {

@@ -228,7 +228,7 @@ func (a *attempt) record(e event) (confirmed bool) {
 	}
 	confirmed = true
 	host := e.host
-	if host == "" && (spec.name != "" || spec.alertAs != 0 || spec.severity != "") {
+	if host == "" && a.r != nil && (spec.name != "" || spec.alertAs != 0 || spec.severity != "") {
 		host = h.site(a.r)
 	}
 	alert := spec
