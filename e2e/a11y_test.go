@@ -54,8 +54,9 @@ var axeSource = sync.OnceValues(func() (string, error) {
 // CSP does not govern, so the pages stay script-free.
 //
 // It leaves the page in the light scheme at 1280×800, with focus back on
-// the element that had it, and the tab emulating a focused window (so that
-// focus rings show in later screenshots too).
+// the element that had it (or none, Tab starting from the top), and the tab
+// emulating a focused window (so that focus rings show in later screenshots
+// too).
 func checkPage(t *testing.T, ctx context.Context, name string) {
 	t.Helper()
 	dir := filepath.Join(artifacts, "screenshots")
@@ -137,8 +138,17 @@ func checkPage(t *testing.T, ctx context.Context, name string) {
 			t.Errorf("%s: %s", label, p)
 		}
 	})
-	run("restore the focus", chromedp.Evaluate[chromedp.Void](
-		`window.__bgFocus && window.__bgFocus !== document.body ? window.__bgFocus.focus() : document.activeElement.blur()`))
+	// With no focus before, Tab must start from the top again, not after
+	// the last element the Tab checks reached: a focused mark at the start
+	// of the page, removed, leaves Chromium's starting point there.
+	run("restore the focus", chromedp.Evaluate[chromedp.Void](`(() => {
+		if (window.__bgFocus && window.__bgFocus !== document.body) return window.__bgFocus.focus();
+		const mark = document.createElement("span");
+		mark.tabIndex = -1;
+		document.body.prepend(mark);
+		mark.focus();
+		mark.remove();
+	})()`))
 	run("reset", chromedp.Steps(colorScheme("light"), chromedp.EmulateViewport(1280, 800)))
 }
 
