@@ -54,8 +54,9 @@ var axeSource = sync.OnceValues(func() (string, error) {
 // CSP does not govern, so the pages stay script-free.
 //
 // It leaves the page in the light scheme at 1280×800, with focus back on
-// the element that had it, and the tab emulating a focused window (so that
-// focus rings show in later screenshots too).
+// the element that had it (or none, Tab starting from the top), and the tab
+// emulating a focused window (so that focus rings show in later screenshots
+// too).
 func checkPage(t *testing.T, ctx context.Context, name string) {
 	t.Helper()
 	dir := filepath.Join(artifacts, "screenshots")
@@ -137,8 +138,17 @@ func checkPage(t *testing.T, ctx context.Context, name string) {
 			t.Errorf("%s: %s", label, p)
 		}
 	})
-	run("restore the focus", chromedp.Evaluate[chromedp.Void](
-		`window.__bgFocus && window.__bgFocus !== document.body ? window.__bgFocus.focus() : document.activeElement.blur()`))
+	// With no focus before, Tab must start from the top again, not after
+	// the last element the Tab checks reached: a focused mark at the start
+	// of the page, removed, leaves Chromium's starting point there.
+	run("restore the focus", chromedp.Evaluate[chromedp.Void](`(() => {
+		if (window.__bgFocus && window.__bgFocus !== document.body) return window.__bgFocus.focus();
+		const mark = document.createElement("span");
+		mark.tabIndex = -1;
+		document.body.prepend(mark);
+		mark.focus();
+		mark.remove();
+	})()`))
 	run("reset", chromedp.Steps(colorScheme("light"), chromedp.EmulateViewport(1280, 800)))
 }
 
@@ -325,6 +335,30 @@ func activeElement(t *testing.T, ctx context.Context) string {
 	return s
 }
 
+// focusIs fails the test unless the element with focus is want, as
+// activeElement names it.
+func focusIs(t *testing.T, ctx context.Context, want string) {
+	t.Helper()
+	if got := activeElement(t, ctx); got != want {
+		t.Fatalf("focus on %s, want %s\npage: %s", got, want, bodyText(t, ctx))
+	}
+}
+
+// loginByKeyboard fills the login page by key events from its focused
+// email field, Tab by Tab, presses Enter on Continue and waits for next.
+func loginByKeyboard(t *testing.T, ctx context.Context, email, reason string, next chromedp.Action[chromedp.Void]) {
+	t.Helper()
+	key := func(keys string) chromedp.Action[chromedp.Void] { return chromedp.KeyEvent(keys) }
+	focusIs(t, ctx, "#email")
+	browserStep(t, ctx, "type the email", key(email), key(kb.Tab))
+	focusIs(t, ctx, "#password")
+	browserStep(t, ctx, "type the password", key(testPassword), key(kb.Tab))
+	focusIs(t, ctx, "#reason")
+	browserStep(t, ctx, "type the reason", key(reason), key(kb.Tab))
+	focusIs(t, ctx, "button:Continue")
+	browserStep(t, ctx, "press Enter on Continue", key(kb.Enter), next)
+}
+
 // TestBrowserKeyboardOnly signs in with key events alone, from where each
 // page puts the focus: Tab between fields, typing, Enter. It uses "Start
 // over" once, so every control of the flow is reached by keyboard.
@@ -341,39 +375,26 @@ func TestBrowserKeyboardOnly(t *testing.T) {
 			t.Fatalf("%s: %v\npage: %s", what, err, bodyText(t, ctx))
 		}
 	}
-	focusIs := func(want string) {
-		t.Helper()
-		if got := activeElement(t, ctx); got != want {
-			t.Fatalf("focus on %s, want %s\npage: %s", got, want, bodyText(t, ctx))
-		}
-	}
 	key := func(keys string) chromedp.Action[chromedp.Void] { return chromedp.KeyEvent(keys) }
 	login := func(reason string) {
 		t.Helper()
-		focusIs("#email")
-		do("type the email", key("ops@example.com"), key(kb.Tab))
-		focusIs("#password")
-		do("type the password", key(testPassword), key(kb.Tab))
-		focusIs("#reason")
-		do("type the reason", key(reason), key(kb.Tab))
-		focusIs("button:Continue")
-		do("press Enter on Continue", key(kb.Enter), chromedp.WaitVisible(chromedp.CSS("#code")))
-		focusIs("#code")
+		loginByKeyboard(t, ctx, "ops@example.com", reason, chromedp.WaitVisible(chromedp.CSS("#code")))
+		focusIs(t, ctx, "#code")
 	}
 
 	do("open the guarded URL", chromedp.Navigate(c.base+"/admin/dashboard"), chromedp.WaitVisible(chromedp.CSS("#email")))
 	login("INC-2 keyboard")
 	mp.waitCode(t, seen) // the first code, given up
 	do("Tab past Sign in", key(kb.Tab))
-	focusIs("button:Sign in")
+	focusIs(t, ctx, "button:Sign in")
 	do("Tab to Start over", key(kb.Tab))
-	focusIs("button:No code? Start over")
+	focusIs(t, ctx, "button:No code? Start over")
 	do("press Enter on Start over", key(kb.Enter), chromedp.WaitVisible(chromedp.CSS("#email")))
 
 	login("INC-2 keyboard")
 	code, _ := mp.waitCode(t, seen)
 	do("type the code", key(code), key(kb.Tab))
-	focusIs("button:Sign in")
+	focusIs(t, ctx, "button:Sign in")
 	do("press Enter on Sign in", key(kb.Enter), waitText("Admin area"))
 	if loc, err := chromedp.Run(ctx, chromedp.Location()); err != nil || loc != c.base+"/admin/dashboard" {
 		t.Fatalf("landed on %s (%v), not on the URL first asked for", loc, err)
@@ -382,6 +403,65 @@ func TestBrowserKeyboardOnly(t *testing.T) {
 		t.Errorf("upstream page: %q", txt)
 	}
 	c.waitLog(t, "break-glass login succeeded", map[string]string{"reason": "INC-2 keyboard"})
+}
+
+// TestBrowserKeyboardOnlyWithAKey enrols a security key and signs in with
+// it by key events alone. Signed in by code, the enrolment page: Tab to the
+// key's name and to the button, Space; a name the page refuses, corrected
+// in place. Then, the key in the config, the sign-in page: Tab to the
+// key's button, Enter.
+func TestBrowserKeyboardOnlyWithAKey(t *testing.T) {
+	mp := startMailpit(t, mailpitOptions{})
+	storage := filepath.Join(t.TempDir(), "storage")
+	c := startCaddy(t, keySite(mp, storage, "webauthn email", "", ""), "caddyfile")
+	base := fmt.Sprintf("http://localhost:%d", c.port)
+	ctx := browser(t)
+	virtualKey(t, ctx)
+	key := func(keys string) chromedp.Action[chromedp.Void] { return chromedp.KeyEvent(keys) }
+
+	browserStep(t, ctx, "open the enrolment page signed out", chromedp.Navigate(base+"/admin/?break_glass=enroll"),
+		chromedp.WaitVisible(chromedp.CSS("#email")))
+	loginByKeyboard(t, ctx, "ops@example.com", "INC-4 keyboard", chromedp.WaitVisible(chromedp.CSS("#code")))
+	focusIs(t, ctx, "#code")
+	code, _ := mp.waitCode(t, map[string]bool{})
+	browserStep(t, ctx, "type the code", key(code), key(kb.Enter), chromedp.WaitVisible(chromedp.CSS("#bg-key-start")))
+
+	// A name with a backslash: the key answers, the page refuses the name.
+	browserStep(t, ctx, "Tab to the name", key(kb.Tab))
+	focusIs(t, ctx, "#key-name")
+	browserStep(t, ctx, "type a name with a backslash", key(`YubiKey\safe A`), key(kb.Tab))
+	focusIs(t, ctx, "#bg-key-start")
+	browserStep(t, ctx, "press Space on the button", key(" "), waitText("The name cannot be used: contains a backslash"))
+	if name, err := chromedp.Run(ctx, chromedp.Value(chromedp.CSS("#key-name"))); err != nil || name != `YubiKey\safe A` {
+		t.Errorf("the refused name is not kept to correct: %q (%v)", name, err)
+	}
+	checkPage(t, ctx, "enroll-error")
+	attrsAre(t, ctx, ".alert.error", map[string]string{"role": "alert"})
+	browserStep(t, ctx, "Tab to the name", key(kb.Tab))
+	focusIs(t, ctx, "#key-name")
+	browserStep(t, ctx, "replace the name", key(kb.End), key(strings.Repeat(kb.Backspace, len(`YubiKey\safe A`))),
+		key("YubiKey, safe A"), key(kb.Tab))
+	focusIs(t, ctx, "#bg-key-start")
+	browserStep(t, ctx, "press Space on the button", key(" "), waitText("Security key registered"))
+	line, err := chromedp.Run(ctx, chromedp.Text(chromedp.CSS("#bg-line-caddyfile")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasPrefix(line, `webauthn_key "YubiKey, safe A" `) {
+		t.Fatalf("the enrolment page printed %q", line)
+	}
+
+	// The key in the config, the only factor.
+	c.stop()
+	c = startCaddy(t, keySite(mp, storage, "webauthn", line, ""), "caddyfile")
+	base = fmt.Sprintf("http://localhost:%d", c.port)
+	browserStep(t, ctx, "open the login page", chromedp.Navigate(base+"/admin/?break_glass=logout"),
+		chromedp.WaitVisible(chromedp.CSS("#email")))
+	loginByKeyboard(t, ctx, "ops@example.com", "INC-4 keyboard", chromedp.WaitVisible(chromedp.CSS("#bg-key-start")))
+	browserStep(t, ctx, "Tab to the key's button", key(kb.Tab))
+	focusIs(t, ctx, "#bg-key-start")
+	browserStep(t, ctx, "press Enter on the key's button", key(kb.Enter), waitText("Admin area. Signed in as ops@example.com."))
+	c.waitLog(t, "break-glass login succeeded", map[string]string{"second_factor": "webauthn", "key": "YubiKey, safe A", "reason": "INC-4 keyboard"})
 }
 
 // TestBrowserPagesAccessibleWithTOTPAndMaxUses checks the pages of a site

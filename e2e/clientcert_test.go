@@ -19,6 +19,8 @@ import (
 	"time"
 
 	"github.com/caddy-break-glass/caddy-break-glass/bgtest"
+	"github.com/chromedp/cdproto/security"
+	"github.com/chromedp/chromedp"
 )
 
 // colonFingerprint writes a hex fingerprint as openssl x509 -fingerprint
@@ -35,7 +37,8 @@ func colonFingerprint(fp string) string {
 // verifies client certificates against the test's CA, the right password
 // with the account's certificate signs in at once; without a certificate,
 // or with another one of the same CA, the password alone is refused; a
-// certificate of another CA never gets past the handshake.
+// certificate of another CA never gets past the handshake. A browser with no
+// certificate to give is told so on the "No second factor here" page.
 func TestClientCertificateIsASecondFactorOnCaddy(t *testing.T) {
 	dir := t.TempDir()
 	ca := bgtest.NewCA(t, "break-glass e2e CA")
@@ -127,4 +130,22 @@ https://localhost:{PORT} {
 		}
 	}
 	c.waitLog(t, "break-glass login refused: the password is right but this request has no second factor the account accepts", nil)
+
+	// A browser without a client certificate gets the page that says why.
+	// Its profile does not trust Caddy's local CA: the site's certificate
+	// is not what this checks.
+	ctx := browser(t)
+	if _, err := chromedp.Call(ctx, security.SetIgnoreCertificateErrors, security.SetIgnoreCertificateErrorsParams{Ignore: true}); err != nil {
+		t.Fatalf("Security.setIgnoreCertificateErrors: %v", err)
+	}
+	browserStep(t, ctx, "the password in a browser without a certificate", chromedp.Navigate(base+"/admin/"),
+		chromedp.WaitVisible(chromedp.CSS("#email")),
+		chromedp.SendKeys(chromedp.CSS("#email"), "ops@example.com"),
+		chromedp.SendKeys(chromedp.CSS("#password"), testPassword+"\n"),
+		waitText("No second factor here"))
+	if txt := bodyText(t, ctx); !strings.Contains(txt, "client certificate") || strings.Contains(txt, "Signed in as") {
+		t.Errorf("the page of a request with no factor: %q", txt)
+	}
+	checkPage(t, ctx, "no-factor")
+	attrsAre(t, ctx, ".alert.error", map[string]string{"role": "alert"})
 }

@@ -8,12 +8,17 @@ package e2e
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
 	"fmt"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/chromedp/cdproto/page"
 	"github.com/chromedp/cdproto/webauthn"
 	"github.com/chromedp/chromedp"
 )
@@ -35,6 +40,31 @@ func virtualKey(t *testing.T, ctx context.Context) webauthn.AuthenticatorID {
 		t.Fatalf("WebAuthn.addVirtualAuthenticator: %v", err)
 	}
 	return res.AuthenticatorID
+}
+
+// keyCredential is the one credential the virtual key id holds.
+func keyCredential(t *testing.T, ctx context.Context, id webauthn.AuthenticatorID) *webauthn.Credential {
+	t.Helper()
+	res, err := chromedp.Call(ctx, webauthn.GetCredentials, webauthn.GetCredentialsParams{AuthenticatorID: id})
+	if err != nil {
+		t.Fatalf("WebAuthn.getCredentials: %v", err)
+	}
+	if len(res.Credentials) != 1 {
+		t.Fatalf("the virtual key holds %d credentials, want 1", len(res.Credentials))
+	}
+	return res.Credentials[0]
+}
+
+// replaceCredential puts cred in the virtual key id in place of the
+// credential with its ID, as a copy of the key with other values would be.
+func replaceCredential(t *testing.T, ctx context.Context, id webauthn.AuthenticatorID, cred webauthn.Credential) {
+	t.Helper()
+	if _, err := chromedp.Call(ctx, webauthn.RemoveCredential, webauthn.RemoveCredentialParams{AuthenticatorID: id, CredentialID: cred.CredentialID}); err != nil {
+		t.Fatalf("WebAuthn.removeCredential: %v", err)
+	}
+	if _, err := chromedp.Call(ctx, webauthn.AddCredential, webauthn.AddCredentialParams{AuthenticatorID: id, Credential: &cred}); err != nil {
+		t.Fatalf("WebAuthn.addCredential: %v", err)
+	}
 }
 
 // keySite is a Caddyfile with two accounts on http://localhost:{PORT}:
@@ -195,5 +225,120 @@ func TestBrowserEnrolsAKeyAndSignsInWithIt(t *testing.T) {
 	checkPage(t, bobCtx, "key-refused")
 	if txt := bodyText(t, bobCtx); strings.Contains(txt, "Admin area") {
 		t.Fatal("bob's key opened ops' account")
+	}
+}
+
+// TestBrowserKeyBesideACode: an account that takes a key or a mailed code
+// gets both on one page (the key's part, then a "Code" heading), where the
+// key signs in; a browser without WebAuthn is told that it cannot use keys,
+// its key button does nothing, and it signs in with the code.
+func TestBrowserKeyBesideACode(t *testing.T) {
+	mp := startMailpit(t, mailpitOptions{})
+	storage := filepath.Join(t.TempDir(), "storage")
+	seen := map[string]bool{}
+	c := startCaddy(t, keySite(mp, storage, "webauthn email", "", ""), "caddyfile")
+	base := fmt.Sprintf("http://localhost:%d", c.port)
+	ctx := browser(t)
+	virtualKey(t, ctx)
+	line := enrolInBrowser(t, ctx, base, mp, seen, "ops@example.com", "Virtual key A", false)
+	c.stop()
+	c = startCaddy(t, keySite(mp, storage, "webauthn email", line, ""), "caddyfile")
+	base = fmt.Sprintf("http://localhost:%d", c.port)
+
+	browserStep(t, ctx, "password", chromedp.Navigate(base+"/admin/?break_glass=logout"),
+		chromedp.WaitVisible(chromedp.CSS("#email")),
+		chromedp.SendKeys(chromedp.CSS("#email"), "ops@example.com"),
+		chromedp.SendKeys(chromedp.CSS("#password"), testPassword+"\n"),
+		chromedp.WaitVisible(chromedp.CSS("#bg-key-start")), chromedp.WaitVisible(chromedp.CSS("#code")))
+	mp.waitCode(t, seen)
+	heads, err := chromedp.Run(ctx, chromedp.Evaluate[[]string](`[...document.querySelectorAll("h2")].map(h => h.innerText)`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Join(heads, "|") != "Security key or passkey|Code" {
+		t.Errorf("the headings of the key and code page: %q", heads)
+	}
+	checkPage(t, ctx, "key-code")
+	browserStep(t, ctx, "use the key", chromedp.Click(chromedp.CSS("#bg-key-start")), waitText("Admin area. Signed in as ops@example.com."))
+	c.waitLog(t, "break-glass login succeeded", map[string]string{"second_factor": "webauthn", "key": "Virtual key A"})
+
+	// A browser without WebAuthn: the script finds no PublicKeyCredential.
+	plain := browser(t)
+	if _, err := chromedp.Call(plain, page.AddScriptToEvaluateOnNewDocument,
+		page.AddScriptToEvaluateOnNewDocumentParams{Source: "delete window.PublicKeyCredential"}); err != nil {
+		t.Fatalf("Page.addScriptToEvaluateOnNewDocument: %v", err)
+	}
+	browserStep(t, plain, "password in a browser without WebAuthn", chromedp.Navigate(base+"/admin/"),
+		chromedp.WaitVisible(chromedp.CSS("#email")),
+		chromedp.SendKeys(chromedp.CSS("#email"), "ops@example.com"),
+		chromedp.SendKeys(chromedp.CSS("#password"), testPassword+"\n"),
+		chromedp.WaitVisible(chromedp.CSS("#code")), chromedp.WaitVisible(chromedp.CSS("#bg-key-status")))
+	// The button is shown, disabled (style.css's button{display:block}
+	// outdoes its hidden attribute): pressing it starts nothing.
+	browserStep(t, plain, "press the key's button", chromedp.Click(chromedp.CSS("#bg-key-start")))
+	const want = "This browser cannot use security keys or passkeys here. Use a code below."
+	if msg, err := chromedp.Run(plain, chromedp.Text(chromedp.CSS("#bg-key-status"))); err != nil || msg != want {
+		t.Errorf("the key's status says %q (%v), want %q", msg, err, want)
+	}
+	attrsAre(t, plain, "#bg-key-status", map[string]string{"role": "alert"})
+	attrsAre(t, plain, "#bg-key-start", map[string]string{"disabled": ""})
+	checkPage(t, plain, "key-unsupported")
+	code, _ := mp.waitCode(t, seen)
+	browserStep(t, plain, "the code", chromedp.SendKeys(chromedp.CSS("#code"), code+"\n"), waitText("Admin area. Signed in as ops@example.com."))
+	c.waitLog(t, "break-glass login succeeded", map[string]string{"second_factor": "email"})
+}
+
+// TestBrowserKeyAnswersTheServerRefuses: answers a key gives that only the
+// server can refuse come back on the key page with the attempts left: a
+// signature the enrolled public key does not verify (another private key
+// under the credential's ID), then a sign counter that went backwards (the
+// credential as it was, its counter reset: a clone?).
+func TestBrowserKeyAnswersTheServerRefuses(t *testing.T) {
+	mp := startMailpit(t, mailpitOptions{})
+	storage := filepath.Join(t.TempDir(), "storage")
+	c := startCaddy(t, keySite(mp, storage, "webauthn email", "", ""), "caddyfile")
+	base := fmt.Sprintf("http://localhost:%d", c.port)
+	ctx := browser(t)
+	id := virtualKey(t, ctx)
+	line := enrolInBrowser(t, ctx, base, mp, map[string]bool{}, "ops@example.com", "Virtual key A", false)
+	c.stop()
+	c = startCaddy(t, keySite(mp, storage, "webauthn", line, ""), "caddyfile")
+	base = fmt.Sprintf("http://localhost:%d", c.port)
+	keySignInInBrowser(t, ctx, base, false) // the server now holds a sign count
+	enrolled := *keyCredential(t, ctx, id)
+
+	browserStep(t, ctx, "password", chromedp.Navigate(base+"/admin/?break_glass=logout"),
+		chromedp.WaitVisible(chromedp.CSS("#email")),
+		chromedp.SendKeys(chromedp.CSS("#email"), "ops@example.com"),
+		chromedp.SendKeys(chromedp.CSS("#password"), testPassword+"\n"),
+		chromedp.WaitVisible(chromedp.CSS("#bg-key-start")))
+	other, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	forged := enrolled
+	if forged.PrivateKey, err = x509.MarshalPKCS8PrivateKey(other); err != nil {
+		t.Fatal(err)
+	}
+	replaceCredential(t, ctx, id, forged)
+	browserStep(t, ctx, "a signature of another private key", chromedp.Click(chromedp.CSS("#bg-key-start")),
+		waitText("The security key's answer was not accepted. 4 attempts left before this address is locked out."))
+	if l := c.waitLog(t, "break-glass security key refused", map[string]string{"email": "ops@example.com"}); !strings.Contains(fmt.Sprint(l["webauthn"]), "signature") {
+		t.Errorf("refused for another reason than the signature: %v", l["webauthn"])
+	}
+	checkPage(t, ctx, "key-not-accepted")
+	attrsAre(t, ctx, ".alert.error", map[string]string{"role": "alert"})
+
+	cloned := enrolled
+	cloned.SignCount = 0
+	replaceCredential(t, ctx, id, cloned)
+	browserStep(t, ctx, "a sign counter gone backwards", chromedp.Click(chromedp.CSS("#bg-key-start")),
+		waitText("This security key is refused: its signature counter went backwards"),
+		waitText("3 attempts left before this address is locked out."))
+	c.waitLog(t, "break-glass security key refused: its sign counter did not increase (a clone?)", map[string]string{"email": "ops@example.com"})
+	checkPage(t, ctx, "key-cloned")
+	attrsAre(t, ctx, ".alert.error", map[string]string{"role": "alert"})
+	if txt := bodyText(t, ctx); strings.Contains(txt, "Admin area") {
+		t.Fatal("a refused key signed in")
 	}
 }
