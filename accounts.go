@@ -311,19 +311,21 @@ func parseHash(s string) ([]byte, *hashClass, error) {
 		})
 		return b, c, err
 	case strings.HasPrefix(string(b), "$argon2id$"):
-		parsed, _, err := caddyauth.DecodeHash(b)
+		parsed, key, err := caddyauth.DecodeHash(b)
 		if err != nil {
 			return nil, nil, errors.New("hash: not a valid argon2id hash")
 		}
-		params := strings.Split(string(b), "$")[3] // m=…,t=…,p=…, checked by DecodeHash
-		var mem int64
-		if m, ok := strings.CutPrefix(strings.Split(params, ",")[0], "m="); ok {
-			kib, _ := strconv.ParseInt(m, 10, 64)
-			mem = kib << 10
+		// DecodeHash also takes what argon2 panics on (t=0, p=0, no key),
+		// parameters without their names, and a salt or key too short to be
+		// one (the reference implementation wants 8 bytes of salt).
+		m, t, p, ok := argon2Params(b)
+		salt := strings.Split(string(b), "$")[4]
+		if !ok || t < 1 || p < 1 || len(key) < 16 || base64.RawStdEncoding.DecodedLen(len(salt)) < 8 {
+			return nil, nil, errors.New("hash: not a valid argon2id hash")
 		}
 		// The fake has the same parameters (and key length); parsed holds
 		// them, and hashes with a salt of its own below.
-		c, err := classOf(fmt.Sprintf("argon2id %s keylen %d", params, argon2KeyLen(b)), mem, func(pw []byte) ([]byte, error) {
+		c, err := classOf(fmt.Sprintf("argon2id m=%d,t=%d,p=%d keylen %d", m, t, p, len(key)), int64(m)<<10, func(pw []byte) ([]byte, error) {
 			return parsed.Hash(pw)
 		})
 		return b, c, err
@@ -331,10 +333,19 @@ func parseHash(s string) ([]byte, *hashClass, error) {
 	return nil, nil, errors.New("hash: not a bcrypt or argon2id hash (make one with `caddy hash-password`)")
 }
 
-// argon2KeyLen is the length of an argon2id hash's key, in bytes.
-func argon2KeyLen(b []byte) int {
-	parts := strings.Split(string(b), "$")
-	return base64.RawStdEncoding.DecodedLen(len(parts[len(parts)-1]))
+// argon2Params are the m (KiB), t and p of a hash DecodeHash took, each
+// given with its name.
+func argon2Params(b []byte) (m, t, p uint64, ok bool) {
+	fields := strings.Split(strings.Split(string(b), "$")[3], ",") // three, as DecodeHash checked
+	var v [3]uint64
+	for i, name := range []string{"m=", "t=", "p="} {
+		n, named := strings.CutPrefix(fields[i], name)
+		var err error
+		if v[i], err = strconv.ParseUint(n, 10, 32); !named || err != nil {
+			return 0, 0, 0, false
+		}
+	}
+	return v[0], v[1], v[2], true
 }
 
 // hashClasses caches the classes, each with its fake hash, made once per

@@ -234,6 +234,12 @@ func TestMaxUsesAndTOTPAreCountedPerAccount(t *testing.T) {
 	}
 }
 
+// A salt (16 bytes) and a key (32 bytes) in base64 that shows "s3cr3t".
+const (
+	s3cr3tSalt = "s3cr3tAAAAAAAAAAAAAAAA"
+	s3cr3tKey  = "s3cr3tAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"
+)
+
 func TestABadHashIsRefusedAtLoadNamingTheAccountNotTheValue(t *testing.T) {
 	for name, hash := range map[string]string{
 		"not a hash":       "s3cr3t-value",
@@ -242,6 +248,16 @@ func TestABadHashIsRefusedAtLoadNamingTheAccountNotTheValue(t *testing.T) {
 		"unknown argon2":   "$argon2i$v=19$m=65536,t=1,p=1$s3cr3t$s3cr3t",
 		"scrypt-like PHC":  "$scrypt$ln=16,r=8,p=1$s3cr3t$s3cr3t",
 		"wrong argon2 ver": "$argon2id$v=18$m=65536,t=1,p=1$s3cr3t$s3cr3t",
+		// DecodeHash takes these; argon2 panics on them (no rounds, no
+		// lanes, no key), or they are no defence (no salt, a short key).
+		"argon2id t=0":       "$argon2id$v=19$m=65536,t=0,p=1$" + s3cr3tSalt + "$" + s3cr3tKey,
+		"argon2id p=0":       "$argon2id$v=19$m=65536,t=1,p=0$" + s3cr3tSalt + "$" + s3cr3tKey,
+		"argon2id no key":    "$argon2id$v=19$m=65536,t=1,p=1$" + s3cr3tSalt + "$",
+		"argon2id short key": "$argon2id$v=19$m=65536,t=1,p=1$" + s3cr3tSalt + "$s3cr3tAAAAAAAAAAAAAA",
+		"argon2id no salt":   "$argon2id$v=19$m=65536,t=1,p=1$$" + s3cr3tKey,
+		// DecodeHash takes the numbers without their names; m would then
+		// not be counted against max_hash_memory.
+		"argon2id unnamed parameters": "$argon2id$v=19$65536,1,1$" + s3cr3tSalt + "$" + s3cr3tKey,
 	} {
 		t.Run(name, func(t *testing.T) {
 			h := &Handler{Accounts: []AccountConfig{{Email: "alice@example.com", Hash: testHash(t, 5)}, {Email: "bob@example.com", Hash: hash}}, DevLogCode: true}
