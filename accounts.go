@@ -111,10 +111,12 @@ type account struct {
 }
 
 // hashClass is an algorithm with its parameters: hashes of one class cost
-// the same to compare. fake is a hash of a random password of that class.
+// the same to compare. fake is a hash of a random password of that class,
+// made by makeFake once its memory is known to fit max_hash_memory.
 type hashClass struct {
 	name   string // e.g. "bcrypt cost 12", "argon2id m=47104,t=1,p=1"
 	memory int64  // bytes one comparison takes, beyond bcrypt's few KiB
+	hash   func(pw []byte) ([]byte, error)
 	fake   []byte
 }
 
@@ -170,6 +172,15 @@ func (h *Handler) setupAccounts(repl *caddy.Replacer) error {
 			// The comparisons of a sign-in run one after the other: it
 			// takes at most the largest one's memory at once.
 			h.hashMem = max(h.hashMem, acc.class.memory)
+		}
+	}
+	if m := h.hashMem; m > h.app.MaxHashMemory {
+		return fmt.Errorf("accounts: an argon2id hash takes %d MiB per comparison, more than max_hash_memory (%d MiB)", m>>20, h.app.MaxHashMemory>>20)
+	}
+	// Only now are the fakes made: making one takes its class's memory.
+	for _, c := range h.classes {
+		if err := c.makeFake(); err != nil {
+			return err
 		}
 	}
 	return nil
@@ -306,10 +317,10 @@ func parseHash(s string) ([]byte, *hashClass, error) {
 		if err != nil {
 			return nil, nil, errors.New("hash: not a valid bcrypt hash")
 		}
-		c, err := classOf(fmt.Sprintf("bcrypt cost %d", cost), 0, func(pw []byte) ([]byte, error) {
+		c := classOf(fmt.Sprintf("bcrypt cost %d", cost), 0, func(pw []byte) ([]byte, error) {
 			return bcrypt.GenerateFromPassword(pw, cost)
 		})
-		return b, c, err
+		return b, c, nil
 	case strings.HasPrefix(string(b), "$argon2id$"):
 		parsed, key, err := caddyauth.DecodeHash(b)
 		if err != nil {
@@ -325,10 +336,10 @@ func parseHash(s string) ([]byte, *hashClass, error) {
 		}
 		// The fake has the same parameters (and key length); parsed holds
 		// them, and hashes with a salt of its own below.
-		c, err := classOf(fmt.Sprintf("argon2id m=%d,t=%d,p=%d keylen %d", m, t, p, len(key)), int64(m)<<10, func(pw []byte) ([]byte, error) {
+		c := classOf(fmt.Sprintf("argon2id m=%d,t=%d,p=%d keylen %d", m, t, p, len(key)), int64(m)<<10, func(pw []byte) ([]byte, error) {
 			return parsed.Hash(pw)
 		})
-		return b, c, err
+		return b, c, nil
 	}
 	return nil, nil, errors.New("hash: not a bcrypt or argon2id hash (make one with `caddy hash-password`)")
 }
@@ -355,21 +366,33 @@ var (
 	hashClasses = map[string]*hashClass{}
 )
 
-func classOf(name string, memory int64, hash func(pw []byte) ([]byte, error)) (*hashClass, error) {
+// classOf is the class of that name; hash makes a hash of it.
+func classOf(name string, memory int64, hash func(pw []byte) ([]byte, error)) *hashClass {
 	hashClassMu.Lock()
 	defer hashClassMu.Unlock()
 	if c, ok := hashClasses[name]; ok {
-		return c, nil
+		return c
+	}
+	c := &hashClass{name: name, memory: memory, hash: hash}
+	hashClasses[name] = c
+	return c
+}
+
+// makeFake makes the class's fake hash, once.
+func (c *hashClass) makeFake() error {
+	hashClassMu.Lock()
+	defer hashClassMu.Unlock()
+	if c.fake != nil {
+		return nil
 	}
 	pw := make([]byte, 32)
 	_, _ = rand.Read(pw) // never fails (crypto/rand)
-	fake, err := hash(pw)
+	fake, err := c.hash(pw)
 	if err != nil {
-		return nil, fmt.Errorf("hash: making a fake hash of the same kind: %v", err)
+		return fmt.Errorf("hash: making a fake hash of the same kind: %v", err)
 	}
-	c := &hashClass{name: name, memory: memory, fake: fake}
-	hashClasses[name] = c
-	return c, nil
+	c.fake = fake
+	return nil
 }
 
 // lookup finds the account of an email in constant time: every account's

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"reflect"
 	"regexp"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -315,6 +316,29 @@ func TestArgon2idMemoryCountsAgainstMaxHashMemory(t *testing.T) {
 	g.release(60)
 	if !<-done {
 		t.Fatal("the waiter was not served once the memory was back")
+	}
+}
+
+func TestAnArgon2idHashOverMaxHashMemoryIsRefusedBeforeItsMemoryIsTaken(t *testing.T) {
+	for name, kib := range map[string]uint64{"1GiB": 1 << 20, "8GiB": 8 << 20} {
+		t.Run(name, func(t *testing.T) {
+			hash := fmt.Sprintf("$argon2id$v=19$m=%d,t=1,p=1$%s$%s", kib, s3cr3tSalt, s3cr3tKey)
+			h := &Handler{Accounts: []AccountConfig{{Email: "bob@example.com", Hash: hash}}, DevLogCode: true}
+			app := testApp(t)
+			var before, after runtime.MemStats
+			runtime.ReadMemStats(&before)
+			err := h.setup(app, zapNop())
+			runtime.ReadMemStats(&after)
+			want := fmt.Sprintf("accounts: an argon2id hash takes %d MiB per comparison, more than max_hash_memory (256 MiB)", kib>>10)
+			if err == nil || err.Error() != want {
+				t.Fatalf("error %v, want %q", err, want)
+			}
+			// Refused before anything was hashed with it: the fake hash of
+			// its class would have taken its m.
+			if took := after.TotalAlloc - before.TotalAlloc; took > 64<<20 {
+				t.Errorf("loading took %d MiB before refusing the hash", took>>20)
+			}
+		})
 	}
 }
 
