@@ -314,7 +314,7 @@ func parseHash(s string) ([]byte, *hashClass, error) {
 	switch {
 	case strings.HasPrefix(string(b), "$2"):
 		cost, err := bcrypt.Cost(b)
-		if err != nil {
+		if err != nil || !wellFormedBcrypt(b) {
 			return nil, nil, errors.New("hash: not a valid bcrypt hash")
 		}
 		c := classOf(fmt.Sprintf("bcrypt cost %d", cost), 0, func(pw []byte) ([]byte, error) {
@@ -342,6 +342,26 @@ func parseHash(s string) ([]byte, *hashClass, error) {
 		return b, c, nil
 	}
 	return nil, nil, errors.New("hash: not a bcrypt or argon2id hash (make one with `caddy hash-password`)")
+}
+
+// bcryptChars is bcrypt's base64 alphabet.
+const bcryptChars = "./ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
+
+// wellFormedBcrypt reports whether b is a hash as bcrypt makes it: $2a$,
+// $2b$ or $2y$ (which Go's bcrypt reads alike; $2x$ is crypt_blowfish's
+// buggy variant), two digits of cost, then 53 characters of bcrypt's
+// alphabet. bcrypt.Cost reads only the prefix and the cost, and a hash it
+// takes may fail to compare at once: its account would answer faster than
+// an unknown email, and never sign in.
+func wellFormedBcrypt(b []byte) bool {
+	s := string(b)
+	if len(s) != 60 || !slices.Contains([]string{"$2a$", "$2b$", "$2y$"}, s[:4]) || s[6] != '$' {
+		return false
+	}
+	if !strings.ContainsRune("0123456789", rune(s[4])) || !strings.ContainsRune("0123456789", rune(s[5])) {
+		return false
+	}
+	return !strings.ContainsFunc(s[7:], func(r rune) bool { return !strings.ContainsRune(bcryptChars, r) })
 }
 
 // argon2Params are the m (KiB), t and p of a hash DecodeHash took, each

@@ -249,6 +249,13 @@ func TestABadHashIsRefusedAtLoadNamingTheAccountNotTheValue(t *testing.T) {
 		"unknown argon2":   "$argon2i$v=19$m=65536,t=1,p=1$s3cr3t$s3cr3t",
 		"scrypt-like PHC":  "$scrypt$ln=16,r=8,p=1$s3cr3t$s3cr3t",
 		"wrong argon2 ver": "$argon2id$v=18$m=65536,t=1,p=1$s3cr3t$s3cr3t",
+		// bcrypt.Cost takes these, yet none can sign in: the first fails to
+		// compare at once (its account would answer faster than an unknown
+		// email), the second never matches, and $2x$ is crypt_blowfish's
+		// buggy variant, which Go's bcrypt reads as $2a$.
+		"bcrypt outside its alphabet": "$2a$12$s3cr3t" + strings.Repeat("!", 47),
+		"bcrypt too long":             "$2a$12$s3cr3t" + strings.Repeat("a", 52),
+		"bcrypt $2x$":                 "$2x$12$s3cr3t" + strings.Repeat("a", 47),
 		// DecodeHash takes these; argon2 panics on them (no rounds, no
 		// lanes, no key), or they are no defence (no salt, a short key).
 		"argon2id t=0":       "$argon2id$v=19$m=65536,t=0,p=1$" + s3cr3tSalt + "$" + s3cr3tKey,
@@ -267,6 +274,19 @@ func TestABadHashIsRefusedAtLoadNamingTheAccountNotTheValue(t *testing.T) {
 				t.Fatalf("error %v", err)
 			}
 		})
+	}
+}
+
+func TestBcryptHashesOfEachPrefixThatGoReadsAlikeLoadAndMatch(t *testing.T) {
+	for _, prefix := range []string{"$2a$", "$2b$", "$2y$"} {
+		hash := prefix + strings.TrimPrefix(testHash(t, 5), "$2a$")
+		b, _, err := parseHash(hash)
+		if err != nil {
+			t.Fatalf("%s: %v", prefix, err)
+		}
+		if err := compareHash(b, []byte(testPassword)); err != nil {
+			t.Errorf("%s: %v", prefix, err)
+		}
 	}
 }
 
