@@ -196,6 +196,40 @@ func TestChangingOneAccountsHashEndsOnlyItsSessions(t *testing.T) {
 	}
 }
 
+func TestAlertDeliveryLinesNameTheAccountAndTheEvent(t *testing.T) {
+	hook := bgtest.StartWebhook(t)
+	app := &App{MaxAttempts: 10}
+	h, _ := twoAccounts(t, app, func(h *Handler) {
+		h.AlertWebhook, h.AlertOn, h.RequireAlert = hook.URL, []string{"login", "code_issued"}, true
+	})
+	// The login's alert is confirmed (require_alert), the code's is sent.
+	if r := signInAs(t, h, h.client(t, "192.0.2.1"), "bob@example.com", bobPassword); r.Status != http.StatusSeeOther {
+		t.Fatalf("bob: %d %s", r.Status, r.Body)
+	}
+	code := devCode(t, h)
+	// A second code in the window: its alert is held back.
+	h.client(t, "192.0.2.2").Login("/admin/", "bob@example.com", bobPassword, "", nil)
+	app.state.deliveries.close(time.Minute) // every delivery has logged
+	app.state.notices.close(time.Minute)
+
+	logs := h.logs.Logs()
+	for _, event := range []string{eventCodeIssued, eventLogin} {
+		if logs.Find("break-glass delivery succeeded", map[string]string{"channel": "webhook", "event": event, "email": "bob@example.com"}) == nil {
+			t.Errorf("no delivery line names bob and %s: %v", event, logs.All("break-glass delivery succeeded"))
+		}
+	}
+	held := logs.All("break-glass code_issued alert held back: one already went for this credential in this window; the next one will count it")
+	if len(held) != 1 || held[0]["email"] != "bob@example.com" {
+		t.Errorf("held-back lines %v, want one naming bob", held)
+	}
+	for _, l := range append(logs.All("break-glass delivery succeeded"), held...) {
+		line := fmt.Sprint(l)
+		if strings.Contains(line, code) || strings.Contains(line, bobPassword) || strings.Contains(line, argonHash(t)) {
+			t.Errorf("a delivery line shows a secret: %v", l)
+		}
+	}
+}
+
 func TestMaxUsesAndTOTPAreCountedPerAccount(t *testing.T) {
 	secret := "JBSWY3DPEHPK3PXP"
 	h, _ := twoAccounts(t, nil, func(h *Handler) {
