@@ -177,16 +177,34 @@ func TestAnUnknownEmailAWrongPasswordAndAnotherAccountsPasswordCostAlike(t *test
 	}
 }
 
-func TestChangingOneAccountsHashEndsOnlyItsSessions(t *testing.T) {
+func TestChangingOneAccountsHashEndsOnlyItsSessionsAndCodes(t *testing.T) {
 	app := &App{MaxAttempts: 10}
 	h, _ := twoAccounts(t, app, nil)
 	alice, bob := h.client(t, "192.0.2.1"), h.client(t, "192.0.2.2")
 	signInAs(t, h, alice, "alice@example.com", testPassword)
 	signInAs(t, h, bob, "bob@example.com", bobPassword)
+	// And a code pending for each.
+	aliceCode, bobCode := h.client(t, "192.0.2.3"), h.client(t, "192.0.2.4")
+	codes := map[*bgtest.Client]string{}
+	for _, who := range []struct {
+		c         *bgtest.Client
+		email, pw string
+	}{{aliceCode, "alice@example.com", testPassword}, {bobCode, "bob@example.com", bobPassword}} {
+		if r := who.c.Login("/admin/", who.email, who.pw, "", nil); r.Status != http.StatusSeeOther {
+			t.Fatalf("%s: %d", who.email, r.Status)
+		}
+		codes[who.c] = devCode(t, h)
+	}
 
 	// The same app and state, bob's hash changed (a new argon2id hash).
 	newBob := argon2idOf(t, "bob's new passphrase")
 	h2, _ := twoAccounts(t, app, func(h *Handler) { h.Accounts[1].Hash = newBob })
+	if r := h2.clientWith(t, bobCode, upstream).SubmitCode("/admin/", codes[bobCode]); r.Status == http.StatusSeeOther {
+		t.Error("bob's code outlived his hash")
+	}
+	if r := h2.clientWith(t, aliceCode, upstream).SubmitCode("/admin/", codes[aliceCode]); r.Status != http.StatusSeeOther {
+		t.Errorf("alice's code ended with bob's hash: %d", r.Status)
+	}
 	alice2, bob2 := h2.clientWith(t, alice, upstream), h2.clientWith(t, bob, upstream)
 	if r := alice2.Get("/admin/"); r.Header.Get("X-Upstream") != "reached" {
 		t.Errorf("alice's session ended with bob's hash: %d", r.Status)
