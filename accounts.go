@@ -334,8 +334,10 @@ func parseHash(s string) ([]byte, *hashClass, error) {
 		if !ok || t < 1 || p < 1 || len(key) < 16 || base64.RawStdEncoding.DecodedLen(len(salt)) < 8 {
 			return nil, nil, errors.New("hash: not a valid argon2id hash")
 		}
-		// The fake has the same parameters (and key length); parsed holds
-		// them, and hashes with a salt of its own below.
+		// The fake has the same parameters (and key length): parsed holds
+		// them, with this hash's salt, which its Hash reuses. So the fake of
+		// the class, made once from the first hash of it loaded, shares that
+		// hash's salt: harmless, its password is random and never kept.
 		c := classOf(fmt.Sprintf("argon2id m=%d,t=%d,p=%d keylen %d", m, t, p, len(key)), int64(m)<<10, func(pw []byte) ([]byte, error) {
 			return parsed.Hash(pw)
 		})
