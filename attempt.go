@@ -129,8 +129,9 @@ func (a *attempt) show(loggedOut bool) outcome {
 	return o
 }
 
-// password checks email and password with exactly one bcrypt comparison
-// whatever is wrong, so that the time taken tells nothing.
+// password checks email and password with one comparison per kind of hash
+// the accounts use (see checkPassword) whatever is wrong, so that the time
+// taken tells nothing.
 func (a *attempt) password() outcome {
 	h, form := a.h, a.r.PostForm
 	email := form.Get("email")
