@@ -118,10 +118,12 @@ type account struct {
 }
 
 // hashClass is an algorithm with its parameters: hashes of one class cost
-// the same to compare. fake is a hash of a random password of that class.
+// the same to compare. fake is a hash of a random password of that class,
+// made by makeFake once its memory is known to fit max_hash_memory.
 type hashClass struct {
 	name   string // e.g. "bcrypt cost 12", "argon2id m=47104,t=1,p=1"
 	memory int64  // bytes one comparison takes, beyond bcrypt's few KiB
+	hash   func(pw []byte) ([]byte, error)
 	fake   []byte
 }
 
@@ -177,6 +179,15 @@ func (h *Handler) setupAccounts(repl *caddy.Replacer) error {
 			// The comparisons of a sign-in run one after the other: it
 			// takes at most the largest one's memory at once.
 			h.hashMem = max(h.hashMem, acc.class.memory)
+		}
+	}
+	if m := h.hashMem; m > h.app.MaxHashMemory {
+		return fmt.Errorf("accounts: an argon2id hash takes %d MiB per comparison, more than max_hash_memory (%d MiB)", m>>20, h.app.MaxHashMemory>>20)
+	}
+	// Only now are the fakes made: making one takes its class's memory.
+	for _, c := range h.classes {
+		if err := c.makeFake(); err != nil {
+			return err
 		}
 	}
 	return nil
@@ -310,38 +321,71 @@ func parseHash(s string) ([]byte, *hashClass, error) {
 	switch {
 	case strings.HasPrefix(string(b), "$2"):
 		cost, err := bcrypt.Cost(b)
-		if err != nil {
+		if err != nil || !wellFormedBcrypt(b) {
 			return nil, nil, errors.New("hash: not a valid bcrypt hash")
 		}
-		c, err := classOf(fmt.Sprintf("bcrypt cost %d", cost), 0, func(pw []byte) ([]byte, error) {
+		c := classOf(fmt.Sprintf("bcrypt cost %d", cost), 0, func(pw []byte) ([]byte, error) {
 			return bcrypt.GenerateFromPassword(pw, cost)
 		})
-		return b, c, err
+		return b, c, nil
 	case strings.HasPrefix(string(b), "$argon2id$"):
-		parsed, _, err := caddyauth.DecodeHash(b)
+		parsed, key, err := caddyauth.DecodeHash(b)
 		if err != nil {
 			return nil, nil, errors.New("hash: not a valid argon2id hash")
 		}
-		params := strings.Split(string(b), "$")[3] // m=…,t=…,p=…, checked by DecodeHash
-		var mem int64
-		if m, ok := strings.CutPrefix(strings.Split(params, ",")[0], "m="); ok {
-			kib, _ := strconv.ParseInt(m, 10, 64)
-			mem = kib << 10
+		// DecodeHash also takes what argon2 panics on (t=0, p=0, no key),
+		// parameters without their names, and a salt or key too short to be
+		// one (the reference implementation wants 8 bytes of salt).
+		m, t, p, ok := argon2Params(b)
+		salt := strings.Split(string(b), "$")[4]
+		if !ok || t < 1 || p < 1 || len(key) < 16 || base64.RawStdEncoding.DecodedLen(len(salt)) < 8 {
+			return nil, nil, errors.New("hash: not a valid argon2id hash")
 		}
-		// The fake has the same parameters (and key length); parsed holds
-		// them, and hashes with a salt of its own below.
-		c, err := classOf(fmt.Sprintf("argon2id %s keylen %d", params, argon2KeyLen(b)), mem, func(pw []byte) ([]byte, error) {
+		// The fake has the same parameters (and key length): parsed holds
+		// them, with this hash's salt, which its Hash reuses. So the fake of
+		// the class, made once from the first hash of it loaded, shares that
+		// hash's salt: harmless, its password is random and never kept.
+		c := classOf(fmt.Sprintf("argon2id m=%d,t=%d,p=%d keylen %d", m, t, p, len(key)), int64(m)<<10, func(pw []byte) ([]byte, error) {
 			return parsed.Hash(pw)
 		})
-		return b, c, err
+		return b, c, nil
 	}
 	return nil, nil, errors.New("hash: not a bcrypt or argon2id hash (make one with `caddy hash-password`)")
 }
 
-// argon2KeyLen is the length of an argon2id hash's key, in bytes.
-func argon2KeyLen(b []byte) int {
-	parts := strings.Split(string(b), "$")
-	return base64.RawStdEncoding.DecodedLen(len(parts[len(parts)-1]))
+// bcryptChars is bcrypt's base64 alphabet.
+const bcryptChars = "./ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
+
+// wellFormedBcrypt reports whether b is a hash as bcrypt makes it: $2a$,
+// $2b$ or $2y$ (which Go's bcrypt reads alike; $2x$ is crypt_blowfish's
+// buggy variant), two digits of cost, then 53 characters of bcrypt's
+// alphabet. bcrypt.Cost reads only the prefix and the cost, and a hash it
+// takes may fail to compare at once: its account would answer faster than
+// an unknown email, and never sign in.
+func wellFormedBcrypt(b []byte) bool {
+	s := string(b)
+	if len(s) != 60 || !slices.Contains([]string{"$2a$", "$2b$", "$2y$"}, s[:4]) || s[6] != '$' {
+		return false
+	}
+	if !strings.ContainsRune("0123456789", rune(s[4])) || !strings.ContainsRune("0123456789", rune(s[5])) {
+		return false
+	}
+	return !strings.ContainsFunc(s[7:], func(r rune) bool { return !strings.ContainsRune(bcryptChars, r) })
+}
+
+// argon2Params are the m (KiB), t and p of a hash DecodeHash took, each
+// given with its name.
+func argon2Params(b []byte) (m, t, p uint64, ok bool) {
+	fields := strings.Split(strings.Split(string(b), "$")[3], ",") // three, as DecodeHash checked
+	var v [3]uint64
+	for i, name := range []string{"m=", "t=", "p="} {
+		n, named := strings.CutPrefix(fields[i], name)
+		var err error
+		if v[i], err = strconv.ParseUint(n, 10, 32); !named || err != nil {
+			return 0, 0, 0, false
+		}
+	}
+	return v[0], v[1], v[2], true
 }
 
 // hashClasses caches the classes, each with its fake hash, made once per
@@ -351,21 +395,33 @@ var (
 	hashClasses = map[string]*hashClass{}
 )
 
-func classOf(name string, memory int64, hash func(pw []byte) ([]byte, error)) (*hashClass, error) {
+// classOf is the class of that name; hash makes a hash of it.
+func classOf(name string, memory int64, hash func(pw []byte) ([]byte, error)) *hashClass {
 	hashClassMu.Lock()
 	defer hashClassMu.Unlock()
 	if c, ok := hashClasses[name]; ok {
-		return c, nil
+		return c
+	}
+	c := &hashClass{name: name, memory: memory, hash: hash}
+	hashClasses[name] = c
+	return c
+}
+
+// makeFake makes the class's fake hash, once.
+func (c *hashClass) makeFake() error {
+	hashClassMu.Lock()
+	defer hashClassMu.Unlock()
+	if c.fake != nil {
+		return nil
 	}
 	pw := make([]byte, 32)
 	_, _ = rand.Read(pw) // never fails (crypto/rand)
-	fake, err := hash(pw)
+	fake, err := c.hash(pw)
 	if err != nil {
-		return nil, fmt.Errorf("hash: making a fake hash of the same kind: %v", err)
+		return fmt.Errorf("hash: making a fake hash of the same kind: %v", err)
 	}
-	c := &hashClass{name: name, memory: memory, fake: fake}
-	hashClasses[name] = c
-	return c, nil
+	c.fake = fake
+	return nil
 }
 
 // lookup finds the account of an email in constant time: every account's

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"reflect"
 	"regexp"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -176,22 +177,74 @@ func TestAnUnknownEmailAWrongPasswordAndAnotherAccountsPasswordCostAlike(t *test
 	}
 }
 
-func TestChangingOneAccountsHashEndsOnlyItsSessions(t *testing.T) {
+func TestChangingOneAccountsHashEndsOnlyItsSessionsAndCodes(t *testing.T) {
 	app := &App{MaxAttempts: 10}
 	h, _ := twoAccounts(t, app, nil)
 	alice, bob := h.client(t, "192.0.2.1"), h.client(t, "192.0.2.2")
 	signInAs(t, h, alice, "alice@example.com", testPassword)
 	signInAs(t, h, bob, "bob@example.com", bobPassword)
+	// And a code pending for each.
+	aliceCode, bobCode := h.client(t, "192.0.2.3"), h.client(t, "192.0.2.4")
+	codes := map[*bgtest.Client]string{}
+	for _, who := range []struct {
+		c         *bgtest.Client
+		email, pw string
+	}{{aliceCode, "alice@example.com", testPassword}, {bobCode, "bob@example.com", bobPassword}} {
+		if r := who.c.Login("/admin/", who.email, who.pw, "", nil); r.Status != http.StatusSeeOther {
+			t.Fatalf("%s: %d", who.email, r.Status)
+		}
+		codes[who.c] = devCode(t, h)
+	}
 
 	// The same app and state, bob's hash changed (a new argon2id hash).
 	newBob := argon2idOf(t, "bob's new passphrase")
 	h2, _ := twoAccounts(t, app, func(h *Handler) { h.Accounts[1].Hash = newBob })
+	if r := h2.clientWith(t, bobCode, upstream).SubmitCode("/admin/", codes[bobCode]); r.Status == http.StatusSeeOther {
+		t.Error("bob's code outlived his hash")
+	}
+	if r := h2.clientWith(t, aliceCode, upstream).SubmitCode("/admin/", codes[aliceCode]); r.Status != http.StatusSeeOther {
+		t.Errorf("alice's code ended with bob's hash: %d", r.Status)
+	}
 	alice2, bob2 := h2.clientWith(t, alice, upstream), h2.clientWith(t, bob, upstream)
 	if r := alice2.Get("/admin/"); r.Header.Get("X-Upstream") != "reached" {
 		t.Errorf("alice's session ended with bob's hash: %d", r.Status)
 	}
 	if r := bob2.Get("/admin/"); r.Header.Get("X-Upstream") == "reached" {
 		t.Error("bob's session outlived his hash")
+	}
+}
+
+func TestAlertDeliveryLinesNameTheAccountAndTheEvent(t *testing.T) {
+	hook := bgtest.StartWebhook(t)
+	app := &App{MaxAttempts: 10}
+	h, _ := twoAccounts(t, app, func(h *Handler) {
+		h.AlertWebhook, h.AlertOn, h.RequireAlert = hook.URL, []string{"login", "code_issued"}, true
+	})
+	// The login's alert is confirmed (require_alert), the code's is sent.
+	if r := signInAs(t, h, h.client(t, "192.0.2.1"), "bob@example.com", bobPassword); r.Status != http.StatusSeeOther {
+		t.Fatalf("bob: %d %s", r.Status, r.Body)
+	}
+	code := devCode(t, h)
+	// A second code in the window: its alert is held back.
+	h.client(t, "192.0.2.2").Login("/admin/", "bob@example.com", bobPassword, "", nil)
+	app.state.deliveries.close(time.Minute) // every delivery has logged
+	app.state.notices.close(time.Minute)
+
+	logs := h.logs.Logs()
+	for _, event := range []string{eventCodeIssued, eventLogin} {
+		if logs.Find("break-glass delivery succeeded", map[string]string{"channel": "webhook", "event": event, "email": "bob@example.com"}) == nil {
+			t.Errorf("no delivery line names bob and %s: %v", event, logs.All("break-glass delivery succeeded"))
+		}
+	}
+	held := logs.All("break-glass code_issued alert held back: one already went for this credential in this window; the next one will count it")
+	if len(held) != 1 || held[0]["email"] != "bob@example.com" {
+		t.Errorf("held-back lines %v, want one naming bob", held)
+	}
+	for _, l := range append(logs.All("break-glass delivery succeeded"), held...) {
+		line := fmt.Sprint(l)
+		if strings.Contains(line, code) || strings.Contains(line, bobPassword) || strings.Contains(line, argonHash(t)) {
+			t.Errorf("a delivery line shows a secret: %v", l)
+		}
 	}
 }
 
@@ -212,27 +265,39 @@ func TestMaxUsesAndTOTPAreCountedPerAccount(t *testing.T) {
 	if r := h.client(t, "192.0.2.4").Login("/admin/", "alice@example.com", "wrong", "", nil); r.Status != http.StatusUnauthorized {
 		t.Errorf("a wrong password for the spent account: %d, want 401 as for any", r.Status)
 	}
-	// One TOTP step works once per account: alice's use of it is not bob's.
+	// One TOTP step works once per account: alice's use of it is not
+	// bob's. On a handler of its own, without max_uses, and a clock that
+	// stays in one step.
+	useTestClock(t)
+	h, _ = twoAccounts(t, nil, func(h *Handler) {
+		h.Accounts[0].TOTPSecret = secret
+		h.Accounts[1].TOTPSecret = secret
+	})
 	key, err := decodeTOTPSecret(secret)
 	if err != nil {
 		t.Fatal(err)
 	}
 	code := hotp(key, uint64(totpStep(now())), 6)
-	for _, who := range []struct{ ip, email, pw string }{{"192.0.2.5", "bob@example.com", bobPassword}} {
-		c := h.client(t, who.ip)
-		if r := c.Login("/admin/", who.email, who.pw, "", nil); r.Status != http.StatusSeeOther {
-			t.Fatalf("%s: %d", who.email, r.Status)
-		}
-		if r := c.SubmitCode("/admin/", code); r.Status != http.StatusSeeOther {
-			t.Fatalf("%s with TOTP: %d %s", who.email, r.Status, r.Body)
-		}
-		c2 := h.client(t, "192.0.2.6")
-		c2.Login("/admin/", who.email, who.pw, "", nil)
-		if r := c2.SubmitCode("/admin/", code); r.Status == http.StatusSeeOther {
-			t.Errorf("%s: the same TOTP step twice", who.email)
+	ip := 10
+	for _, who := range []struct{ email, pw string }{{"alice@example.com", testPassword}, {"bob@example.com", bobPassword}} {
+		for i, want := range []int{http.StatusSeeOther, http.StatusUnauthorized} {
+			ip++
+			c := h.client(t, fmt.Sprintf("192.0.2.%d", ip))
+			if r := c.Login("/admin/", who.email, who.pw, "", nil); r.Status != http.StatusSeeOther {
+				t.Fatalf("%s: %d", who.email, r.Status)
+			}
+			if r := c.SubmitCode("/admin/", code); r.Status != want {
+				t.Errorf("%s with the TOTP step, use %d: %d, want %d", who.email, i+1, r.Status, want)
+			}
 		}
 	}
 }
+
+// A salt (16 bytes) and a key (32 bytes) in base64 that shows "s3cr3t".
+const (
+	s3cr3tSalt = "s3cr3tAAAAAAAAAAAAAAAA"
+	s3cr3tKey  = "s3cr3tAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"
+)
 
 func TestABadHashIsRefusedAtLoadNamingTheAccountNotTheValue(t *testing.T) {
 	for name, hash := range map[string]string{
@@ -242,6 +307,23 @@ func TestABadHashIsRefusedAtLoadNamingTheAccountNotTheValue(t *testing.T) {
 		"unknown argon2":   "$argon2i$v=19$m=65536,t=1,p=1$s3cr3t$s3cr3t",
 		"scrypt-like PHC":  "$scrypt$ln=16,r=8,p=1$s3cr3t$s3cr3t",
 		"wrong argon2 ver": "$argon2id$v=18$m=65536,t=1,p=1$s3cr3t$s3cr3t",
+		// bcrypt.Cost takes these, yet none can sign in: the first fails to
+		// compare at once (its account would answer faster than an unknown
+		// email), the second never matches, and $2x$ is crypt_blowfish's
+		// buggy variant, which Go's bcrypt reads as $2a$.
+		"bcrypt outside its alphabet": "$2a$12$s3cr3t" + strings.Repeat("!", 47),
+		"bcrypt too long":             "$2a$12$s3cr3t" + strings.Repeat("a", 52),
+		"bcrypt $2x$":                 "$2x$12$s3cr3t" + strings.Repeat("a", 47),
+		// DecodeHash takes these; argon2 panics on them (no rounds, no
+		// lanes, no key), or they are no defence (no salt, a short key).
+		"argon2id t=0":       "$argon2id$v=19$m=65536,t=0,p=1$" + s3cr3tSalt + "$" + s3cr3tKey,
+		"argon2id p=0":       "$argon2id$v=19$m=65536,t=1,p=0$" + s3cr3tSalt + "$" + s3cr3tKey,
+		"argon2id no key":    "$argon2id$v=19$m=65536,t=1,p=1$" + s3cr3tSalt + "$",
+		"argon2id short key": "$argon2id$v=19$m=65536,t=1,p=1$" + s3cr3tSalt + "$s3cr3tAAAAAAAAAAAAAA",
+		"argon2id no salt":   "$argon2id$v=19$m=65536,t=1,p=1$$" + s3cr3tKey,
+		// DecodeHash takes the numbers without their names; m would then
+		// not be counted against max_hash_memory.
+		"argon2id unnamed parameters": "$argon2id$v=19$65536,1,1$" + s3cr3tSalt + "$" + s3cr3tKey,
 	} {
 		t.Run(name, func(t *testing.T) {
 			h := &Handler{Accounts: []AccountConfig{{Email: "alice@example.com", Hash: testHash(t, 5)}, {Email: "bob@example.com", Hash: hash}}, DevLogCode: true}
@@ -250,6 +332,19 @@ func TestABadHashIsRefusedAtLoadNamingTheAccountNotTheValue(t *testing.T) {
 				t.Fatalf("error %v", err)
 			}
 		})
+	}
+}
+
+func TestBcryptHashesOfEachPrefixThatGoReadsAlikeLoadAndMatch(t *testing.T) {
+	for _, prefix := range []string{"$2a$", "$2b$", "$2y$"} {
+		hash := prefix + strings.TrimPrefix(testHash(t, 5), "$2a$")
+		b, _, err := parseHash(hash)
+		if err != nil {
+			t.Fatalf("%s: %v", prefix, err)
+		}
+		if err := compareHash(b, []byte(testPassword)); err != nil {
+			t.Errorf("%s: %v", prefix, err)
+		}
 	}
 }
 
@@ -299,6 +394,29 @@ func TestArgon2idMemoryCountsAgainstMaxHashMemory(t *testing.T) {
 	g.release(60)
 	if !<-done {
 		t.Fatal("the waiter was not served once the memory was back")
+	}
+}
+
+func TestAnArgon2idHashOverMaxHashMemoryIsRefusedBeforeItsMemoryIsTaken(t *testing.T) {
+	for name, kib := range map[string]uint64{"1GiB": 1 << 20, "8GiB": 8 << 20} {
+		t.Run(name, func(t *testing.T) {
+			hash := fmt.Sprintf("$argon2id$v=19$m=%d,t=1,p=1$%s$%s", kib, s3cr3tSalt, s3cr3tKey)
+			h := &Handler{Accounts: []AccountConfig{{Email: "bob@example.com", Hash: hash}}, DevLogCode: true}
+			app := testApp(t)
+			var before, after runtime.MemStats
+			runtime.ReadMemStats(&before)
+			err := h.setup(app, zapNop())
+			runtime.ReadMemStats(&after)
+			want := fmt.Sprintf("accounts: an argon2id hash takes %d MiB per comparison, more than max_hash_memory (256 MiB)", kib>>10)
+			if err == nil || err.Error() != want {
+				t.Fatalf("error %v, want %q", err, want)
+			}
+			// Refused before anything was hashed with it: the fake hash of
+			// its class would have taken its m.
+			if took := after.TotalAlloc - before.TotalAlloc; took > 64<<20 {
+				t.Errorf("loading took %d MiB before refusing the hash", took>>20)
+			}
+		})
 	}
 }
 

@@ -279,12 +279,21 @@ func (c alertChannel) logField() zap.Field {
 	return zap.String("recipient", c.target)
 }
 
+// logger names the event and its account in the lines of its deliveries.
+func (ev alertEvent) logger(log *zap.Logger) *zap.Logger {
+	log = log.With(zap.String("event", ev.Event))
+	if ev.Account != "" {
+		log = log.With(zap.String("email", ev.Account))
+	}
+	return log
+}
+
 // send queues an event's alerts on every channel. Nothing here waits.
 // The alerts anyone who is allowed can cause (lockouts, and codes issued,
 // which ask only for the password) go on the notices dispatcher, so that a
 // burst of them never crowds out a code mail or a login alert.
 func (al *alerts) send(ev alertEvent, log *zap.Logger, extra ...alertChannel) {
-	d := al.state.deliveries
+	d, log := al.state.deliveries, ev.logger(log)
 	for _, s := range events {
 		if s.name == ev.Event && s.notice {
 			d = al.state.notices
@@ -303,7 +312,7 @@ var requireAlertWait = 10 * time.Second
 // requireAlertWait, until one confirms delivery. The other deliveries go on
 // in the background whatever the answer.
 func (al *alerts) confirm(ev alertEvent, log *zap.Logger, extra ...alertChannel) bool {
-	chans := append(al.channels(), extra...)
+	chans, log := append(al.channels(), extra...), ev.logger(log)
 	results := make(chan error, len(chans))
 	for _, c := range chans {
 		al.state.deliveries.deliver(c.kind, log.With(c.logField()), func(ctx context.Context) error { return c.send(ctx, ev) },

@@ -141,13 +141,13 @@ func (al *alerts) bounded(ev alertEvent, spec *eventSpec, scope string, log *zap
 	switch spec.limit {
 	case limitApp:
 		if ok, held, since = al.state.lockouts.allow(now()); !ok {
-			log.Warn("break-glass lockout alert held back: too many lockouts at once; the next lockout alert will count it",
+			ev.logger(log).Warn("break-glass lockout alert held back: too many lockouts at once; the next lockout alert will count it",
 				zap.Int("per_minute", lockoutAlertsPerWindow))
 		}
 		what = "other lockout"
 	case limitCredential:
 		if ok, held, since = al.state.codeAlerts.allow(scope, now(), al.window); !ok {
-			log.Warn("break-glass code_issued alert held back: one already went for this credential in this window; the next one will count it",
+			ev.logger(log).Warn("break-glass code_issued alert held back: one already went for this credential in this window; the next one will count it",
 				zap.Duration("window", al.window))
 		}
 		what = "other code request"

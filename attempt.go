@@ -136,8 +136,9 @@ func (a *attempt) show(action string) outcome {
 	return o
 }
 
-// password checks email and password with exactly one bcrypt comparison
-// whatever is wrong, so that the time taken tells nothing.
+// password checks email and password with one comparison per kind of hash
+// the accounts use (see checkPassword) whatever is wrong, so that the time
+// taken tells nothing.
 func (a *attempt) password() outcome {
 	h, form := a.h, a.r.PostForm
 	email := form.Get("email")
@@ -267,7 +268,7 @@ func (a *attempt) password() outcome {
 	}
 	if h.mailer != nil {
 		msg := codeMail(acc.email, code, a.client.String(), h.site(a.r), exp)
-		h.state.deliveries.deliver("code_email", a.log.With(zap.String("recipient", acc.email)),
+		h.state.deliveries.deliver("code_email", a.log.With(zap.String("recipient", acc.email), zap.String("email", acc.email)),
 			func(ctx context.Context) error { return h.mailer.send(ctx, msg) }, nil)
 	}
 	return a.back(h.flowCookieFor(a.r, flow))
@@ -430,7 +431,8 @@ func (a *attempt) signIn(acc *account, reason string, f factor) outcome {
 func (a *attempt) startSession(acc *account, reason string, f factor, rec *approvalRecord) outcome {
 	h := a.h
 	if h.state.sessions.full() {
-		a.log.Error("break-glass session refused: too many revoked sessions are remembered; they expire with their sessions")
+		a.log.Error("break-glass session refused: too many revoked sessions are remembered; they expire with their sessions",
+			zap.String("email", acc.email))
 		return a.message(http.StatusServiceUnavailable, "", "Try again later",
 			"No new session can be started right now. Try again later, or ask your security team.")
 	}
@@ -452,7 +454,7 @@ func (a *attempt) startSession(acc *account, reason string, f factor, rec *appro
 		if !a.record(event{kind: evLoginPending, acc: acc, reason: reason, detail: "waiting for an alert channel to confirm (require_alert)"}) {
 			if uses > 0 {
 				if err := h.app.uses.release(acc.credential); err != nil {
-					a.log.Error("break-glass: giving back the use of a refused login", zap.Error(err))
+					a.log.Error("break-glass: giving back the use of a refused login", zap.String("email", acc.email), zap.Error(err))
 				}
 			}
 			a.record(event{kind: evLoginUnalerted, acc: acc, reason: reason, detail: "no alert channel confirmed delivery",
@@ -498,7 +500,8 @@ func (a *attempt) startSession(acc *account, reason string, f factor, rec *appro
 func (a *attempt) logout(acc *account, s session) outcome {
 	h := a.h
 	if err := h.state.revoke(s); err != nil {
-		a.log.Error("break-glass logout not written to storage: other instances accept the session until it expires", zap.Error(err))
+		a.log.Error("break-glass logout not written to storage: other instances accept the session until it expires",
+			zap.String("email", acc.email), zap.Error(err))
 	}
 	a.record(event{kind: evLogout, acc: acc})
 	o := a.loginPage(http.StatusOK)

@@ -385,7 +385,11 @@ func (h *Handler) audit(rec auditRecord) string {
 	}
 	head, err := h.auditLog.write(rec)
 	if err != nil {
-		h.logger.Error("break-glass: writing the audit log", zap.String("audit_log", h.auditPath), zap.String("event", rec.Event), zap.Error(err))
+		fields := []zap.Field{zap.String("audit_log", h.auditPath), zap.String("event", rec.Event), zap.Error(err)}
+		if rec.Email != "" {
+			fields = append(fields, zap.String("email", rec.Email))
+		}
+		h.logger.Error("break-glass: writing the audit log", fields...)
 	}
 	return head
 }

@@ -31,10 +31,11 @@ func init() {
 Commands to operate the break_glass handler.
 
   drill    Loads the config without serving it and tests every delivery
-           channel: a drill code mail (holding no code) to each handler's
+           channel: a drill code mail (holding no code) to each account's
            email, and a drill alert (event break_glass_drill, severity info)
-           to each alert channel. Prints a table, records the drill in the
-           config's storage, and exits non-zero if any channel failed.
+           naming each account to each alert channel. Prints a table,
+           records the drill in the config's storage, and exits non-zero
+           if any channel failed.
   status   Shows identities, pending codes, live sessions, locked clients,
            the settings in force and the last drill of a running Caddy.
   unlock   Clears a client's failures (an IPv6 client: its /64).
@@ -80,10 +81,11 @@ func drillCommand() *cobra.Command {
 	c := subcommand("drill --config <file> [--adapter <name>] [--json]",
 		"Test every code and alert channel without anyone signing in",
 		`
-Loads the config without serving it and, for every break_glass handler, sends
-a drill code mail (it holds no code) to the handler's email and a drill alert
-(event break_glass_drill, severity info, marked as a test) to each of its
-alert emails and webhooks. Prints one line per channel (ok, or the error),
+Loads the config without serving it and, for every account of every
+break_glass handler, sends a drill code mail (it holds no code) to the
+account's email, where its codes go, and a drill alert naming the account
+(event break_glass_drill, severity info, marked as a test) to each of the
+handler's alert emails and webhooks. Prints one line per channel (ok, or the error),
 records the drill in the config's storage (where a running Caddy's
 caddy_break_glass_last_drill_timestamp_seconds reads it), and exits 1 if any
 channel failed.`, cobra.NoArgs, cmdDrill)

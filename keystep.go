@@ -82,7 +82,7 @@ func (a *attempt) keyOptions(p *page, acc *account) {
 	}
 	opts, err := rp.assertionOptions(a.h.keyChallenge("signin", acc.scope, a.flow), acc.keys, keyTimeout)
 	if err != nil {
-		a.log.Error("break-glass: making the security key options", zap.Error(err))
+		a.log.Error("break-glass: making the security key options", zap.String("email", acc.email), zap.Error(err))
 		return
 	}
 	p.WebAuthn, p.KeyOptions, p.Script = true, json.RawMessage(opts), pageScript

@@ -52,9 +52,6 @@ func (h *Handler) setup(app *App, logger *zap.Logger) error {
 			return err
 		}
 	}
-	if m := h.hashMem; m > app.MaxHashMemory {
-		return fmt.Errorf("accounts: an argon2id hash takes %d MiB per comparison, more than max_hash_memory (%d MiB)", m>>20, app.MaxHashMemory>>20)
-	}
 	app.handlers.add(h)
 	if h.DevLogCode {
 		h.logger.Warn("dev_log_code is on: one-time codes will be written to this log; never use it in production",

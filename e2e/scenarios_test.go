@@ -39,7 +39,7 @@ func TestCaddyfileAdaptAndValidate(t *testing.T) {
 		t.Fatalf("caddy validate example.Caddyfile: %v\n%s", err, out)
 	}
 
-	t.Setenv("BG_HASH", "$2a$10$abcdefghijklmnopqrstuu5yN1bYB0sGMZ0dbdt3N7Nqn9hfxQUa") // shaped like bcrypt, never used
+	t.Setenv("BG_HASH", "$2a$10$abcdefghijklmnopqrstuu5yN1bYB0sGMZ0dbdt3N7Nqn9hfxQUae") // shaped like bcrypt, never used
 	hash := hash(t)
 	for _, tc := range []struct {
 		name, global, handler, want string
