@@ -185,14 +185,17 @@ func (w *world) load(config string, adapter string) {
 		w.t.Fatalf("loading: %v", err)
 	}
 	w.t.Cleanup(func() { _ = caddy.Stop() })
+	// Serving, not only listening: a listener of the config before may
+	// still take a connection for a moment after a stop or a reload.
+	hc := &http.Client{Transport: bgtest.OverTCP("127.0.0.1"), Timeout: time.Second}
 	for range 100 {
-		if c, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", w.port)); err == nil {
-			c.Close()
+		if resp, err := hc.Get(w.base + "/"); err == nil {
+			resp.Body.Close()
 			return
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	w.t.Fatal("Caddy did not start listening")
+	w.t.Fatal("Caddy did not start serving")
 }
 
 // config is the world's config in the adapter's language.
