@@ -1,14 +1,18 @@
 package breakglass
 
 import (
+	"cmp"
 	"encoding/json"
+	"fmt"
 	"html"
 	"net/http"
 	"net/netip"
 	"net/url"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/caddy-break-glass/caddy-break-glass/bgtest"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
@@ -64,25 +68,77 @@ func enrolKey(t *testing.T, h testHandler, c *bgtest.Client, k *softKey, name st
 	return cfg
 }
 
-// keySignIn gives the password from c, answers the page's key challenge
-// with k, and returns the answer to the key step and the body it posted.
-func keySignIn(t *testing.T, c *bgtest.Client, k *softKey) (bgtest.Reply, []byte) {
+// keyPage gives the password from c and returns the key page and the
+// options it carries.
+func keyPage(t *testing.T, c *bgtest.Client) (bgtest.Reply, *protocol.CredentialAssertion) {
 	t.Helper()
 	if r := c.Login("/admin/", "ops@example.com", testPassword, "INC-5", nil); r.Status != http.StatusSeeOther {
 		t.Fatalf("password: %d", r.Status)
 	}
 	page := c.Get("/admin/")
-	var opts protocol.PublicKeyCredentialRequestOptions
-	if err := json.Unmarshal(keyOptions(t, page.Body, "get"), &opts); err != nil {
+	var opts protocol.CredentialAssertion
+	if err := json.Unmarshal(keyOptions(t, page.Body, "get"), &opts.Response); err != nil {
 		t.Fatal(err)
 	}
-	body := k.get(t, c.Base, &protocol.CredentialAssertion{Response: opts})
+	return page, &opts
+}
+
+// keySignIn gives the password from c, answers the page's key challenge
+// with k, and returns the answer to the key step and the body it posted.
+func keySignIn(t *testing.T, c *bgtest.Client, k *softKey) (bgtest.Reply, []byte) {
+	t.Helper()
+	page, opts := keyPage(t, c)
+	body := k.get(t, c.Base, opts)
 	return postKey(t, c, page, body), body
 }
 
 func postKey(t *testing.T, c *bgtest.Client, page bgtest.Reply, body []byte) bgtest.Reply {
 	t.Helper()
 	return c.Do("POST", "/admin/", url.Values{"break_glass_step": {"webauthn"}, "csrf_token": {page.CSRF(t)}, "credential": {string(body)}}, nil)
+}
+
+// keyConfig is k's line in the account ops@example.com, as an enrolment on
+// k's RP ID prints it. It is made without the door, so that a test can
+// hold keys of any RP ID.
+func keyConfig(t *testing.T, k *softKey, name string) WebAuthnKeyConfig {
+	t.Helper()
+	origin := "https://" + k.rpID
+	rp, err := newRelyingParty(k.rpID, []string{origin}, "", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	handle, challenge := webauthnUserHandle("ops@example.com"), waChallenge(t)
+	opts, err := rp.creationOptions(challenge, handle, "ops@example.com", nil, time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var creation protocol.CredentialCreation
+	if err := json.Unmarshal(opts, &creation.Response); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := rp.verifyCreation(challenge, handle, now().Add(time.Minute), k.create(t, origin, &creation), name, nil)
+	if err != nil {
+		t.Fatalf("enrolling %s: %v", name, err)
+	}
+	return cfg
+}
+
+// keyHandler guards /admin/ with the account ops@example.com, which signs
+// in with the keys of lines only; mod, if not nil, changes the rest.
+func keyHandler(t *testing.T, app *App, lines []WebAuthnKeyConfig, mod func(*Handler)) testHandler {
+	t.Helper()
+	return newTestHandler(t, app, func(h *Handler) {
+		h.Email, h.Hash = "", ""
+		h.Accounts = []AccountConfig{{Email: "ops@example.com", Hash: testHash(t, 5), WebAuthnKeys: lines, SecondFactor: []string{"webauthn"}}}
+		if mod != nil {
+			mod(h)
+		}
+	})
+}
+
+// remaining is how many attempts c's address has left on h.
+func remaining(h testHandler, c *bgtest.Client) int {
+	return h.state.limiter.remaining(limiterKey(netip.MustParseAddr(c.Name)), h.app.lim)
 }
 
 // TestAKeyEnrolledOnTheDoorSignsInOnceItIsInTheConfig: a signed-in operator
@@ -195,5 +251,75 @@ func TestOneKeyInTwoAccountsIsRefusedAtLoad(t *testing.T) {
 	err := h.setup(testApp(t), zapNop())
 	if err == nil || !strings.Contains(err.Error(), `account bob@example.com: webauthn_key "shared": the same key is enrolled for another account`) {
 		t.Fatalf("error %v", err)
+	}
+}
+
+// TestEveryKeyRefusalIsOneFailedAttempt: through the door, an answer the
+// key step refuses costs the client exactly one attempt, whatever is wrong
+// with it, and the page says which kind of refusal it was.
+func TestEveryKeyRefusalIsOneFailedAttempt(t *testing.T) {
+	app := testApp(t, &App{MaxAttempts: 5})
+	key := newSoftKey(t, "example.com")
+	otherRP := newSoftKey(t, "other.example") // in the config, but signing for another RP ID
+	lowered := newSoftKey(t, "example.com")
+	removed := newSoftKey(t, "example.com")
+	lines := []WebAuthnKeyConfig{keyConfig(t, key, "key"), keyConfig(t, otherRP, "other RP"), keyConfig(t, lowered, "lowered")}
+	h := keyHandler(t, app, append(slices.Clone(lines), keyConfig(t, removed, "removed")), nil)
+
+	// Each key that is refused below for what happened since signs in first:
+	// an answer to replay, a sign count to go below, a key that worked
+	// before its line was taken out.
+	lowered.counter = 10
+	var replay []byte
+	for i, k := range []*softKey{key, lowered, removed} {
+		r, body := keySignIn(t, h.tlsClient(t, fmt.Sprintf("192.0.2.%d", 10+i)), k)
+		if r.Status != http.StatusSeeOther {
+			t.Fatalf("key %d before: %d\n%s", i, r.Status, r.Body)
+		}
+		if k == key {
+			replay = body
+		}
+	}
+	lowered.counter = 3
+	h = keyHandler(t, app, lines, nil) // the config without the removed key's line
+
+	for i, tc := range []struct {
+		name   string
+		key    *softKey
+		origin string // where the key answers; "": the page's origin
+		replay []byte // posted instead of key's answer
+		page   string // on the page
+		logged string // in the log line's webauthn field: why
+	}{
+		{"wrong origin", key, "https://evil.example", nil, "answer was not accepted", "Error validating origin"},
+		{"key of another RP ID", otherRP, "", nil, "answer was not accepted", "RP Hash mismatch"},
+		{"replayed answer", nil, "", replay, "answer was not accepted", "Error validating challenge"},
+		{"unknown key", newSoftKey(t, "example.com"), "", nil, "not one of this account's keys", "not enrolled for this account"},
+		{"key removed from the config", removed, "", nil, "not one of this account's keys", "not enrolled for this account"},
+		{"lowered sign counter", lowered, "", nil, "a copy of it may exist", "sign counter did not increase"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := h.tlsClient(t, fmt.Sprintf("192.0.2.%d", 20+i))
+			page, opts := keyPage(t, c)
+			answer := tc.replay
+			if tc.key != nil {
+				answer = tc.key.get(t, cmp.Or(tc.origin, c.Base), opts)
+			}
+			before := remaining(h, c)
+			r := postKey(t, c, page, answer)
+			if r.Status != http.StatusUnauthorized || !strings.Contains(r.Body, tc.page) {
+				t.Fatalf("%d, want 401 saying %q\n%s", r.Status, tc.page, r.Body)
+			}
+			lines := h.logs.Logs().Where(func(m map[string]any) bool { return m["client_ip"] == c.Name && m["webauthn"] != nil })
+			if len(lines) != 1 || !strings.Contains(fmt.Sprint(lines[0]["webauthn"]), tc.logged) {
+				t.Errorf("refusal logged as %v, want one saying %q", lines, tc.logged)
+			}
+			if after := remaining(h, c); after != before-1 {
+				t.Errorf("attempts left: %d, then %d; want one fewer", before, after)
+			}
+			if got := c.Get("/admin/"); got.Header.Get("X-Upstream") != "" {
+				t.Error("signed in")
+			}
+		})
 	}
 }
