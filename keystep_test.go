@@ -323,3 +323,44 @@ func TestEveryKeyRefusalIsOneFailedAttempt(t *testing.T) {
 		})
 	}
 }
+
+// TestAKeyOfTheParentDomainSignsInOnTheOriginsConfigured: with
+// webauthn_rp_id example.com and webauthn_origins https://admin.example.com,
+// a key registered for example.com signs in on admin.example.com; on
+// www.example.com, an origin not listed (though under the RP ID), its
+// answer is refused and counted.
+func TestAKeyOfTheParentDomainSignsInOnTheOriginsConfigured(t *testing.T) {
+	k := newSoftKey(t, "example.com")
+	h := keyHandler(t, testApp(t, &App{MaxAttempts: 5}), []WebAuthnKeyConfig{keyConfig(t, k, "key")}, func(h *Handler) {
+		h.WebAuthnRPID, h.WebAuthnOrigins = "example.com", []string{"https://admin.example.com"}
+	})
+	at := func(ip, host string) *bgtest.Client {
+		c := h.tlsClient(t, ip)
+		c.Base = "https://" + host
+		return c
+	}
+	c := at("192.0.2.30", "admin.example.com")
+	if r, _ := keySignIn(t, c, k); r.Status != http.StatusSeeOther {
+		t.Fatalf("key step on admin.example.com: %d\n%s", r.Status, r.Body)
+	}
+	if got := c.Get("/admin/"); got.Header.Get("X-Upstream") != "reached" {
+		t.Fatalf("signed in with the key: %d", got.Status)
+	}
+
+	c = at("192.0.2.31", "www.example.com")
+	page, opts := keyPage(t, c)
+	if opts.Response.RelyingPartyID != "example.com" {
+		t.Errorf("the options' rpId: %q", opts.Response.RelyingPartyID)
+	}
+	before := remaining(h, c)
+	if r := postKey(t, c, page, k.get(t, c.Base, opts)); r.Status != http.StatusUnauthorized || !strings.Contains(r.Body, "answer was not accepted") {
+		t.Fatalf("an answer on www.example.com: %d\n%s", r.Status, r.Body)
+	}
+	if after := remaining(h, c); after != before-1 {
+		t.Errorf("attempts left: %d, then %d; want one fewer", before, after)
+	}
+	line := h.logs.Logs().Find("break-glass security key refused", map[string]string{"client_ip": c.Name})
+	if !strings.Contains(fmt.Sprint(line["webauthn"]), "Error validating origin") {
+		t.Errorf("refusal logged as %v, want one of the origin", line)
+	}
+}
