@@ -1,6 +1,7 @@
 package breakglass
 
 import (
+	"bytes"
 	"cmp"
 	"encoding/json"
 	"fmt"
@@ -8,6 +9,8 @@ import (
 	"net/http"
 	"net/netip"
 	"net/url"
+	"os"
+	"path/filepath"
 	"regexp"
 	"slices"
 	"strings"
@@ -148,7 +151,9 @@ func remaining(h testHandler, c *bgtest.Client) int {
 func TestAKeyEnrolledOnTheDoorSignsInOnceItIsInTheConfig(t *testing.T) {
 	app := testApp(t, &App{MaxAttempts: 5})
 	hook := bgtest.StartWebhook(t)
-	h := newTestHandler(t, app, func(h *Handler) { h.AlertWebhook = hook.URL })
+	audit := filepath.Join(t.TempDir(), "audit.jsonl")
+	h := newTestHandler(t, app, func(h *Handler) { h.AlertWebhook, h.AuditLog = hook.URL, audit })
+	t.Cleanup(func() { _ = h.Cleanup() })
 	k := newSoftKey(t, "example.com")
 	c := h.tlsClient(t, "192.0.2.5")
 	cfg := enrolKey(t, h, c, k, `YubiKey "A", safe 1`)
@@ -157,6 +162,10 @@ func TestAKeyEnrolledOnTheDoorSignsInOnceItIsInTheConfig(t *testing.T) {
 	}
 	if ev := hook.WaitEvent(t, eventKeyEnrolled).JSON; ev["account"] != "ops@example.com" {
 		t.Errorf("enrolment alert: %v", ev)
+	}
+	if lines := enrolmentsAudited(t, audit); len(lines) != 1 || lines[0]["email"] != "ops@example.com" ||
+		lines[0]["client"] != "192.0.2.5" || lines[0]["detail"] != `key YubiKey "A", safe 1` {
+		t.Errorf("enrolment audit lines: %v", lines)
 	}
 	// Not in the config yet: the second-factor page offers no key.
 	c2 := h.tlsClient(t, "192.0.2.6")
@@ -237,6 +246,71 @@ func TestAKeyEnrolledOnTheDoorSignsInOnceItIsInTheConfig(t *testing.T) {
 	c7 := h2.tlsClient(t, "192.0.2.11")
 	if r, _ := keySignIn(t, c7, other); r.Status != http.StatusUnauthorized || !strings.Contains(r.Body, "not one of this account's keys") {
 		t.Fatalf("an unknown key: %d\n%s", r.Status, r.Body)
+	}
+}
+
+// enrolmentsAudited are the key_enrolled lines of the audit file at path.
+func enrolmentsAudited(t *testing.T, path string) bgtest.Logs {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return bgtest.ReadLogs(bytes.NewReader(b)).Where(func(m map[string]any) bool { return m["event"] == auditKeyEnrolled })
+}
+
+// TestAnEnrolmentPostWithoutItsPagesTokenIsRefused: a signed-in browser's
+// enrolment post carrying a key's good answer but no token, or the token
+// of another form or session, gets 403 and enrols nothing (no config line,
+// alert or audit line): another site cannot make the browser enrol a key.
+// The same answer with the page's token then enrols it, once.
+func TestAnEnrolmentPostWithoutItsPagesTokenIsRefused(t *testing.T) {
+	hook := bgtest.StartWebhook(t)
+	audit := filepath.Join(t.TempDir(), "audit.jsonl")
+	h := newTestHandler(t, nil, func(h *Handler) { h.AlertWebhook, h.AuditLog = hook.URL, audit })
+	t.Cleanup(func() { _ = h.Cleanup() })
+	enrolPage := func(c *bgtest.Client) bgtest.Reply {
+		t.Helper()
+		if r := h.signInAt(t, c); r.Status != http.StatusSeeOther {
+			t.Fatalf("sign-in by code: %d", r.Status)
+		}
+		return c.Get("/admin/?break_glass=enroll")
+	}
+	other := enrolPage(h.tlsClient(t, "192.0.2.6")).CSRF(t)
+	c := h.tlsClient(t, "192.0.2.5")
+	login := c.Get("/admin/").CSRF(t)
+	page := enrolPage(c)
+	var opts protocol.PublicKeyCredentialCreationOptions
+	if err := json.Unmarshal(keyOptions(t, page.Body, "create"), &opts); err != nil {
+		t.Fatal(err)
+	}
+	answer := newSoftKey(t, "example.com").create(t, c.Base, &protocol.CredentialCreation{Response: opts})
+	post := func(token string) bgtest.Reply {
+		return c.Do("POST", "/admin/?break_glass=enroll", url.Values{"break_glass_step": {"enroll"}, "csrf_token": {token},
+			"name": {"safe A"}, "credential": {string(answer)}}, nil)
+	}
+	for _, tc := range []struct{ name, token string }{
+		{"no token", ""},
+		{"the login form's token", login},
+		{"another session's enrolment token", other},
+	} {
+		if r := post(tc.token); r.Status != http.StatusForbidden || !strings.Contains(r.Body, "did not come from this page") ||
+			configLineRE.MatchString(r.Body) {
+			t.Errorf("%s: %d\n%s", tc.name, r.Status, r.Body)
+		}
+	}
+	if lines := enrolmentsAudited(t, audit); len(lines) != 0 {
+		t.Fatalf("refused enrolments audited: %v", lines)
+	}
+	if r := post(page.CSRF(t)); r.Status != http.StatusOK || !configLineRE.MatchString(r.Body) {
+		t.Fatalf("with the page's token: %d\n%s", r.Status, r.Body)
+	}
+	hook.WaitEvent(t, eventKeyEnrolled)
+	if n := hook.Count(eventKeyEnrolled); n != 1 {
+		t.Errorf("%d enrolment alerts, want 1", n)
+	}
+	if lines := enrolmentsAudited(t, audit); len(lines) != 1 {
+		t.Errorf("enrolment audit lines: %v", lines)
 	}
 }
 
