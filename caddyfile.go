@@ -38,7 +38,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //			second_factor webauthn|client_cert|totp|email...
 //			webauthn_key <name> <id> <public_key> [aaguid <uuid>] [backup_eligible]
 //			client_cert <sha256 fingerprint...>
-//			client_cert_subject <RFC 2253 subject>
+//			client_cert_subject <subject, as Go prints it>
 //		}
 //		email <address>            # or, for one account:
 //		hash <hash>                # email and hash (totp_secret, max_uses,
