@@ -58,6 +58,9 @@ func enrolKey(t *testing.T, h testHandler, c *bgtest.Client, k *softKey, name st
 	if r.Status != http.StatusOK || !strings.Contains(r.Body, "Security key registered") {
 		t.Fatalf("enrolment: %d\n%s", r.Status, r.Body)
 	}
+	if csp := r.Header.Get("Content-Security-Policy"); !strings.Contains(csp, "script-src 'sha256-") {
+		t.Fatalf("the enrolled page's copy buttons have no script: CSP %q", csp)
+	}
 	m := configLineRE.FindStringSubmatch(r.Body)
 	if m == nil {
 		t.Fatalf("no config line:\n%s", r.Body)

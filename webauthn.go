@@ -29,7 +29,7 @@ import (
 )
 
 // WebAuthnKeyConfig is one security key or passkey enrolled for an account.
-// The enrolment (`caddy break-glass webauthn`) prints it, in the Caddyfile
+// The enrolment page (?break_glass=enroll) prints it, in the Caddyfile
 // form `webauthn_key "<name>" <id> <public_key> [aaguid <uuid>]
 // [backup_eligible]` and as this JSON object, for the operator to paste into
 // the account.
