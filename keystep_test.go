@@ -441,3 +441,23 @@ func TestAKeyOfTheParentDomainSignsInOnTheOriginsConfigured(t *testing.T) {
 		t.Errorf("refusal logged as %v, want one of the origin", line)
 	}
 }
+
+// TestAKeyOnlyAccountOpenedByIPAddressIsToldToUseTheSiteName: WebAuthn
+// needs a domain, so at an IP address a key-only account has no factor;
+// the refusal (a failed attempt, as for any request without a factor) says
+// to open the site by its name, where the key is offered.
+func TestAKeyOnlyAccountOpenedByIPAddressIsToldToUseTheSiteName(t *testing.T) {
+	h := keyHandler(t, testApp(t, &App{MaxAttempts: 5}), []WebAuthnKeyConfig{keyConfig(t, newSoftKey(t, "example.com"), "key")}, nil)
+	c := h.tlsClient(t, "192.0.2.40")
+	c.Base = "https://192.0.2.1"
+	before := remaining(h, c)
+	r := c.Login("/admin/", "ops@example.com", testPassword, "", nil)
+	if r.Status != http.StatusUnauthorized || !strings.Contains(r.Body, "No second factor here") ||
+		!strings.Contains(r.Body, "open this site by its name, not its IP address") || strings.Contains(r.Body, "certificate") {
+		t.Fatalf("at an IP address: %d\n%s", r.Status, r.Body)
+	}
+	if after := remaining(h, c); after != before-1 {
+		t.Errorf("attempts left: %d, then %d; want one fewer", before, after)
+	}
+	keyPage(t, h.tlsClient(t, "192.0.2.41")) // by name: the key is offered
+}
