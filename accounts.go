@@ -66,9 +66,17 @@ type AccountConfig struct {
 	ClientCerts []string `json:"client_certs,omitempty"`
 
 	// Subjects of the client certificates that are this account's
-	// client_cert factor, as RFC 2253 prints them ("CN=alice,O=Example";
-	// `openssl x509 -noout -subject -nameopt RFC2253`). Safe only when the
-	// trust pool is a CA of your own, which issues each subject once.
+	// client_cert factor, exactly as Go's crypto/x509 prints them
+	// ("CN=alice,OU=Ops,O=Example"): RFC 2253 escaping, the attributes in
+	// Go's order (SERIALNUMBER, CN, OU, O, POSTALCODE, STREET, L, ST, C),
+	// several values of one joined by "+". For a certificate with one
+	// value each of CN, OU, O, L, ST, C, in the order most CAs write them
+	// (C first, CN last), that is what `openssl x509 -noout -subject
+	// -nameopt RFC2253` prints. Go prints any other attribute
+	// (emailAddress, DC, UID, …) as an OID with the value in hex: a subject
+	// naming one is refused at load; list the certificate's fingerprint
+	// instead. Safe only when the trust pool is a CA of your own, which
+	// issues each subject once.
 	ClientCertSubjects []string `json:"client_cert_subjects,omitempty"`
 
 	// The security keys and passkeys of this account (second_factor
@@ -264,8 +272,8 @@ func (h *Handler) newAccount(repl *caddy.Replacer, c AccountConfig, name string)
 		acc.certFingerprints = append(acc.certFingerprints, fp)
 	}
 	for _, subj := range c.ClientCertSubjects {
-		if subj == "" || strings.ContainsFunc(subj, func(r rune) bool { return r < 0x20 || r == 0x7f }) {
-			return nil, errors.New(field("client_cert_subject: empty, or a control character"))
+		if err := checkCertSubject(subj); err != nil {
+			return nil, errors.New(field(err.Error()))
 		}
 		acc.certSubjects = append(acc.certSubjects, subj)
 	}

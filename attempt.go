@@ -224,8 +224,16 @@ func (a *attempt) password() outcome {
 			fields: []zap.Field{zap.Strings("second_factor", acc.factors.names())}}, remaining, lockedUntil); locked {
 			return o
 		}
-		return a.message(http.StatusUnauthorized, "", "No second factor here",
-			"This account signs in with a second factor that this connection cannot give (for a client certificate: the browser did not present one the account accepts). No session was started, and this counted as a failed attempt.")
+		msg := "This account signs in with a second factor that this connection cannot give (for a client certificate: the browser did not present one the account accepts)."
+		if hint := a.keyHint(acc); hint != "" {
+			// The account's keys would do by the site's name: the operator
+			// can still get in, and should be told how.
+			msg = hint
+			if acc.factors.has(factorClientCert) {
+				msg += " Nor did the browser present a client certificate the account accepts."
+			}
+		}
+		return a.message(http.StatusUnauthorized, "", "No second factor here", msg+" No session was started, and this counted as a failed attempt.")
 	}
 	// The pending sign-in holds a code: mailed when the account takes
 	// email, else a secret never shown, so that it only marks the password

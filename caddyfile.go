@@ -38,7 +38,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //			second_factor webauthn|client_cert|totp|email...
 //			webauthn_key <name> <id> <public_key> [aaguid <uuid>] [backup_eligible]
 //			client_cert <sha256 fingerprint...>
-//			client_cert_subject <RFC 2253 subject>
+//			client_cert_subject <subject, as Go prints it>
 //			approval { ... }   # replaces the handler's for this account
 //		}
 //		email <address>            # or, for one account:

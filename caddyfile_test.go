@@ -123,6 +123,8 @@ func TestCaddyfileHandlerParses(t *testing.T) {
 		{"smtp tls starttls", "break_glass {\n\tsmtp localhost:25 {\n\t\ttls starttls\n\t}\n}", Handler{SMTP: &SMTPConfig{Address: "localhost:25", TLS: "starttls"}}},
 		{"smtp tls implicit", "break_glass {\n\tsmtp localhost:25 {\n\t\ttls implicit\n\t}\n}", Handler{SMTP: &SMTPConfig{Address: "localhost:25", TLS: "implicit"}}},
 		{"smtp tls none", "break_glass {\n\tsmtp localhost:25 {\n\t\ttls none\n\t}\n}", Handler{SMTP: &SMTPConfig{Address: "localhost:25", TLS: "none"}}},
+		{"webauthn relying party", "break_glass {\n\twebauthn_rp_id example.com\n\twebauthn_origins https://admin.example.com\n\twebauthn_origins https://ops.example.com\n\twebauthn_user_verification required\n}",
+			Handler{WebAuthnRPID: "example.com", WebAuthnOrigins: []string{"https://admin.example.com", "https://ops.example.com"}, WebAuthnUserVerification: "required"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			if h := parseHandlerCaddyfile(t, tc.input); !reflect.DeepEqual(*h, tc.want) {
@@ -214,6 +216,8 @@ func TestCaddyfileRejectsBadHandlerConfigWithItsLine(t *testing.T) {
 		{"smtp zero timeout", "break_glass {\n\tsmtp a.example:25 {\n\t\ttimeout 0s\n\t}\n}", 3, []string{"timeout", "positive"}},
 		{"smtp negative timeout", "break_glass {\n\tsmtp a.example:25 {\n\t\ttimeout -5s\n\t}\n}", 3, []string{"timeout", "positive"}},
 		{"smtp given twice", "break_glass {\n\tsmtp a.example:25\n\tsmtp b.example:25\n}", 3, []string{"smtp", "twice"}},
+		{"webauthn_rp_id with two values", "break_glass {\n\twebauthn_rp_id example.com example.net\n}", 2, []string{"webauthn_rp_id", "one value"}},
+		{"webauthn_origins without a value", "break_glass {\n\twebauthn_origins\n}", 2, []string{"webauthn_origins", "needs at least one"}},
 	})
 }
 
@@ -556,6 +560,18 @@ func TestProvisionAcceptsGoodConfigAndRejectsBadNamingTheField(t *testing.T) {
 		{name: "app session_ttl negative", app: map[string]any{"session_ttl": "-2h"}, want: []string{"session_ttl: must be a positive duration"}},
 		{name: "app smtp from does not parse", handler: func(h map[string]any) { delete(h, "smtp") }, app: map[string]any{"smtp": map[string]any{"address": "mail.example.com:587", "from": "@@"}}, want: []string{`smtp: from "@@"`}},
 		{name: "no smtp anywhere and no dev_log_code", handler: func(h map[string]any) { delete(h, "smtp") }, want: []string{"no way to deliver the code"}},
+		{name: "webauthn_rp_id and webauthn_origins", handler: func(h map[string]any) {
+			h["webauthn_rp_id"], h["webauthn_origins"] = "example.com", []string{"https://admin.example.com", "https://example.com:8443"}
+		}},
+		{name: "webauthn_origins without webauthn_rp_id", handler: func(h map[string]any) { h["webauthn_origins"] = []string{"https://admin.example.com"} },
+			want: []string{"webauthn_origins: needs webauthn_rp_id"}},
+		{name: "webauthn_rp_id an IP address", handler: func(h map[string]any) { h["webauthn_rp_id"] = "192.0.2.1" },
+			want: []string{`webauthn_rp_id: "192.0.2.1": an IP address cannot be a WebAuthn RP ID`}},
+		{name: "webauthn_rp_id a URL", handler: func(h map[string]any) { h["webauthn_rp_id"] = "https://example.com" },
+			want: []string{`webauthn_rp_id: "https://example.com": must be a lower-case domain name`}},
+		{name: "webauthn_origins outside webauthn_rp_id", handler: func(h map[string]any) {
+			h["webauthn_rp_id"], h["webauthn_origins"] = "example.com", []string{"https://admin.example.com", "https://example.net"}
+		}, want: []string{`webauthn_origins: "https://example.net": the host is not example.com or a subdomain`}},
 		{
 			name: "alert_emails without smtp",
 			handler: func(h map[string]any) {

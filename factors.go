@@ -8,8 +8,10 @@ import (
 	"crypto/sha256"
 	"crypto/subtle"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"net/http"
+	"slices"
 	"strings"
 )
 
@@ -103,6 +105,46 @@ func parseFingerprint(s string) ([sha256.Size]byte, error) {
 	return fp, nil
 }
 
+// certSubjectTypes are the attribute types Go's pkix.Name.String names, in
+// the order it prints them; it prints any other (emailAddress, DC, UID, …)
+// as its OID with the value's DER in hex.
+var certSubjectTypes = []string{"SERIALNUMBER", "CN", "OU", "O", "POSTALCODE", "STREET", "L", "ST", "C"}
+
+// checkCertSubject refuses a client_cert_subject not written as Go prints
+// a subject (certMatches compares the two strings): a part that is not
+// TYPE=value (an unescaped comma or plus sign in a value), or an attribute
+// Go does not name. openssl's emailAddress=…, DC=… or UID=… never equals
+// Go's OID=#hex; such a subject would fail closed, silently, where the
+// fingerprint names the certificate plainly.
+func checkCertSubject(s string) error {
+	if s == "" || strings.ContainsFunc(s, func(r rune) bool { return r < 0x20 || r == 0x7f }) {
+		return errors.New("client_cert_subject: empty, or a control character")
+	}
+	var parts []string
+	start, escaped := 0, false
+	for i, r := range s {
+		switch {
+		case escaped:
+			escaped = false
+		case r == '\\':
+			escaped = true
+		case r == ',' || r == '+':
+			parts, start = append(parts, s[start:i]), i+1
+		}
+	}
+	for _, part := range append(parts, s[start:]) {
+		typ, _, ok := strings.Cut(part, "=")
+		if !ok {
+			return fmt.Errorf("client_cert_subject %q: %q is not TYPE=value (a comma or plus sign in a value is written \\, or \\+)", s, part)
+		}
+		if !slices.Contains(certSubjectTypes, typ) {
+			return fmt.Errorf("client_cert_subject %q: %q is not an attribute Go names (%s; it prints any other, such as emailAddress, DC or UID, as an OID with the value in hex): list the certificate's SHA-256 fingerprint (client_cert) instead",
+				s, typ, strings.Join(certSubjectTypes, ", "))
+		}
+	}
+	return nil
+}
+
 // certMatches reports whether the request's connection presented a client
 // certificate that Caddy verified (client_auth with a trust pool) and that
 // the account accepts, by fingerprint or subject. Only a verified chain
@@ -122,7 +164,7 @@ func (acc *account) certMatches(r *http.Request) bool {
 		return true
 	}
 	if len(acc.certSubjects) > 0 {
-		subject := leaf.Subject.String()
+		subject := leaf.Subject.String() // the form checkCertSubject admits
 		for _, want := range acc.certSubjects {
 			if subject == want {
 				return true

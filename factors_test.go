@@ -83,6 +83,13 @@ func TestBadFactorConfigIsRefusedAtLoadNamingTheAccount(t *testing.T) {
 		{func(c *AccountConfig) { c.ClientCerts = []string{"not hex"} }, `account ops@example.com: client_cert "not hex": not a SHA-256 fingerprint`},
 		{func(c *AccountConfig) { c.ClientCerts = []string{strings.Repeat("ab", 31)} }, "not a SHA-256 fingerprint"},
 		{func(c *AccountConfig) { c.ClientCertSubjects = []string{"CN=a\nO=b"} }, "client_cert_subject: empty, or a control character"},
+		// As openssl prints them: Go prints these attributes as OIDs.
+		{func(c *AccountConfig) { c.ClientCertSubjects = []string{"emailAddress=alice@example.com,CN=alice"} },
+			`account ops@example.com: client_cert_subject "emailAddress=alice@example.com,CN=alice": "emailAddress" is not an attribute Go names`},
+		{func(c *AccountConfig) { c.ClientCertSubjects = []string{"CN=alice,DC=example,DC=com"} }, `"DC" is not an attribute Go names`},
+		{func(c *AccountConfig) { c.ClientCertSubjects = []string{"UID=alice,O=Example"} }, "list the certificate's SHA-256 fingerprint (client_cert) instead"},
+		{func(c *AccountConfig) { c.ClientCertSubjects = []string{"serialNumber=42,CN=alice"} }, `"serialNumber" is not an attribute Go names`},
+		{func(c *AccountConfig) { c.ClientCertSubjects = []string{"CN=alice,O=Example, Inc."} }, `" Inc." is not TYPE=value`},
 		{func(c *AccountConfig) { c.SecondFactor = []string{"client_cert"} }, "account ops@example.com: second_factor client_cert: needs"},
 	} {
 		cfg := AccountConfig{Email: "ops@example.com", Hash: testHash(t, 4)}
@@ -192,6 +199,43 @@ func TestAVerifiedClientCertificateIsTheSecondFactor(t *testing.T) {
 	}
 	if h.logs.Logs().Find("break-glass login succeeded", map[string]string{"second_factor": "email"}) == nil {
 		t.Error("no login line naming the email factor")
+	}
+}
+
+// TestClientCertSubjectsAreComparedAsGoPrintsThem: over real TLS, a
+// client_cert_subject matches the subject as Go prints it (the README's
+// form): its attributes in Go's order, several values of one joined by
+// "+", a comma in a value escaped; the same attributes in another order do
+// not match.
+func TestClientCertSubjectsAreComparedAsGoPrintsThem(t *testing.T) {
+	ca := bgtest.NewCA(t, "break-glass test CA")
+	for _, tc := range []struct {
+		name    string
+		cert    pkix.Name
+		subject string
+		match   bool
+	}{
+		{"CN and O", pkix.Name{CommonName: "alice", Organization: []string{"Example Corp"}}, "CN=alice,O=Example Corp", true},
+		{"every attribute Go names", pkix.Name{SerialNumber: "42", CommonName: "alice", OrganizationalUnit: []string{"Ops"},
+			Organization: []string{"Example Corp"}, PostalCode: []string{"10115"}, StreetAddress: []string{"Main St 1"},
+			Locality: []string{"Berlin"}, Province: []string{"BE"}, Country: []string{"DE"}},
+			"SERIALNUMBER=42,CN=alice,OU=Ops,O=Example Corp,POSTALCODE=10115,STREET=Main St 1,L=Berlin,ST=BE,C=DE", true},
+		{"two values of one attribute", pkix.Name{CommonName: "alice", OrganizationalUnit: []string{"Ops", "Sec"}}, "CN=alice,OU=Ops+OU=Sec", true},
+		{"a comma in a value", pkix.Name{CommonName: "alice", Organization: []string{"Example, Inc."}}, `CN=alice,O=Example\, Inc.`, true},
+		{"another order", pkix.Name{CommonName: "alice", Organization: []string{"Example Corp"}}, "O=Example Corp,CN=alice", false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h := newTestHandler(t, nil, func(h *Handler) {
+				h.Email, h.Hash, h.AllowedIPs = "", "", nil
+				h.Accounts = []AccountConfig{{Email: "ops@example.com", Hash: testHash(t, 4), SecondFactor: []string{"client_cert"},
+					ClientCertSubjects: []string{tc.subject}}}
+			})
+			cert, _ := ca.Client(t, tc.cert)
+			r := certSite(t, h, ca, tls.VerifyClientCertIfGiven)(&cert).Login("/admin/", "ops@example.com", testPassword, "", nil)
+			if got := r.Status == http.StatusSeeOther; got != tc.match {
+				t.Errorf("%q against the subject %q: status %d, want a match: %v", tc.subject, tc.cert.String(), r.Status, tc.match)
+			}
+		})
 	}
 }
 

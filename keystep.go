@@ -70,14 +70,24 @@ func (a *attempt) offered(acc *account) factor {
 	return s
 }
 
+// keyHint says why acc's keys cannot be used on this request; it is ""
+// when they can, or when the account has none.
+func (a *attempt) keyHint(acc *account) string {
+	if !acc.factors.has(factorWebAuthn) || len(acc.keys) == 0 {
+		return ""
+	}
+	if _, err := a.h.relyingParty(a.r); err == nil {
+		return ""
+	}
+	return "Security keys cannot be used at this address: open this site by its name, not its IP address."
+}
+
 // keyOptions fills the page's WebAuthn part for a sign-in with one of acc's
 // keys; it says why when there is none.
 func (a *attempt) keyOptions(p *page, acc *account) {
 	rp, err := a.h.relyingParty(a.r)
 	if err != nil {
-		if acc.factors.has(factorWebAuthn) && len(acc.keys) > 0 {
-			p.Notice = "Security keys cannot be used at this address: open this site by its name, not its IP address."
-		}
+		p.Notice = a.keyHint(acc)
 		return
 	}
 	opts, err := rp.assertionOptions(a.h.keyChallenge("signin", acc.scope, a.flow), acc.keys, keyTimeout)

@@ -1,7 +1,7 @@
 // The pages the handler serves in place of a guarded resource (login, code,
 // locked out, forbidden and short messages), and the one time layout of
-// pages and mails. Inline HTML from embedded templates, no script, no
-// external asset.
+// pages and mails. Inline HTML from embedded templates, no external asset,
+// and no script but one, pinned by its hash, on the security key pages.
 
 package breakglass
 
@@ -25,7 +25,8 @@ var (
 	pageCSS      = template.CSS(mustRead("templates/style.css"))  //nolint:gosec // our own embedded stylesheet
 	pageScript   = template.JS(mustRead("templates/webauthn.js")) //nolint:gosec // our own embedded script
 	// The only thing a page may load is its own inline style, pinned by
-	// hash; a page that runs a security key ceremony also its one script.
+	// hash; a security key page (sign in or enrol with a key, the enrolled
+	// key's line with its copy buttons) also its one script.
 	pageCSP = "default-src 'none'; style-src 'sha256-" + hashOf(string(pageCSS)) + "'; " +
 		"form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
 	scriptCSP = pageCSP + "; script-src 'sha256-" + hashOf(string(pageScript)) + "'"

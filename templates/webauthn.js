@@ -17,8 +17,12 @@
 	function failure(e, creating) {
 		switch (e && e.name) {
 		case "NotAllowedError":
+			// A sign-in with a key that holds none of the credentials asked
+			// for (another account's key) ends here too: browsers do not
+			// tell a page which keys are present.
 			return "The security key did not answer in time, or the request was cancelled. Try again" +
-				(others ? ", or use a code below." : ".");
+				(others ? ", or use a code below." : ".") +
+				(creating ? "" : " The same happens with a key that is not registered for this account.");
 		case "InvalidStateError":
 			return creating ? "This security key is already registered for this account." :
 				"This security key is not one of this account's keys.";
