@@ -6,6 +6,8 @@ package breakglass
 
 import (
 	"bytes"
+	"crypto/tls"
+	"crypto/x509/pkix"
 	"fmt"
 	"html"
 	"net/http"
@@ -457,5 +459,33 @@ func TestApprovalOnARunningCaddy(t *testing.T) {
 		if m["event"] == auditApprovalRefused && !strings.HasPrefix(fmt.Sprint(m["by"]), "admin (admin API") {
 			t.Fatalf("the refused line does not say the host decided: %v", m)
 		}
+	}
+}
+
+// A client certificate signs in at the password step, without a code: with
+// approval, each such request is counted as a code for the client, so that
+// someone with the password and the certificate cannot flood the approvers.
+func TestApprovalRequestsWithAClientCertificateAreBoundedAsCodes(t *testing.T) {
+	ca := bgtest.NewCA(t, "break-glass test CA")
+	alice, fp := ca.Client(t, pkix.Name{CommonName: "alice"})
+	h := newTestHandler(t, &App{MaxAttempts: 5, CodesPerClient: 2}, func(h *Handler) {
+		h.Email, h.Hash = "", ""
+		h.Accounts = []AccountConfig{{Email: "ops@example.com", Hash: testHash(t, 4), SecondFactor: []string{"client_cert"}, ClientCerts: []string{fp},
+			Approval: &ApprovalConfig{Approvers: []string{"sec@example.com"}, OnTimeout: onTimeoutDeny, URL: "https://example.com/admin/"}}}
+		h.AllowedIPs = nil // loopback
+	})
+	site := certSite(t, h, ca, tls.VerifyClientCertIfGiven)
+	for i := range 3 {
+		r := site(&alice).Login("/admin/", "ops@example.com", testPassword, "", nil)
+		want := http.StatusSeeOther
+		if i == 2 {
+			want = http.StatusTooManyRequests
+		}
+		if r.Status != want {
+			t.Fatalf("request %d: %d, want %d\n%s", i+1, r.Status, want, r.Body)
+		}
+	}
+	if n := len(h.logs.Logs().All("break-glass approval link (dev_log_code)")); n != 2 {
+		t.Fatalf("%d approval requests made, want 2", n)
 	}
 }

@@ -207,7 +207,13 @@ func (a *attempt) password() outcome {
 	// factor at once.
 	if acc.factors.has(factorClientCert) && acc.certMatches(a.r) {
 		settled = true
-		if _, _, err := a.settle(attemptPassword, chargeNone); err != nil {
+		// Asking approvers costs the client a code, as any other way to
+		// them does, so that their mail is bounded by codes_per_client.
+		charged := chargeNone
+		if acc.approval != nil {
+			charged = chargeCode
+		}
+		if _, _, err := a.settle(attemptPassword, charged); err != nil {
 			return a.unavailable(err)
 		}
 		return a.signIn(acc, reason, factorClientCert)
