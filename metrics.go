@@ -30,7 +30,7 @@ var (
 	metricAccountEvents = prometheus.NewCounterVec(prometheus.CounterOpts(opts("account_events_total",
 		"Events of a known account (its email, as configured), by event: break_glass_code_issued, break_glass_login, break_glass_logout, …")), []string{"account", "event"})
 	metricDeliveries = prometheus.NewCounterVec(prometheus.CounterOpts(opts("deliveries_total",
-		"Mails and webhooks sent, by channel (code_email, alert_email, webhook) and outcome (ok, error, dropped).")), []string{"channel", "outcome"})
+		"Mails and webhooks sent, by channel (code_email, alert_email, approval_email, webhook) and outcome (ok, error, dropped).")), []string{"channel", "outcome"})
 	metricSessions = prometheus.NewGaugeFunc(prometheus.GaugeOpts(opts("sessions_active",
 		"Break-glass sessions issued by this process that have neither expired nor been logged out.")), liveSessions)
 	metricLastSuccess = prometheus.NewGauge(prometheus.GaugeOpts(opts("last_success_timestamp_seconds",
