@@ -137,7 +137,7 @@ type hashClass struct {
 
 // accountsOf is the handler's accounts as configured: accounts, or the
 // one-account form (email, hash, totp_secret, max_uses, sentinel_id).
-func (h *Handler) accountsOf() ([]AccountConfig, error) {
+func accountsOf(h *Handler) ([]AccountConfig, error) {
 	single := h.Email != "" || h.Hash != "" || h.TOTPSecret != "" || h.MaxUses != 0 || h.SentinelID != ""
 	switch {
 	case len(h.Accounts) > 0 && single:
@@ -152,8 +152,8 @@ func (h *Handler) accountsOf() ([]AccountConfig, error) {
 
 // setupAccounts provisions every account. An error names the account (by
 // its position, and its email once known) and never shows a secret.
-func (h *Handler) setupAccounts(repl *caddy.Replacer) error {
-	configs, err := h.accountsOf()
+func setupAccounts(h *Handler, repl *caddy.Replacer) error {
+	configs, err := accountsOf(h)
 	if err != nil {
 		return err
 	}
@@ -164,7 +164,7 @@ func (h *Handler) setupAccounts(repl *caddy.Replacer) error {
 		if len(configs) == 1 && len(h.Accounts) == 0 {
 			name = ""
 		}
-		acc, err := h.newAccount(repl, c, name)
+		acc, err := newAccount(h, repl, c, name)
 		if err != nil {
 			return err
 		}
@@ -203,7 +203,7 @@ func (h *Handler) setupAccounts(repl *caddy.Replacer) error {
 
 // newAccount provisions one account; name ("account 2") prefixes its errors
 // until its email is known, which then names it.
-func (h *Handler) newAccount(repl *caddy.Replacer, c AccountConfig, name string) (*account, error) {
+func newAccount(h *Handler, repl *caddy.Replacer, c AccountConfig, name string) (*account, error) {
 	field := func(f string) string {
 		if name == "" {
 			return f

@@ -121,7 +121,7 @@ func (c *ApprovalConfig) provision(repl *caddy.Replacer, field string) (*approva
 
 // setupApproval provisions the handler's approval block and each account's
 // (an account's own replaces the handler's for that account).
-func (h *Handler) setupApproval(repl *caddy.Replacer) error {
+func setupApproval(h *Handler, repl *caddy.Replacer) error {
 	var common *approvalPolicy
 	if h.Approval != nil {
 		var err error
@@ -129,7 +129,7 @@ func (h *Handler) setupApproval(repl *caddy.Replacer) error {
 			return err
 		}
 	}
-	configs, err := h.accountsOf()
+	configs, err := accountsOf(h)
 	if err != nil {
 		return err
 	}

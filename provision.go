@@ -46,21 +46,25 @@ func (h *Handler) setup(app *App, logger *zap.Logger) error {
 		h.compare = compareHash
 	}
 	repl := caddy.NewReplacer()
-	steps := []func(*caddy.Replacer) error{h.setupAccounts, h.setupAllowList, h.setupAlerts, h.setupAudit, h.setupMail, h.setupCookies, h.setupSite, h.setupWebAuthn, h.setupApproval}
+	// The steps of provisioning, in order; each checks and fills part of
+	// what serving reads. They are functions, not methods: the handler's
+	// methods are what serving uses.
+	steps := []func(*Handler, *caddy.Replacer) error{setupAccounts, setupAllowList, setupAlerts, setupAudit, setupMail, setupCookies,
+		setupSite, setupWebAuthn, setupApproval}
 	for _, step := range steps {
-		if err := step(repl); err != nil {
+		if err := step(h, repl); err != nil {
 			return err
 		}
 	}
 	app.handlers.add(h)
 	if h.DevLogCode {
 		h.logger.Warn("dev_log_code is on: one-time codes will be written to this log; never use it in production",
-			zap.Strings("accounts", h.emails()))
+			zap.Strings("accounts", emails(h)))
 	}
 	return nil
 }
 
-func (h *Handler) setupAllowList(*caddy.Replacer) error {
+func setupAllowList(h *Handler, _ *caddy.Replacer) error {
 	ips := h.AllowedIPs
 	if len(ips) == 0 {
 		ips = defaultAllowedIPs
@@ -71,7 +75,7 @@ func (h *Handler) setupAllowList(*caddy.Replacer) error {
 }
 
 // setupAlerts checks the alert channels and what alerts them.
-func (h *Handler) setupAlerts(repl *caddy.Replacer) error {
+func setupAlerts(h *Handler, repl *caddy.Replacer) error {
 	if h.AlertEmails != nil {
 		if len(*h.AlertEmails) == 0 {
 			h.logger.Warn("alert_emails is empty: no alert email will be sent after a break-glass login")
@@ -119,7 +123,7 @@ func (h *Handler) setupAlerts(repl *caddy.Replacer) error {
 	return nil
 }
 
-func (h *Handler) setupAudit(repl *caddy.Replacer) error {
+func setupAudit(h *Handler, repl *caddy.Replacer) error {
 	if h.AuditLog == "" {
 		return nil
 	}
@@ -141,7 +145,7 @@ func (h *Handler) setupAudit(repl *caddy.Replacer) error {
 }
 
 // setupMail picks the mail transport: the handler's smtp, else the app's.
-func (h *Handler) setupMail(repl *caddy.Replacer) error {
+func setupMail(h *Handler, repl *caddy.Replacer) error {
 	h.mailer = h.app.mailer
 	if h.SMTP != nil {
 		var err error
@@ -161,7 +165,7 @@ func (h *Handler) setupMail(repl *caddy.Replacer) error {
 }
 
 // setupCookies checks cookie_path and makes the cookie names.
-func (h *Handler) setupCookies(*caddy.Replacer) error {
+func setupCookies(h *Handler, _ *caddy.Replacer) error {
 	h.cookiePath = "/"
 	if h.CookiePath != "" {
 		p := h.CookiePath
@@ -178,7 +182,7 @@ func (h *Handler) setupCookies(*caddy.Replacer) error {
 	return nil
 }
 
-func (h *Handler) setupSite(repl *caddy.Replacer) error {
+func setupSite(h *Handler, repl *caddy.Replacer) error {
 	if h.SiteName == "" {
 		return nil
 	}
@@ -204,7 +208,7 @@ func normalizeEmail(s string) string {
 }
 
 // emails are the accounts' emails, in order.
-func (h *Handler) emails() []string {
+func emails(h *Handler) []string {
 	out := make([]string, len(h.accounts))
 	for i, acc := range h.accounts {
 		out[i] = acc.email
@@ -215,7 +219,7 @@ func (h *Handler) emails() []string {
 // setupWebAuthn checks the relying party settings: when both the RP ID and
 // the origins are given they must fit together; a given RP ID must be a
 // domain.
-func (h *Handler) setupWebAuthn(*caddy.Replacer) error {
+func setupWebAuthn(h *Handler, _ *caddy.Replacer) error {
 	h.uv = protocol.UserVerificationRequirement(h.WebAuthnUserVerification)
 	if h.uv == "" {
 		h.uv = protocol.VerificationPreferred
