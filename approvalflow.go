@@ -216,12 +216,8 @@ func (a *attempt) requestApproval(acc *account, reason string, f factor) outcome
 		if _, err := h.state.approvals.update(rec.ID, decision(approvalDoor, false)); err != nil {
 			a.log.Error("break-glass: refusing an approval request nobody was told of", zap.Error(err))
 		}
-		a.record(event{kind: evLoginUnalerted, acc: acc, reason: reason, detail: "no alert channel confirmed the approval request",
-			fields: []zap.Field{zap.Duration("waited_up_to", requireAlertWait)}})
-		o := a.message(http.StatusServiceUnavailable, "", "Access refused: nobody could be told",
-			"Your password and second factor were right, but this break-glass sign-in must reach its approvers or the security team first, and no mail or webhook confirmed delivery. No session was started. Try again in a moment, or reach your security team another way.")
-		o.cookies = append(o.cookies, h.flowCookieFor(a.r, ""))
-		return o
+		return a.unalerted(acc, reason, "no alert channel confirmed the approval request",
+			"Your password and second factor were right, but this break-glass sign-in must reach its approvers or the security team first, and no mail or webhook confirmed delivery.")
 	}
 	return a.back(h.flowCookieFor(a.r, flow))
 }

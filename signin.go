@@ -53,12 +53,8 @@ func (a *attempt) startSession(acc *account, reason string, f factor, rec *appro
 					a.log.Error("break-glass: giving back the use of a refused login", zap.String("email", acc.email), zap.Error(err))
 				}
 			}
-			a.record(event{kind: evLoginUnalerted, acc: acc, reason: reason, detail: "no alert channel confirmed delivery",
-				fields: []zap.Field{zap.Duration("waited_up_to", requireAlertWait)}})
-			o := a.message(http.StatusServiceUnavailable, "", "Access refused: nobody could be told",
-				"Your password and code were right, but this break-glass login must alert the security team first, and no alert channel (email or webhook) confirmed delivery. No session was started. Try again in a moment, or reach your security team another way.")
-			o.cookies = append(o.cookies, h.flowCookieFor(a.r, ""))
-			return o
+			return a.unalerted(acc, reason, "no alert channel confirmed delivery",
+				"Your password and code were right, but this break-glass login must alert the security team first, and no alert channel (email or webhook) confirmed delivery.")
 		}
 	}
 	// A sign-in forgives no failure: the client's limit holds however many
@@ -90,6 +86,17 @@ func (a *attempt) startSession(acc *account, reason string, f factor, rec *appro
 			fields: []zap.Field{zap.Int("max_uses", acc.maxUses)}})
 	}
 	return a.back(cookie, h.flowCookieFor(a.r, ""))
+}
+
+// unalerted refuses a sign-in that require_alert could not announce: what
+// says why, to the operator; detail, to the log and audit.
+func (a *attempt) unalerted(acc *account, reason, detail, what string) outcome {
+	a.record(event{kind: evLoginUnalerted, acc: acc, reason: reason, detail: detail,
+		fields: []zap.Field{zap.Duration("waited_up_to", requireAlertWait)}})
+	o := a.message(http.StatusServiceUnavailable, "", "Access refused: nobody could be told",
+		what+" No session was started. Try again in a moment, or reach your security team another way.")
+	o.cookies = append(o.cookies, a.h.flowCookieFor(a.r, ""))
+	return o
 }
 
 // logout revokes the session server-side, so a replayed cookie stops working.
