@@ -140,6 +140,14 @@ func setupApproval(h *Handler, repl *caddy.Replacer) error {
 				return err
 			}
 		}
+		// A session is bound to its credential, whichever handler issued
+		// it: another handler of this config with the same credential must
+		// ask the same second person, or its sessions would open this one.
+		for _, other := range h.app.handlers.all() {
+			if o := other.byScope[acc.scope]; o != nil && !o.approval.same(acc.approval) {
+				return fmt.Errorf("account %s: approval: another break_glass handler has this account with another approval (or none), and a session of either opens both: give both the same approval block, or make them two accounts", acc.email)
+			}
+		}
 		if acc.approval == nil {
 			continue
 		}
@@ -151,6 +159,33 @@ func setupApproval(h *Handler, repl *caddy.Replacer) error {
 		}
 	}
 	return nil
+}
+
+// same reports whether two policies (either nil: none) ask the same people
+// the same way: the same approvers, wait and on_timeout.
+func (p *approvalPolicy) same(q *approvalPolicy) bool {
+	if p == nil || q == nil {
+		return p == q
+	}
+	norm := func(list []string) []string {
+		out := make([]string, len(list))
+		for i, a := range list {
+			out[i] = normalizeEmail(a)
+		}
+		slices.Sort(out)
+		return out
+	}
+	return p.wait == q.wait && p.onTimeout == q.onTimeout && slices.Equal(norm(p.approvers), norm(q.approvers))
+}
+
+// site names the site in an approval request: site_name, else the host of
+// url — never the Host header of the person signing in, who on a site that
+// answers any host could name another one to the approvers.
+func (p *approvalPolicy) site(h *Handler) string {
+	if h.SiteName != "" {
+		return h.SiteName
+	}
+	return safeHost(p.url.Hostname())
 }
 
 // askedFor is who is asked about a request of acc: every approver but the
@@ -193,7 +228,7 @@ func (a *attempt) requestApproval(acc *account, reason string, f factor) outcome
 	p := acc.approval
 	rec := newApprovalRecord(h.state.approvalID(flow), now(), p.wait, approvalRecord{
 		Scope: acc.scope, Account: acc.email, Client: a.client.String(), Factor: f.String(), Key: a.keyName,
-		Reason: reason, Host: h.site(a.r), Approvers: p.askedFor(acc), OnTimeout: p.onTimeout,
+		Reason: reason, Host: p.site(h), Approvers: p.askedFor(acc), OnTimeout: p.onTimeout,
 	})
 	if err := h.state.approvals.put(rec); err != nil {
 		return a.unavailable(err)
@@ -211,7 +246,7 @@ func (a *attempt) requestApproval(acc *account, reason string, f factor) outcome
 	}
 	// With require_alert, the request is the alert: one channel (an
 	// approver's mail among them) must confirm it.
-	if !a.record(event{kind: evApprovalRequested, acc: acc, reason: reason, approval: &rec, extra: asks, confirm: h.RequireAlert,
+	if !a.record(event{kind: evApprovalRequested, acc: acc, reason: reason, approval: &rec, host: rec.Host, extra: asks, confirm: h.RequireAlert,
 		fields: []zap.Field{zap.Strings("approvers", rec.Approvers), zap.Time("deadline", time.Unix(0, rec.Deadline))}}) {
 		if _, err := h.state.approvals.update(rec.ID, decision(approvalDoor, false)); err != nil {
 			a.log.Error("break-glass: refusing an approval request nobody was told of", zap.Error(err))

@@ -489,3 +489,69 @@ func TestApprovalRequestsWithAClientCertificateAreBoundedAsCodes(t *testing.T) {
 		t.Fatalf("%d approval requests made, want 2", n)
 	}
 }
+
+// A session is bound to the credential, whichever handler issued it: one
+// credential in two handlers of one config with different approval (or
+// none in one) would let a session of one open the other without an
+// approver. Such a config is refused at load.
+func TestOneCredentialInTwoHandlersHasOneApproval(t *testing.T) {
+	policy := func(onTimeout string) *ApprovalConfig {
+		return &ApprovalConfig{Approvers: []string{"sec@example.com"}, OnTimeout: onTimeout, URL: "https://example.com/admin/"}
+	}
+	for name, c := range map[string]struct {
+		first, second *ApprovalConfig
+		refused       bool
+	}{
+		"approval in one only":   {policy(onTimeoutDeny), nil, true},
+		"approval in the other":  {nil, policy(onTimeoutDeny), true},
+		"a veto window and deny": {policy(onTimeoutGrant), policy(onTimeoutDeny), true},
+		"the same approval":      {policy(onTimeoutDeny), policy(onTimeoutDeny), false},
+		"no approval in either":  {nil, nil, false},
+	} {
+		t.Run(name, func(t *testing.T) {
+			app := &App{}
+			if err := app.setup(zapNop(), nil); err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { _ = app.Cleanup() })
+			hash := testHash(t, 4)
+			first := &Handler{Email: "ops@example.com", Hash: hash, DevLogCode: true, Approval: c.first}
+			if err := first.setup(app, zapNop()); err != nil {
+				t.Fatal(err)
+			}
+			second := &Handler{Email: "ops@example.com", Hash: hash, DevLogCode: true, Approval: c.second}
+			err := second.setup(app, zapNop())
+			if c.refused != (err != nil) || (err != nil && !strings.Contains(err.Error(), "account ops@example.com: approval: another break_glass handler has this account with another approval")) {
+				t.Fatalf("error %v, refused: want %v", err, c.refused)
+			}
+		})
+	}
+	// The same email with another hash is another credential: no conflict.
+	app := &App{}
+	if err := app.setup(zapNop(), nil); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = app.Cleanup() })
+	if err := (&Handler{Email: "ops@example.com", Hash: testHash(t, 4), DevLogCode: true, Approval: policy(onTimeoutDeny)}).setup(app, zapNop()); err != nil {
+		t.Fatal(err)
+	}
+	if err := (&Handler{Email: "ops@example.com", Hash: testHash(t, 5), DevLogCode: true}).setup(app, zapNop()); err != nil {
+		t.Fatalf("another hash of the same email: %v", err)
+	}
+}
+
+// The site an approver reads of is the door's (site_name, else the host of
+// the approval url), never the Host header of the person signing in, who
+// could name another site to steer the decision.
+func TestApprovalNamesTheConfiguredSiteNotTheRequestsHost(t *testing.T) {
+	at := newApprovalTest(t, onTimeoutDeny, nil)
+	at.op.Base = "http://drill.example.net"
+	at.waiting(t)
+	page := at.away.Get(at.link(t, "sec@example.com"))
+	if strings.Contains(page.Body, "drill.example.net") || !strings.Contains(page.Body, "<dt>Site</dt><dd>example.com</dd>") {
+		t.Fatalf("the decision page names the request's host:\n%s", page.Body)
+	}
+	if ask := at.hook.WaitEvent(t, eventApprovalAsk).JSON; ask["host"] != "example.com" {
+		t.Fatalf("the approval_requested alert names host %v", ask["host"])
+	}
+}
