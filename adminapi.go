@@ -217,12 +217,12 @@ func handleStatus(w http.ResponseWriter, r *http.Request) error {
 		return apiError(http.StatusServiceUnavailable, "reading the limiter: %v", err)
 	}
 	sort.Slice(locked, func(i, j int) bool { return locked[i].Client < locked[j].Client })
-	open, err := a.state.approvals.pending()
+	recs, err := a.state.approvals.list()
 	if err != nil {
 		return apiError(http.StatusServiceUnavailable, "reading the approval requests: %v", err)
 	}
 	approvals := []pendingApproval{}
-	for _, rec := range open {
+	for _, rec := range pendingApprovals(recs, now()) {
 		approvals = append(approvals, pendingApproval{ID: rec.ID, Account: rec.Account, Client: rec.Client, Host: rec.Host, Reason: rec.Reason,
 			Approvers: rec.Approvers, Created: time.Unix(0, rec.Created).UTC(), Deadline: time.Unix(0, rec.Deadline).UTC(), OnTimeout: rec.OnTimeout})
 	}
@@ -366,7 +366,7 @@ func handleDecision(approve bool) caddy.AdminHandlerFunc {
 		case err != nil:
 			return apiError(http.StatusServiceUnavailable, "deciding %s: %v", id, err)
 		}
-		a.recordDecision(rec, "admin (admin API, from "+r.RemoteAddr+")", r)
+		a.recordDecision(nil, rec, "admin (admin API, from "+r.RemoteAddr+")", r)
 		w.Header().Set("Content-Type", "application/json")
 		return json.NewEncoder(w).Encode(map[string]string{"id": rec.ID, "account": rec.Account, "decision": rec.Decision})
 	}

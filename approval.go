@@ -244,8 +244,9 @@ type approvalBackend interface {
 	// update applies a rule to the request under its lock, stores it if
 	// the rule allowed the change, and returns the request as it then is.
 	update(id string, rule approvalRule) (approvalRecord, error)
-	// pending lists the requests still waiting, oldest first (for status).
-	pending() ([]approvalRecord, error)
+	// list loads every request kept, oldest first (for status, and the
+	// timeouts nobody saw).
+	list() ([]approvalRecord, error)
 	// sweep drops the requests approvalRetention past their deadline.
 	sweep() error
 }
@@ -300,15 +301,12 @@ func (s *approvalStore) update(id string, rule approvalRule) (approvalRecord, er
 	return cloneApproval(rec), nil
 }
 
-func (s *approvalStore) pending() ([]approvalRecord, error) {
-	t := now()
+func (s *approvalStore) list() ([]approvalRecord, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	var out []approvalRecord
+	out := make([]approvalRecord, 0, len(s.m))
 	for _, rec := range s.m {
-		if rec.state(t) == approvalPending {
-			out = append(out, cloneApproval(rec))
-		}
+		out = append(out, cloneApproval(rec))
 	}
 	sortApprovals(out)
 	return out, nil
@@ -325,6 +323,20 @@ func (s *approvalStore) sweep() error {
 func sortApprovals(recs []approvalRecord) {
 	slices.SortFunc(recs, func(a, b approvalRecord) int {
 		return cmp.Or(cmp.Compare(a.Created, b.Created), strings.Compare(a.ID, b.ID))
+	})
+}
+
+// pendingApprovals are the requests of recs still waiting at t.
+func pendingApprovals(recs []approvalRecord, t time.Time) []approvalRecord {
+	return slices.DeleteFunc(recs, func(r approvalRecord) bool { return r.state(t) != approvalPending })
+}
+
+// unnotedTimeouts are the requests of recs that timed out by t and whose
+// timeout is not recorded yet.
+func unnotedTimeouts(recs []approvalRecord, t time.Time) []approvalRecord {
+	return slices.DeleteFunc(recs, func(r approvalRecord) bool {
+		s := r.state(t)
+		return r.TimeoutNoted || (s != approvalTimedOutGranted && s != approvalTimedOutDenied)
 	})
 }
 
@@ -427,17 +439,12 @@ func (s *storageApprovals) all(ctx context.Context) ([]approvalRecord, error) {
 	return out, nil
 }
 
-func (s *storageApprovals) pending() ([]approvalRecord, error) {
+func (s *storageApprovals) list() ([]approvalRecord, error) {
 	ctx, cancel := opCtx()
 	defer cancel()
 	recs, err := s.all(ctx)
-	if err != nil {
-		return nil, err
-	}
-	t := now()
-	recs = slices.DeleteFunc(recs, func(r approvalRecord) bool { return r.state(t) != approvalPending })
 	sortApprovals(recs)
-	return recs, nil
+	return recs, err
 }
 
 // sweep deletes the expired requests. No lock is needed: an expired request

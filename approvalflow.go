@@ -395,6 +395,11 @@ func (h *Handler) decisionPage(w http.ResponseWriter, r *http.Request, client ne
 		return a.message(http.StatusNotFound, "", "This request is no longer known",
 			"It ended more than an hour ago, or the server was restarted (with state memory, requests do not survive a restart). Nothing needs to be decided.")
 	}
+	if st := rec.state(now()); st == approvalTimedOutGranted || st == approvalTimedOutDenied {
+		if na := h.app.approvalAttempt(h, rec, r); na != nil {
+			na.noteTimeout(na.acc, rec)
+		}
+	}
 	if r.Method == http.MethodPost {
 		if !hmac.Equal([]byte(v.Get("csrf_token")), []byte(h.csrfToken("approval."+l.token))) {
 			a.record(event{kind: evBadCSRF})
@@ -469,7 +474,7 @@ func (h *Handler) decide(a *attempt, rec approvalRecord, l decisionLink, approve
 	case err != nil:
 		return a.unavailable(err)
 	}
-	h.app.recordDecision(got, fmt.Sprintf("%s (from %s)", strings.ToLower(l.approver), a.client), a.r)
+	h.app.recordDecision(h, got, fmt.Sprintf("%s (from %s)", strings.ToLower(l.approver), a.client), a.r)
 	verb := "refused: no session will be issued"
 	if approve {
 		verb = "approved: the operator's page turns into the session within seconds"
@@ -477,33 +482,82 @@ func (h *Handler) decide(a *attempt, rec approvalRecord, l decisionLink, approve
 	return h.showDecision(a, got, l, http.StatusOK, "Done. The sign-in is "+verb+".")
 }
 
-// recordDecision records a decision on the handler of rec's account (its
-// log, audit log and alert channels); by says who decided, and from where.
-func (app *App) recordDecision(rec approvalRecord, by string, r *http.Request) {
-	h, acc := app.ownerOf(rec.Scope)
-	if h == nil {
-		app.logger.Warn("break-glass approval decided for an account no longer configured", zap.String("approval", rec.ID),
-			zap.String("email", rec.Account), zap.String("decision", rec.Decision))
-		return
-	}
-	client, _ := netip.ParseAddr(rec.Client)
-	a := &attempt{h: h, r: r, client: client, acc: acc, log: h.logger.With(zap.String("client_ip", rec.Client), zap.String("approval", rec.ID))}
+// recordDecision records a decision (log, audit log, alert channels) on the
+// handler of rec's account that served its link (via, when it has the
+// account), else on the first that has it; by says who decided, and from
+// where.
+func (app *App) recordDecision(via *Handler, rec approvalRecord, by string, r *http.Request) {
 	kind := evRefused
 	if rec.Decision == decisionApproved {
 		kind = evApproved
 	}
-	a.record(event{kind: kind, acc: acc, reason: rec.Reason, approval: &rec, by: by, host: rec.Host,
+	a := app.approvalAttempt(via, rec, r)
+	if a == nil {
+		// The account is gone from the config (its hash changed): nothing
+		// can be signed in by it any more, but the decision is kept.
+		app.logger.Warn("break-glass approval decided for an account no longer configured", zap.String("approval", rec.ID),
+			zap.String("email", rec.Account), zap.String("decision", rec.Decision), zap.String("decided_by", by))
+		app.auditAll(nil, auditRecord{Event: events[kind].audit, Email: rec.Account, Client: rec.Client, Reason: rec.Reason,
+			By: by, Approval: rec.ID, Detail: rec.Decision + " by " + by + " (account no longer configured)"})
+		return
+	}
+	a.record(event{kind: kind, acc: a.acc, reason: rec.Reason, approval: &rec, by: by, host: rec.Host,
 		detail: rec.Decision + " by " + by, fields: []zap.Field{zap.String("decided_by", by)}})
 }
 
-// ownerOf is the handler and account of a credential scope in this app.
-func (app *App) ownerOf(scope string) (*Handler, *account) {
-	for _, h := range app.handlers.all() {
-		if acc := h.byScope[scope]; acc != nil {
-			return h, acc
+// approvalAttempt is what records the events of rec outside the operator's
+// request: an attempt of the operator's client on via (when it has rec's
+// account), else on the first handler that has it; nil if none has.
+func (app *App) approvalAttempt(via *Handler, rec approvalRecord, r *http.Request) *attempt {
+	h := via
+	if h == nil || h.byScope[rec.Scope] == nil {
+		h = nil
+		for _, x := range app.handlers.all() {
+			if x.byScope[rec.Scope] != nil {
+				h = x
+				break
+			}
 		}
 	}
-	return nil, nil
+	if h == nil {
+		return nil
+	}
+	client, _ := netip.ParseAddr(rec.Client)
+	return &attempt{h: h, r: r, client: client, acc: h.byScope[rec.Scope],
+		log: h.logger.With(zap.String("client_ip", rec.Client), zap.String("approval", rec.ID))}
+}
+
+// approvalWatch is how often the app looks for timeouts nobody saw.
+const approvalWatch = 15 * time.Second
+
+// watchApprovals records, every approvalWatch, the timeouts that neither
+// the operator's page nor a link saw, until ctx ends.
+func (app *App) watchApprovals(ctx context.Context) {
+	t := time.NewTicker(approvalWatch)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			app.noteTimeouts()
+		}
+	}
+}
+
+// noteTimeouts records every timeout not recorded yet (once, whichever
+// instance sees it first).
+func (app *App) noteTimeouts() {
+	recs, err := app.state.approvals.list()
+	if err != nil {
+		app.logger.Error("break-glass: reading the approval requests", zap.Error(err))
+		return
+	}
+	for _, rec := range unnotedTimeouts(recs, now()) {
+		if a := app.approvalAttempt(nil, rec, nil); a != nil {
+			a.noteTimeout(a.acc, rec)
+		}
+	}
 }
 
 // approvalView is what the approval pages show of a request.

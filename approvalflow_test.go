@@ -372,7 +372,17 @@ func TestApprovalOnARunningCaddy(t *testing.T) {
 	w := newWorld(t)
 	admin := fmt.Sprintf("127.0.0.1:%d", freePort(t))
 	audit := filepath.Join(t.TempDir(), "audit.jsonl")
-	cfg := strings.Replace(w.caddyfile(5, ""), "admin off", "admin "+admin, 1)
+	// The access log, filtered as the README says, so that no approver's
+	// token is written to it.
+	access := filepath.Join(t.TempDir(), "access.log")
+	cfg := strings.Replace(w.caddyfile(5, fmt.Sprintf(`log {
+		output file %s
+		format filter {
+			request>uri query {
+				delete token
+			}
+		}
+	}`, access)), "admin off", "admin "+admin, 1)
 	cfg = strings.Replace(cfg, "alert_webhook "+w.hook.URL+"/hook", fmt.Sprintf(`alert_webhook %s/hook
 		audit_log %s
 		approval {
@@ -409,6 +419,18 @@ func TestApprovalOnARunningCaddy(t *testing.T) {
 	}
 	if r := op.Get("/admin/"); r.Status != http.StatusSeeOther {
 		t.Fatalf("the waiting page after the approval: %d", r.Status)
+	}
+	token := u.Query().Get("token")
+	logged := false
+	for _, l := range bgtest.ReadLogFile(access) {
+		uri := fmt.Sprint(l["request"].(map[string]any)["uri"])
+		logged = logged || strings.Contains(uri, "break_glass=approval")
+		if strings.Contains(uri, token) {
+			t.Fatalf("the access log holds an approver's token: %s", uri)
+		}
+	}
+	if !logged {
+		t.Fatalf("the access log has no line of the approver's link: %v", bgtest.ReadLogFile(access))
 	}
 	if r := op.Get("/admin/reports"); r.Status != http.StatusOK || r.Body != "upstream /admin/reports" {
 		t.Fatalf("the session after the approval: %d %q", r.Status, r.Body)
@@ -553,5 +575,58 @@ func TestApprovalNamesTheConfiguredSiteNotTheRequestsHost(t *testing.T) {
 	}
 	if ask := at.hook.WaitEvent(t, eventApprovalAsk).JSON; ask["host"] != "example.com" {
 		t.Fatalf("the approval_requested alert names host %v", ask["host"])
+	}
+}
+
+// A timeout is recorded even when nobody watches: not the operator's page
+// (closed), nor a link. The app's watch finds it, once; a late link then
+// records nothing more.
+func TestApprovalATimeoutNobodyWatchedIsRecordedOnce(t *testing.T) {
+	at := newApprovalTest(t, onTimeoutDeny, nil)
+	at.waiting(t)
+	at.clk.Advance(10 * time.Minute)
+	at.h.app.noteTimeouts()
+	at.hook.WaitEvent(t, eventApprovalEnd)
+	at.h.app.noteTimeouts()
+	at.away.Get(at.link(t, "sec@example.com"))
+	if n := len(at.h.logs.Logs().All("break-glass approval request undecided at its deadline")); n != 1 {
+		t.Fatalf("%d timeout lines, want 1", n)
+	}
+}
+
+// A late link records the timeout itself, when the watch has not yet.
+func TestApprovalALateLinkRecordsTheTimeout(t *testing.T) {
+	at := newApprovalTest(t, onTimeoutGrant, nil)
+	at.waiting(t)
+	at.clk.Advance(10 * time.Minute)
+	if late := at.away.Get(at.link(t, "sec@example.com")); !strings.Contains(late.Body, "Nobody refused this sign-in before its deadline") {
+		t.Fatalf("a late link: %d\n%s", late.Status, late.Body)
+	}
+	if ev := at.hook.WaitEvent(t, eventApprovalEnd).JSON; ev["account"] != "ops@example.com" {
+		t.Fatalf("the timeout alert: %v", ev)
+	}
+}
+
+// One credential in two handlers (with one approval): the decision is
+// recorded on the handler whose link the approver opened — its alert
+// channels and audit log — not on whichever was configured first.
+func TestApprovalDecisionIsRecordedWhereItsLinkLed(t *testing.T) {
+	useTestClock(t)
+	app := &App{MaxAttempts: 3}
+	first, second := bgtest.StartWebhook(t), bgtest.StartWebhook(t)
+	policy := func(hook string) func(*Handler) {
+		return func(h *Handler) {
+			h.AlertWebhook = hook
+			h.Approval = &ApprovalConfig{Approvers: []string{"sec@example.com"}, OnTimeout: onTimeoutDeny, URL: "https://example.com/admin/"}
+		}
+	}
+	newTestHandler(t, app, policy(first.URL))
+	h := newTestHandler(t, app, policy(second.URL))
+	at := approvalTest{h: h, hook: second, op: h.client(t, "192.0.2.10"), away: h.client(t, "198.51.100.7")}
+	at.waiting(t)
+	at.decide(t, "sec@example.com", "approve")
+	second.WaitEvent(t, eventApproved)
+	if n := first.Count(eventApproved); n != 0 {
+		t.Fatalf("the other handler's webhook got %d approved alerts", n)
 	}
 }

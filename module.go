@@ -118,6 +118,9 @@ type App struct {
 	state     *state
 	mailer    *mailer
 	logger    *zap.Logger
+	// With approval: the watch for timeouts nobody saw, its stop and its end.
+	stopWatch context.CancelFunc
+	watchDone chan struct{}
 }
 
 // CaddyModule returns the Caddy module information.
@@ -261,6 +264,16 @@ func (a *App) Start() error {
 	if a.ctx.Context != nil {
 		a.warnUntrustedForwarding()
 	}
+	if a.state != nil && slices.ContainsFunc(a.handlers.all(), func(h *Handler) bool {
+		return slices.ContainsFunc(h.accounts, func(acc *account) bool { return acc.approval != nil })
+	}) {
+		ctx, cancel := context.WithCancel(context.Background())
+		a.stopWatch, a.watchDone = cancel, make(chan struct{})
+		go func() {
+			defer close(a.watchDone)
+			a.watchApprovals(ctx)
+		}()
+	}
 	return nil
 }
 
@@ -338,9 +351,16 @@ func (a *App) warnUntrustedForwarding() {
 	}
 }
 
-// Stop is part of caddy.App. Deliveries in flight belong to the shared state
-// and are ended by Cleanup when the last app lets go of it.
-func (a *App) Stop() error { return nil }
+// Stop is part of caddy.App: it ends the watch for approval timeouts.
+// Deliveries in flight belong to the shared state and are ended by Cleanup
+// when the last app lets go of it.
+func (a *App) Stop() error {
+	if a.stopWatch != nil {
+		a.stopWatch()
+		<-a.watchDone
+	}
+	return nil
+}
 
 // Cleanup releases this app's hold on the shared state; the last one to let go
 // stops its deliveries and sweeper.
