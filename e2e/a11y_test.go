@@ -413,8 +413,7 @@ func TestBrowserKeyboardOnly(t *testing.T) {
 func TestBrowserKeyboardOnlyWithAKey(t *testing.T) {
 	mp := startMailpit(t, mailpitOptions{})
 	storage := filepath.Join(t.TempDir(), "storage")
-	c := startCaddy(t, keySite(mp, storage, "webauthn email", "", ""), "caddyfile")
-	base := fmt.Sprintf("http://localhost:%d", c.port)
+	c, base := keyCaddy(t, mp, storage, "webauthn email", "", "")
 	ctx := browser(t)
 	virtualKey(t, ctx)
 	key := func(keys string) chromedp.Action[chromedp.Void] { return chromedp.KeyEvent(keys) }
@@ -453,8 +452,7 @@ func TestBrowserKeyboardOnlyWithAKey(t *testing.T) {
 
 	// The key in the config, the only factor.
 	c.stop()
-	c = startCaddy(t, keySite(mp, storage, "webauthn", line, ""), "caddyfile")
-	base = fmt.Sprintf("http://localhost:%d", c.port)
+	c, base = keyCaddy(t, mp, storage, "webauthn", line, "")
 	browserStep(t, ctx, "open the login page", chromedp.Navigate(base+"/admin/?break_glass=logout"),
 		chromedp.WaitVisible(chromedp.CSS("#email")))
 	loginByKeyboard(t, ctx, "ops@example.com", "INC-4 keyboard", chromedp.WaitVisible(chromedp.CSS("#bg-key-start")))

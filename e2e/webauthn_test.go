@@ -102,6 +102,14 @@ http://localhost:{PORT} {
 }
 
 // browserStep runs actions, failing the test with the page's text.
+// keyCaddy starts a Caddy on keySite's config and returns it with its
+// base URL, by the name localhost (a secure context for WebAuthn).
+func keyCaddy(t *testing.T, mp *mailpit, storage, factors, line, bobLine string) (*caddy, string) {
+	t.Helper()
+	c := startCaddy(t, keySite(mp, storage, factors, line, bobLine), "caddyfile")
+	return c, fmt.Sprintf("http://localhost:%d", c.port)
+}
+
 func browserStep(t *testing.T, ctx context.Context, what string, actions ...chromedp.Action[chromedp.Void]) {
 	t.Helper()
 	sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
@@ -173,8 +181,7 @@ func TestBrowserEnrolsAKeyAndSignsInWithIt(t *testing.T) {
 	mp := startMailpit(t, mailpitOptions{})
 	storage := filepath.Join(t.TempDir(), "storage")
 	seen := map[string]bool{}
-	c := startCaddy(t, keySite(mp, storage, "webauthn email", "", ""), "caddyfile")
-	base := fmt.Sprintf("http://localhost:%d", c.port)
+	c, base := keyCaddy(t, mp, storage, "webauthn email", "", "")
 	ctx := browser(t)
 	virtualKey(t, ctx)
 	line := enrolInBrowser(t, ctx, base, mp, seen, "ops@example.com", "Virtual key A", true)
@@ -182,16 +189,14 @@ func TestBrowserEnrolsAKeyAndSignsInWithIt(t *testing.T) {
 	// The line in the config, webauthn the only factor: the key signs in,
 	// and no code is mailed.
 	c.stop()
-	c = startCaddy(t, keySite(mp, storage, "webauthn", line, ""), "caddyfile")
-	base = fmt.Sprintf("http://localhost:%d", c.port)
+	c, base = keyCaddy(t, mp, storage, "webauthn", line, "")
 	mails := len(mp.messages(t))
 	keySignInInBrowser(t, ctx, base, true)
 	c.waitLog(t, "break-glass login succeeded", map[string]string{"email": "ops@example.com", "second_factor": "webauthn", "key": "Virtual key A"})
 
 	// After a restart (a new process on the same storage), again.
 	c.stop()
-	c = startCaddy(t, keySite(mp, storage, "webauthn", line, ""), "caddyfile")
-	base = fmt.Sprintf("http://localhost:%d", c.port)
+	c, base = keyCaddy(t, mp, storage, "webauthn", line, "")
 	keySignInInBrowser(t, ctx, base, false)
 	c.waitLog(t, "break-glass login succeeded", map[string]string{"second_factor": "webauthn"})
 	st := stdout(t, "break-glass", "status", "--address", c.admin)
@@ -209,12 +214,10 @@ func TestBrowserEnrolsAKeyAndSignsInWithIt(t *testing.T) {
 	bobCtx := browser(t)
 	virtualKey(t, bobCtx)
 	c.stop()
-	c = startCaddy(t, keySite(mp, storage, "webauthn", line, ""), "caddyfile")
-	base = fmt.Sprintf("http://localhost:%d", c.port)
+	c, base = keyCaddy(t, mp, storage, "webauthn", line, "")
 	bobLine := enrolInBrowser(t, bobCtx, base, mp, seen, "bob@example.com", "Bob's key", false)
 	c.stop()
-	c = startCaddy(t, keySite(mp, storage, "webauthn", line, bobLine), "caddyfile")
-	base = fmt.Sprintf("http://localhost:%d", c.port)
+	c, base = keyCaddy(t, mp, storage, "webauthn", line, bobLine)
 	browserStep(t, bobCtx, "ops' password in bob's browser", chromedp.Navigate(base+"/admin/"),
 		chromedp.WaitVisible(chromedp.CSS("#email")),
 		chromedp.SendKeys(chromedp.CSS("#email"), "ops@example.com"),
@@ -236,14 +239,12 @@ func TestBrowserKeyBesideACode(t *testing.T) {
 	mp := startMailpit(t, mailpitOptions{})
 	storage := filepath.Join(t.TempDir(), "storage")
 	seen := map[string]bool{}
-	c := startCaddy(t, keySite(mp, storage, "webauthn email", "", ""), "caddyfile")
-	base := fmt.Sprintf("http://localhost:%d", c.port)
+	c, base := keyCaddy(t, mp, storage, "webauthn email", "", "")
 	ctx := browser(t)
 	virtualKey(t, ctx)
 	line := enrolInBrowser(t, ctx, base, mp, seen, "ops@example.com", "Virtual key A", false)
 	c.stop()
-	c = startCaddy(t, keySite(mp, storage, "webauthn email", line, ""), "caddyfile")
-	base = fmt.Sprintf("http://localhost:%d", c.port)
+	c, base = keyCaddy(t, mp, storage, "webauthn email", line, "")
 
 	browserStep(t, ctx, "password", chromedp.Navigate(base+"/admin/?break_glass=logout"),
 		chromedp.WaitVisible(chromedp.CSS("#email")),
@@ -295,14 +296,12 @@ func TestBrowserKeyBesideACode(t *testing.T) {
 func TestBrowserKeyAnswersTheServerRefuses(t *testing.T) {
 	mp := startMailpit(t, mailpitOptions{})
 	storage := filepath.Join(t.TempDir(), "storage")
-	c := startCaddy(t, keySite(mp, storage, "webauthn email", "", ""), "caddyfile")
-	base := fmt.Sprintf("http://localhost:%d", c.port)
+	c, base := keyCaddy(t, mp, storage, "webauthn email", "", "")
 	ctx := browser(t)
 	id := virtualKey(t, ctx)
 	line := enrolInBrowser(t, ctx, base, mp, map[string]bool{}, "ops@example.com", "Virtual key A", false)
 	c.stop()
-	c = startCaddy(t, keySite(mp, storage, "webauthn", line, ""), "caddyfile")
-	base = fmt.Sprintf("http://localhost:%d", c.port)
+	c, base = keyCaddy(t, mp, storage, "webauthn", line, "")
 	keySignInInBrowser(t, ctx, base, false) // the server now holds a sign count
 	enrolled := *keyCredential(t, ctx, id)
 
