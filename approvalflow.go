@@ -352,23 +352,10 @@ func roughly(d time.Duration) string {
 	return fmt.Sprintf("about %d minutes", int(d.Round(time.Minute)/time.Minute))
 }
 
-// approvalWatch is how often the app looks for timeouts nobody saw.
+// approvalWatch is how often the app looks for timeouts nobody saw (the
+// operator's page closed, no link opened since): App.Start runs
+// noteTimeouts that often while some account has approval.
 const approvalWatch = 15 * time.Second
-
-// watchApprovals records, every approvalWatch, the timeouts that neither
-// the operator's page nor a link saw, until ctx ends.
-func (app *App) watchApprovals(ctx context.Context) {
-	t := time.NewTicker(approvalWatch)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-			app.noteTimeouts()
-		}
-	}
-}
 
 // noteTimeouts records every timeout not recorded yet (once, whichever
 // instance sees it first).

@@ -271,7 +271,7 @@ func (a *App) Start() error {
 		a.stopWatch, a.watchDone = cancel, make(chan struct{})
 		go func() {
 			defer close(a.watchDone)
-			a.watchApprovals(ctx)
+			every(ctx, approvalWatch, a.noteTimeouts)
 		}()
 	}
 	return nil

@@ -153,6 +153,7 @@ func baseState(root []byte) *state {
 		sessions:      newSessions(subkey(root, "session")),
 		deliveries:    newDispatcher(maxInFlightDeliveries),
 		notices:       newDispatcher(maxInFlightNotices),
+		log:           zap.NewNop(), // a storage state's is the app's
 	}
 }
 
@@ -213,42 +214,42 @@ func (s *state) scopeOf(identity string, hash []byte) string {
 
 func (s *state) sweepLoop(ctx context.Context) {
 	defer s.loops.Done()
-	sweep := time.NewTicker(sweepInterval)
-	defer sweep.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-sweep.C:
-			s.limiter.sweep()
-			s.codes.sweep()
-			s.sessions.sweep()
-			if err := s.approvals.sweep(); err != nil && ctx.Err() == nil {
-				s.log.Error("break-glass: sweeping approval requests", zap.Error(err))
-			}
-			if s.storage != nil {
-				if err := sweepStorage(ctx, s.storage, s.log); err != nil && ctx.Err() == nil {
-					s.log.Error("break-glass: sweeping storage", zap.Error(err))
-				}
+	every(ctx, sweepInterval, func() {
+		s.limiter.sweep()
+		s.codes.sweep()
+		s.sessions.sweep()
+		if err := s.approvals.sweep(); err != nil && ctx.Err() == nil {
+			s.log.Error("break-glass: sweeping approval requests", zap.Error(err))
+		}
+		if s.storage != nil {
+			if err := sweepStorage(ctx, s.storage, s.log); err != nil && ctx.Err() == nil {
+				s.log.Error("break-glass: sweeping storage", zap.Error(err))
 			}
 		}
-	}
+	})
 }
 
 // refreshLoop reloads, with state storage, the logouts made on other
 // instances; it runs on its own so that a slow sweep never delays it.
 func (s *state) refreshLoop(ctx context.Context) {
 	defer s.loops.Done()
-	t := time.NewTicker(s.refresh)
+	every(ctx, s.refresh, func() {
+		if err := refreshRevocations(ctx, s.storage, s.sessions); err != nil && ctx.Err() == nil {
+			s.log.Error("break-glass: refreshing revocations from storage; sessions are checked against the last known set", zap.Error(err))
+		}
+	})
+}
+
+// every runs fn every d until ctx ends: the background loops.
+func every(ctx context.Context, d time.Duration, fn func()) {
+	t := time.NewTicker(d)
 	defer t.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-			if err := refreshRevocations(ctx, s.storage, s.sessions); err != nil && ctx.Err() == nil {
-				s.log.Error("break-glass: refreshing revocations from storage; sessions are checked against the last known set", zap.Error(err))
-			}
+			fn()
 		}
 	}
 }
