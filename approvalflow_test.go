@@ -210,7 +210,17 @@ func TestApprovalAtTheDeadline(t *testing.T) {
 			if r := at.op.Get("/admin/"); r.Status != http.StatusAccepted {
 				t.Fatalf("a second before the deadline: %d", r.Status)
 			}
+			early := at.away.Get(at.link(t, "soc@example.com")) // its form, before the deadline
 			at.clk.Advance(time.Second)
+			// The form posted at the deadline decides nothing: the token
+			// has expired with its request.
+			refuse := "refuse"
+			if c.onTimeout == onTimeoutDeny {
+				refuse = "approve"
+			}
+			if r := at.away.Do("POST", "/admin/?break_glass=approval", decisionPost(t, early, refuse), nil); r.Status != http.StatusConflict {
+				t.Fatalf("a decision posted at the deadline: %d\n%s", r.Status, r.Body)
+			}
 			r := at.op.Get("/admin/")
 			if c.signedIn {
 				if r.Status != http.StatusSeeOther || at.op.Get("/admin/").Header.Get("X-Upstream") != "reached" {
