@@ -13,6 +13,9 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"html"
+	"net/http"
+	"net/url"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -173,4 +176,74 @@ func TestBrowserApprovalApprovedRefusedAndTimedOut(t *testing.T) {
 			t.Errorf("the audit log lacks %q: %s", want, events)
 		}
 	}
+}
+
+// In cluster mode, the request made on one instance is decided on the
+// other: the operator waits on A, the approver's link opens on B (from an
+// address outside the allow-list), and A's waiting page becomes the session.
+func TestClusterApprovalDecidedOnTheOtherInstance(t *testing.T) {
+	mp := startMailpit(t, mailpitOptions{})
+	storage := filepath.Join(t.TempDir(), "storage")
+	cfg := fmt.Sprintf(`{
+	admin {ADMIN}
+	storage file_system %s
+	break_glass {
+		state storage
+		smtp %s {
+			tls none
+			from "Break Glass <breakglass@example.com>"
+		}
+	}
+}
+
+:{PORT} {
+	bind 127.0.0.1
+	break_glass /admin* {
+		email ops@example.com
+		hash {env.BG_HASH}
+		allowed_ips 127.0.0.2
+		approval {
+			approvers sec@example.com
+			on_timeout deny
+			url http://127.0.0.1:{PORT}/admin/
+		}
+	}
+	respond /admin* "Admin area. Signed in as {http.auth.user.id}." 200
+}
+`, storage, mp.smtp)
+	a, b := startCaddy(t, cfg, "caddyfile"), startCaddy(t, cfg, "caddyfile")
+	seen := map[string]bool{}
+	op := newClient(t, a.base, "127.0.0.2")
+	signIn(t, op, mp, seen)
+	if r := op.Get("/admin/"); r.Status != http.StatusAccepted {
+		t.Fatalf("the waiting page on A: %d", r.Status)
+	}
+	link, err := url.Parse(approvalLinkRE.FindString(mp.waitMail(t, "sec@example.com", "Approve or refuse", seen).Text))
+	if err != nil || link.Port() != fmt.Sprint(a.port) {
+		t.Fatalf("the link %v (%v) is not A's", link, err)
+	}
+	// The approver opens it on B, from outside the allow-list.
+	approver := newClient(t, b.base, "127.0.0.9")
+	page := approver.Get(link.RequestURI())
+	if page.Status != http.StatusOK || !strings.Contains(page.Body, `value="approve"`) {
+		t.Fatalf("the link on B: %d\n%s", page.Status, page.Body)
+	}
+	form := url.Values{"decision": {"approve"}}
+	for _, name := range []string{"csrf_token", "id", "approver", "exp", "token"} {
+		m := regexp.MustCompile(`name="` + name + `" value="([^"]*)"`).FindStringSubmatch(page.Body)
+		if m == nil {
+			t.Fatalf("the form has no %s", name)
+		}
+		form.Set(name, html.UnescapeString(m[1]))
+	}
+	if r := approver.Do("POST", "/admin/?break_glass=approval", form, nil); r.Status != http.StatusOK {
+		t.Fatalf("the approval on B: %d\n%s", r.Status, r.Body)
+	}
+	if r := op.Get("/admin/"); r.Status != http.StatusSeeOther {
+		t.Fatalf("A's waiting page after B's approval: %d", r.Status)
+	}
+	if r := op.Get("/admin/"); r.Status != http.StatusOK || !strings.Contains(r.Body, "Signed in as ops@example.com") {
+		t.Fatalf("the session on A: %d", r.Status)
+	}
+	b.waitLog(t, "break-glass sign-in approved", map[string]string{"decided_by": "sec@example.com (from 127.0.0.9)"})
 }
