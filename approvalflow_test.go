@@ -9,7 +9,6 @@ import (
 	"crypto/tls"
 	"crypto/x509/pkix"
 	"fmt"
-	"html"
 	"net/http"
 	"net/url"
 	"path/filepath"
@@ -88,25 +87,12 @@ func (at approvalTest) decide(t *testing.T, approver, choice string) bgtest.Repl
 	return at.away.Do("POST", "/admin/?break_glass=approval", decisionPost(t, page, choice), nil)
 }
 
-// hidden is the value of a page's hidden field name, or "".
-func hidden(body, name string) string {
-	m := regexp.MustCompile(`name="` + regexp.QuoteMeta(name) + `" value="([^"]*)"`).FindStringSubmatch(body)
-	if m == nil {
-		return ""
-	}
-	return html.UnescapeString(m[1])
-}
-
 // decisionPost is the form of a decision page, with choice.
 func decisionPost(t *testing.T, page bgtest.Reply, choice string) url.Values {
 	t.Helper()
 	v := url.Values{"decision": {choice}}
 	for _, name := range []string{"csrf_token", "id", "approver", "exp", "token"} {
-		m := hidden(page.Body, name)
-		if m == "" {
-			t.Fatalf("the decision form has no %s:\n%s", name, page.Body)
-		}
-		v.Set(name, m)
+		v.Set(name, page.Field(t, name))
 	}
 	return v
 }

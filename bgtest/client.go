@@ -2,6 +2,7 @@ package bgtest
 
 import (
 	"crypto/tls"
+	"html"
 	"io"
 	"net"
 	"net/http"
@@ -128,16 +129,21 @@ type Reply struct {
 	Body   string
 }
 
-var csrfRE = regexp.MustCompile(`name="` + FieldCSRF + `" value="([^"]+)"`)
-
 // CSRF is the page's CSRF token; the test fails if the page has no form.
 func (r Reply) CSRF(t testing.TB) string {
 	t.Helper()
-	m := csrfRE.FindStringSubmatch(r.Body)
+	return r.Field(t, FieldCSRF)
+}
+
+// Field is the value of the page's field name (its value attribute,
+// unescaped); the test fails if the page has no such field.
+func (r Reply) Field(t testing.TB, name string) string {
+	t.Helper()
+	m := regexp.MustCompile(`name="` + regexp.QuoteMeta(name) + `" value="([^"]*)"`).FindStringSubmatch(r.Body)
 	if m == nil {
-		t.Fatalf("no form on the page (status %d):\n%s", r.Status, r.Body)
+		t.Fatalf("the page has no field %s (status %d):\n%s", name, r.Status, r.Body)
 	}
-	return m[1]
+	return html.UnescapeString(m[1])
 }
 
 // Do sends a request, with form as its urlencoded body if not nil and hdr

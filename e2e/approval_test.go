@@ -13,7 +13,6 @@ package e2e
 import (
 	"context"
 	"fmt"
-	"html"
 	"net/http"
 	"net/url"
 	"path/filepath"
@@ -230,11 +229,7 @@ func TestClusterApprovalDecidedOnTheOtherInstance(t *testing.T) {
 	}
 	form := url.Values{"decision": {"approve"}}
 	for _, name := range []string{"csrf_token", "id", "approver", "exp", "token"} {
-		m := regexp.MustCompile(`name="` + name + `" value="([^"]*)"`).FindStringSubmatch(page.Body)
-		if m == nil {
-			t.Fatalf("the form has no %s", name)
-		}
-		form.Set(name, html.UnescapeString(m[1]))
+		form.Set(name, page.Field(t, name))
 	}
 	if r := approver.Do("POST", "/admin/?break_glass=approval", form, nil); r.Status != http.StatusOK {
 		t.Fatalf("the approval on B: %d\n%s", r.Status, r.Body)
