@@ -156,7 +156,7 @@ var events = [...]eventSpec{
 	evApprovalRequested: {name: eventApprovalAsk, level: zapcore.WarnLevel, msg: "break-glass sign-in waits for approval: the approvers were asked",
 		audit: auditApprovalAsked, severity: "warning"},
 	evApproved: {name: eventApproved, level: zapcore.WarnLevel, msg: "break-glass sign-in approved", audit: auditApproved, severity: "warning"},
-	evRefused:  {name: eventRefused, level: zapcore.WarnLevel, msg: "break-glass sign-in refused by an approver", audit: auditApprovalRefused, severity: "warning"},
+	evRefused:  {name: eventRefused, level: zapcore.WarnLevel, msg: "break-glass sign-in refused", audit: auditApprovalRefused, severity: "warning"},
 	evApprovalTimeout: {name: eventApprovalEnd, level: zapcore.WarnLevel, msg: "break-glass approval request undecided at its deadline",
 		audit: auditApprovalTimeout, severity: "warning"},
 	evApprovalLinkRefused: {level: zapcore.InfoLevel, msg: "break-glass approval link refused: no valid token", metric: countResult(resultForbidden)},
